@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` (set-up + embedded pipeline) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CORES  ?= 2
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch==2.14.1 / torchvision==0.29.1 (CUDA build) come from the pins like everything else.
+$(STAMP): envs/requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$$(grep '^pip==' envs/requirements.lock)"
+	$(PY) -m pip install -q -r envs/requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) all
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/model_step.py
+
+clean:
+	rm -rf results/benchmarks .snakemake

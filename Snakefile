@@ -1,0 +1,9 @@
+configfile: "config.yaml"
+
+
+include: "workflow/rules/benchmark.smk"
+
+
+rule all:
+    input:
+        "results/benchmarks/model_step.txt",

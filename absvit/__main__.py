@@ -1,0 +1,5 @@
+import sys
+
+from absvit.cli import main
+
+sys.exit(main())

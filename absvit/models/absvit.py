@@ -1,0 +1,256 @@
+"""AbSViT: a timm Vision Transformer with top-down feedback (Shi, Darrell, Wang, CVPR 2023).
+
+The model runs the ViT twice. Pass 1 is an ordinary bottom-up forward. Its output tokens
+are weighted by their cosine similarity to a prior (a learned ``prompt``, or any vector such
+as a class's head row), fed top-down through one linear decoder per layer, and each layer's
+decoded signal is added to the attention *values* of pass 2. Pass 2's logits are the
+model's output. ``L_var`` trains each decoder's first map to reconstruct a block's input
+from its output.
+
+Everything that is plain ViT (patch embedding, position embedding, blocks, norms, head,
+init, state-dict keys) is timm's own; this file adds only the feedback path.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Attention
+from timm.models import build_model_with_cfg, register_model
+from timm.models._registry import generate_default_cfgs
+from timm.models.vision_transformer import Block, VisionTransformer, init_weights_vit_timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["AbSViT", "AbSViTOutput", "FeedbackDecoder", "TopDownAttention", "TopDownBlock"]
+
+# A prior is None (the learned prompt), a class index / index tensor (that class's head
+# row), or a float vector of shape (D,) or (B, D).
+Prior = Union[None, int, torch.Tensor]
+
+
+class TopDownAttention(Attention):
+    """timm's attention, with an optional top-down signal added to the values.
+
+    ``v = W_v x + b_v + (W_v td + b_v)``: the top-down signal goes through the block's own
+    value projection, bias included (so the bias enters twice). Computed as one matmul,
+    ``W_v (x + td) + 2 b_v``, which costs nothing over a plain ViT.
+    """
+
+    def forward(self, x: torch.Tensor, td: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, N, _ = x.shape
+        if td is None:
+            q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        else:
+            w_qk, w_v = self.qkv.weight.split([2 * self.attn_dim, self.attn_dim])
+            b_qk, b_v = self.qkv.bias.split([2 * self.attn_dim, self.attn_dim]) if self.qkv.bias is not None else (None, None)
+            q, k = F.linear(x, w_qk, b_qk).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            v = F.linear(x + td, w_v, None if b_v is None else 2 * b_v)
+            v = v.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+        return self.proj_drop(self.proj(x))
+
+
+class TopDownBlock(Block):
+    """timm's pre-norm block; the top-down signal (not layer-normed) reaches the attention."""
+
+    def forward(self, x: torch.Tensor, td: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), td)))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class FeedbackDecoder(nn.Module):
+    """One layer's decoder: ``linear`` carries the signal down, ``linear2`` reads it out."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim, bias=False)
+        self.linear2 = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.linear(x)
+        return x, self.linear2(x)
+
+
+class AbSViTOutput(NamedTuple):
+    logits_bottom_up: torch.Tensor  # pass 1 (no feedback)
+    logits: torch.Tensor  # pass 2 (top-down modulated): the model's prediction
+    var_loss: torch.Tensor  # unweighted L_var, summed over layers
+
+
+class AbSViT(VisionTransformer):
+    """timm ``VisionTransformer`` plus a prior, per-layer feedback decoders and a second pass.
+
+    ``model(x)`` returns pass-2 logits; ``model.forward_train(x)`` returns both passes'
+    logits and ``L_var``; ``prior`` / ``alpha`` may be given per call.
+    """
+
+    def __init__(self, *, feedback_scale: float = 1.0, weight_init: str = "", **kwargs):
+        super().__init__(block_fn=TopDownBlock, attn_layer=TopDownAttention, weight_init=weight_init, **kwargs)
+        self.feedback_scale = feedback_scale  # alpha
+        self.decoders = nn.ModuleList([FeedbackDecoder(self.embed_dim) for _ in self.blocks])
+        self.prompt = nn.Parameter(torch.randn(self.embed_dim))
+        if weight_init != "skip":
+            self.decoders.apply(init_weights_vit_timm)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | {"prompt"}
+
+    # -- pieces -------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pos_embed(self.patch_embed(x))
+        return self.norm_pre(self.patch_drop(x))
+
+    def run_blocks(self, x: torch.Tensor, tds=None, *, record: bool = False, depth: Optional[int] = None):
+        """Blocks ``[:depth]``; returns the tokens and, with ``record``, each block's (input, output)."""
+        blocks = self.blocks[:depth] if depth is not None else self.blocks
+        tds = tds if tds is not None else [None] * len(blocks)
+        trace = []
+        for blk, td in zip(blocks, tds):
+            x_in = x
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, td, use_reentrant=False)
+            else:
+                x = blk(x, td)
+            if record:
+                trace.append((x_in, x))
+        return x, trace
+
+    def resolve_prior(self, prior: Prior) -> torch.Tensor:
+        """The prior as a float tensor of shape (D,) or (B, D)."""
+        if prior is None:
+            return self.prompt
+        if isinstance(prior, int) or (torch.is_tensor(prior) and not prior.is_floating_point()):
+            return self.head.weight[prior]
+        if prior.shape[-1] != self.embed_dim or prior.dim() not in (1, 2):
+            raise ValueError(f"prior must have shape ({self.embed_dim},) or (B, {self.embed_dim}), got {tuple(prior.shape)}")
+        return prior
+
+    def prior_mask(self, tokens: torch.Tensor, prior: Prior = None) -> torch.Tensor:
+        """Per-token weight ``clamp(cos(token, prior), 0, 1)``, shape (B, N, 1)."""
+        p = F.normalize(self.resolve_prior(prior), dim=-1)
+        t = F.normalize(tokens, dim=-1)
+        cos = t @ p.unsqueeze(-1) if p.dim() == 1 else torch.einsum("bnd,bd->bn", t, p).unsqueeze(-1)
+        return cos.clamp(0, 1)
+
+    def feedback(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Top-down signals, indexed by block: decoders run from the top layer down."""
+        tds: list[torch.Tensor] = [None] * len(self.decoders)  # type: ignore[list-item]
+        for i in reversed(range(len(self.decoders))):
+            x, tds[i] = self.decoders[i](x)
+        return tds
+
+    def top_down(self, tokens: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None) -> list[torch.Tensor]:
+        alpha = self.feedback_scale if alpha is None else alpha
+        return self.feedback(tokens * self.prior_mask(tokens, prior) * alpha)
+
+    def variational_loss(self, trace) -> torch.Tensor:
+        """L_var = sum_l mse(linear_l(sg(out_l)), sg(in_l)); only ``linear`` gets gradient."""
+        return sum(F.mse_loss(dec.linear(out.detach()), inp.detach()) for dec, (inp, out) in zip(self.decoders, trace))
+
+    # -- forward forms -----------------------------------------------------------------
+    def _two_passes(self, x, prior, alpha, record):
+        x0 = self.embed(x)
+        bottom_up = self.norm(self.run_blocks(x0)[0])
+        tds = self.top_down(bottom_up, prior, alpha)
+        tokens, trace = self.run_blocks(x0, tds, record=record)
+        return bottom_up, self.norm(tokens), trace
+
+    def forward_features(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None) -> torch.Tensor:
+        """Pass-2 tokens after the final norm."""
+        return self._two_passes(x, prior, alpha, record=False)[1]
+
+    def forward(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, prior, alpha))
+
+    def forward_train(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None) -> AbSViTOutput:
+        bottom_up, top_down, trace = self._two_passes(x, prior, alpha, record=True)
+        return AbSViTOutput(self.forward_head(bottom_up), self.forward_head(top_down), self.variational_loss(trace))
+
+    @torch.no_grad()
+    def attention_map(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None, *, top_down: bool = True) -> torch.Tensor:
+        """Per-patch L2 norm of the tokens after the first ``depth - 3`` blocks, shape (B, H, W).
+
+        ``top_down=False`` gives the bottom-up map (no feedback). Otherwise the feedback uses
+        ``prior`` (a class index means that class's head row; None the learned prompt).
+        """
+        depth = len(self.blocks) - 3
+        x0 = self.embed(x)
+        tds = None
+        if top_down:
+            tds = self.top_down(self.norm(self.run_blocks(x0)[0]), prior, alpha)[:depth]
+        tokens = self.run_blocks(x0, tds, depth=depth)[0][:, self.num_prefix_tokens:]
+        return tokens.norm(dim=-1).reshape(x.shape[0], *self.patch_embed.grid_size)
+
+    def load_checkpoint(self, path, *, ema: bool = False) -> "AbSViT":
+        from absvit.checkpoint import load_checkpoint
+
+        return load_checkpoint(self, path, ema=ema)
+
+
+# -- registered variants --------------------------------------------------------------
+
+def _cfg(input_size=(3, 224, 224), **kwargs):
+    # DeiT evaluation: ImageNet mean/std, bicubic resize, 0.875 centre crop.
+    return {
+        "num_classes": 1000, "input_size": input_size, "pool_size": None, "crop_pct": 0.875,
+        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": "head", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "absvit_tiny_patch16_224": _cfg(),
+    "absvit_small_patch16_224": _cfg(),
+    "absvit_base_patch16_224": _cfg(),
+    "absvit_tiny_patch8_224_gap": _cfg(),
+    "absvit_pico_patch8_64": _cfg(input_size=(3, 64, 64), num_classes=10, crop_pct=1.0),
+    "absvit_nano_patch8_64": _cfg(input_size=(3, 64, 64), num_classes=10, crop_pct=1.0),
+})
+
+
+def _create_absvit(variant: str, pretrained: bool, model_args: dict, **kwargs) -> AbSViT:
+    return build_model_with_cfg(AbSViT, variant, pretrained, **dict(model_args, **kwargs))
+
+
+def _args(**kwargs) -> dict:
+    # Official AbSViT: DeiT ViT, qkv bias, LayerNorm eps 1e-6 (timm's default), MLP ratio 4.
+    return dict(qkv_bias=True, mlp_ratio=4.0, **kwargs)
+
+
+@register_model
+def absvit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> AbSViT:
+    return _create_absvit("absvit_tiny_patch16_224", pretrained, _args(patch_size=16, embed_dim=192, depth=12, num_heads=3), **kwargs)
+
+
+@register_model
+def absvit_small_patch16_224(pretrained: bool = False, **kwargs) -> AbSViT:
+    return _create_absvit("absvit_small_patch16_224", pretrained, _args(patch_size=16, embed_dim=384, depth=12, num_heads=6), **kwargs)
+
+
+@register_model
+def absvit_base_patch16_224(pretrained: bool = False, **kwargs) -> AbSViT:
+    return _create_absvit("absvit_base_patch16_224", pretrained, _args(patch_size=16, embed_dim=768, depth=12, num_heads=12), **kwargs)
+
+
+@register_model
+def absvit_tiny_patch8_224_gap(pretrained: bool = False, **kwargs) -> AbSViT:
+    """Patch-8 tiny with global average pooling (used for the attention pictures)."""
+    return _create_absvit("absvit_tiny_patch8_224_gap", pretrained, _args(patch_size=8, embed_dim=192, depth=12, num_heads=3, global_pool="avg"), **kwargs)
+
+
+@register_model
+def absvit_pico_patch8_64(pretrained: bool = False, **kwargs) -> AbSViT:
+    """Embedded-default size: 64 px, 8x8 grid, 96 dim, 4 blocks."""
+    return _create_absvit("absvit_pico_patch8_64", pretrained, _args(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, num_classes=10), **kwargs)
+
+
+@register_model
+def absvit_nano_patch8_64(pretrained: bool = False, **kwargs) -> AbSViT:
+    """Embedded-default size: 64 px, 8x8 grid, 192 dim, 6 blocks."""
+    return _create_absvit("absvit_nano_patch8_64", pretrained, _args(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=10), **kwargs)

@@ -1,0 +1,76 @@
+"""ImageNet-C corruptions through ``imagecorruptions``, made to run on numpy 2 / scikit-image 0.26.
+
+imagecorruptions 1.1.2 was written for older libraries and fails on three points here:
+``from pkg_resources import resource_filename`` (setuptools no longer ships it),
+``np.float_`` (removed in numpy 2), and ``skimage.filters.gaussian(multichannel=True)``
+(now ``channel_axis=-1``). ``_install_compat`` patches exactly those three before import.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import numpy as np
+
+# The 15 corruptions of the benchmark, named as the ImageNet-C folders are, with AlexNet's
+# error per corruption (averaged over severities) used to normalise CE.
+ALEXNET_ERR = {
+    "gaussian_noise": 0.886428, "shot_noise": 0.894468, "impulse_noise": 0.922640,
+    "defocus_blur": 0.819880, "glass_blur": 0.826268, "motion_blur": 0.785948, "zoom_blur": 0.798360,
+    "snow": 0.866816, "frost": 0.826572, "fog": 0.819324,
+    "brightness": 0.564592, "contrast": 0.853204, "elastic_transform": 0.646056,
+    "pixelate": 0.717840, "jpeg_compression": 0.606500,
+}
+CORRUPTIONS = tuple(ALEXNET_ERR)
+SEVERITIES = (1, 2, 3, 4, 5)
+# Some copies of ImageNet-C group corruptions by family.
+GROUPS = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
+    "weather": ("snow", "frost", "fog", "brightness"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
+}
+
+
+def _install_compat() -> None:
+    if "pkg_resources" not in sys.modules:
+        try:
+            import pkg_resources  # noqa: F401
+        except ImportError:
+            shim = types.ModuleType("pkg_resources")
+            # resolved beside the calling module's file, as pkg_resources does for a plain module
+            shim.resource_filename = lambda module, name: os.path.join(os.path.dirname(sys.modules[module].__file__), name)
+            sys.modules["pkg_resources"] = shim
+    if not hasattr(np, "float_"):
+        np.float_ = np.float64
+
+
+def _gaussian_compat(gaussian):
+    def wrapped(image, *args, multichannel=None, **kwargs):
+        if multichannel:
+            kwargs.setdefault("channel_axis", -1)
+        return gaussian(image, *args, **kwargs)
+
+    return wrapped
+
+
+def _load():
+    _install_compat()
+    import imagecorruptions
+    import imagecorruptions.corruptions as impl
+
+    if not getattr(impl.gaussian, "_absvit_compat", False):
+        impl.gaussian = _gaussian_compat(impl.gaussian)
+        impl.gaussian._absvit_compat = True
+    return imagecorruptions
+
+
+def corrupt(image: np.ndarray, corruption: str, severity: int) -> np.ndarray:
+    """Corrupt an RGB uint8 array (H, W, 3); returns uint8 of the same shape."""
+    if corruption not in ALEXNET_ERR:
+        raise ValueError(f"unknown corruption {corruption!r}; expected one of {list(CORRUPTIONS)}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be 1-5, got {severity}")
+    out = _load().corrupt(image, severity=severity, corruption_name=corruption)
+    return np.uint8(np.clip(np.asarray(out), 0, 255)).reshape(image.shape)

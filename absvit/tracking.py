@@ -1,0 +1,78 @@
+"""MLflow mirror of a run's files. Files are the source of truth; a tracking store that is
+down never stops training: the run says so once and carries on."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+DEFAULT_STORE = Path("results") / "mlflow.db"
+EXPERIMENT = "absvit-bench"
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{DEFAULT_STORE.resolve()}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class Tracker:
+    """One MLflow run; ``run_id`` lets a resumed job continue the same run."""
+
+    def __init__(self, run_name: str, *, uri: str | None = None, run_id: str | None = None,
+                 params: dict | None = None, tags: dict | None = None, enabled: bool = True):
+        self.run_id, self.active = None, False
+        if not enabled:
+            return
+        self.uri = tracking_uri(uri)
+        try:
+            import mlflow
+
+            self._mlflow = mlflow
+            mlflow.set_tracking_uri(self.uri)
+            if mlflow.get_experiment_by_name(EXPERIMENT) is None and self.uri.startswith("sqlite:"):
+                artifacts = Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts"
+                mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.resolve().as_uri())
+            mlflow.set_experiment(EXPERIMENT)
+            run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
+            self.run_id, self.active = run.info.run_id, True
+            if params and not run_id:
+                mlflow.log_params({k: str(v)[:6000] for k, v in _flatten(params).items()})
+        except Exception as e:  # noqa: BLE001  (any store failure: keep training)
+            self._warn(e)
+
+    def _warn(self, e: Exception) -> None:
+        self.active = False
+        warnings.warn(f"MLflow tracking at {self.uri} is unreachable ({type(e).__name__}: {e}); "
+                      "continuing without it (results are still written to files)", stacklevel=3)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if self.active:
+            try:
+                self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+            except Exception as e:  # noqa: BLE001
+                self._warn(e)
+
+    def log_artifact(self, path) -> None:
+        if self.active:
+            try:
+                self._mlflow.log_artifact(str(path))
+            except Exception as e:  # noqa: BLE001
+                self._warn(e)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.active:
+            try:
+                self._mlflow.end_run(status=status)
+            except Exception as e:  # noqa: BLE001
+                self._warn(e)
+            self.active = False

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+import torch
+
+from absvit.checkpoint import read_checkpoint
+from absvit.data.synthetic import generate
+from absvit.pretrain import NonFiniteLoss, pretrain
+from absvit.recipe import PretrainRecipe
+from tests.conftest import tiny_recipe
+
+
+def _epochs(out):
+    return [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"} for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_interruption_ends_like_an_uninterrupted_run(tmp_path, embedded):
+    recipe = tiny_recipe(epochs=3)
+    full = pretrain("absvit_pico_patch8_64", embedded, tmp_path / "full", recipe, track=False)
+    part = tmp_path / "part"
+    pretrain("absvit_pico_patch8_64", embedded, part, recipe, track=False, stop_after_epoch=1)
+    assert read_checkpoint(part / "checkpoint.pth")["epoch"] == 1 and not (part / "result.json").exists()
+    resumed = pretrain("absvit_pico_patch8_64", embedded, part, recipe, track=False)
+    a, b = read_checkpoint(tmp_path / "full" / "checkpoint.pth"), read_checkpoint(part / "checkpoint.pth")
+    for key in ("model", "model_ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), (key, name)
+    assert _epochs(tmp_path / "full") == _epochs(part)
+    assert {k: v for k, v in full.items() if k != "epoch_seconds"} == {k: v for k, v in resumed.items() if k != "epoch_seconds"}
+
+
+def test_two_epochs_beat_chance(tmp_path):
+    generate(tmp_path / "data", seed=0, per_class={"train": 300, "val": 10})
+    recipe = PretrainRecipe(epochs=2, batch_size=32, lr=0.016, warmup_epochs=0, min_lr=1e-5, img_size=64, crop_pct=1.0,
+                            workers=0, model_ema=False, drop_path=0.0, mixup=0.0, cutmix=0.0, smoothing=0.0,
+                            auto_augment="", reprob=0.0, repeated_aug=False, color_jitter=0.0)
+    result = pretrain("absvit_pico_patch8_64", tmp_path / "data", tmp_path / "run", recipe, track=False)
+    assert result["val_top1"] > 15.0  # chance is 10% (10 classes, 100 val images)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, embedded):
+    recipe = tiny_recipe(epochs=2, model_ema=False)
+    out = tmp_path / "run"
+    pretrain("absvit_pico_patch8_64", embedded, out, recipe, track=False, stop_after_epoch=1)
+    ckpt = read_checkpoint(out / "checkpoint.pth")
+    ckpt["model"]["head.bias"][0] = float("nan")
+    torch.save(ckpt, out / "checkpoint.pth")
+    before = (out / "checkpoint.pth").read_bytes()
+    with pytest.raises(NonFiniteLoss, match=f"epoch 2, step 1.*last good checkpoint is kept at {out / 'checkpoint.pth'}"):
+        pretrain("absvit_pico_patch8_64", embedded, out, recipe, track=False)
+    assert (out / "checkpoint.pth").read_bytes() == before
+    assert not (out / "result.json").exists()
+
+
+def test_vit_baseline_and_ablation_arm_run(tmp_path, embedded):
+    vit = pretrain("vit_pico_patch8_64", embedded, tmp_path / "vit", tiny_recipe(epochs=1), track=False)
+    no_var = pretrain("absvit_pico_patch8_64", embedded, tmp_path / "novar", tiny_recipe(epochs=1, var_weight=0.0), track=False)
+    assert vit["epoch"] == no_var["epoch"] == 1
+    assert read_checkpoint(tmp_path / "novar" / "checkpoint.pth")["args"]["var_weight"] == 0.0
+
+
+def test_recipe_rejects_bad_keys():
+    with pytest.raises(KeyError, match=r"unknown key\(s\) \['lrr'\]"):
+        PretrainRecipe.from_dict({"lrr": 1.0})
+    with pytest.raises(TypeError, match="recipe.epochs: expected int, got 'ten'"):
+        PretrainRecipe.from_dict({"epochs": "ten"})
+    assert PretrainRecipe.from_dict({"lr": 1}).lr == 1.0
+    assert PretrainRecipe().scaled_lr == 5e-4 and PretrainRecipe(batch_size=1024).scaled_lr == 1e-3

@@ -1,9 +1,19 @@
+# absvit-bench: regenerates the AbSViT appendix tables.
+#   snakemake all                    the embedded default, locally (profiles/default)
+#   snakemake --profile slurm all    GPU stages through submitit on SLURM
+# The plan: snakemake -n all; the picture: snakemake --rulegraph all | dot -Tsvg
 configfile: "config.yaml"
 
 
-include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/ablation.smk"
+include: "workflow/rules/tables.smk"
 
 
 rule all:
     input:
-        "results/benchmarks/model_step.txt",
+        TABLES / "table2.tex",
+        expand(OUT / "eval" / "{run}" / "{suite}.json", run=RUNS, suite=SUITES),

@@ -17,14 +17,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from absvit.errors import CheckpointError
 from absvit.io import atomic_path
 
 SAFE_GLOBALS = [argparse.Namespace]
 WEIGHT_KEYS = ("model", "model_ema")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
 
 def read_checkpoint(path) -> dict:

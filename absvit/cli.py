@@ -27,6 +27,11 @@ def _parse_sets(pairs: list[str]) -> dict:
         if not sep:
             raise SystemExit(f"--set expects key=value, got {pair!r}")
         out[key] = yaml.safe_load(value)
+        if isinstance(out[key], str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                out[key] = float(out[key])
+            except ValueError:
+                pass
     return out
 
 
@@ -74,6 +79,43 @@ def _evaluate(args: argparse.Namespace) -> None:
              track=not args.no_mlflow, run_name=args.run_name)
 
 
+def _ablation(args: argparse.Namespace) -> None:
+    from absvit.ablation import summarize
+
+    summarize({"without_lvar": args.without, "with_lvar": args.with_}, args.out, label=args.label, preset=args.preset,
+              runs={"without_lvar": args.without_run, "with_lvar": args.with_run},
+              tracking_uri=args.tracking_uri, track=not args.no_mlflow)
+
+
+def _tables(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from absvit import tables
+    from absvit.tracking import tracking_uri
+
+    if args.from_mlflow:
+        ablation, label = tables.ablation_from_mlflow(tracking_uri(args.tracking_uri), args.preset)
+    else:
+        if not args.ablation:
+            raise SystemExit("tables: give --ablation lvar.csv, or --from-mlflow")
+        ablation, label = pd.read_csv(args.ablation), args.label  # pandas 3 reads floats round-trip
+    t2 = tables.table2(ablation, args.out_dir, label=label)
+    t1 = tables.table1(pd.read_csv(args.segmentation), args.out_dir, label=label) if args.segmentation else None
+    tables.report(args.out_dir, t2=t2, t1=t1, label=label)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from absvit.launch import Resources, submit
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise SystemExit("submit: give the verb to run after '--', e.g. absvit submit -- pretrain --model ...")
+    resources = Resources(timeout_min=args.timeout_min, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                          cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, partition=args.partition,
+                          constraint=args.constraint, account=args.account, qos=args.qos)
+    return submit(argv, launcher=args.launcher, folder=args.folder, resources=resources, name=args.name)
+
+
 def _tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite under results/)")
     p.add_argument("--no-mlflow", action="store_true", help="write files only")
@@ -116,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_args(p)
     p.set_defaults(func=_pretrain)
 
-    from absvit.evaluate import SUITES
+    from absvit.data import SUITES
 
     p = verbs.add_parser("evaluate", help="one robustness suite for one checkpoint, to a JSON file")
     p.add_argument("--model", required=True)
@@ -133,13 +175,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=8)
     _tracking_args(p)
     p.set_defaults(func=_evaluate)
+
+    p = verbs.add_parser("ablation", help="Table 2's rows: the with/without L_var arms' robustness results")
+    p.add_argument("--without", required=True, help="eval folder of the arm without L_var (<suite>.json files)")
+    p.add_argument("--with", dest="with_", required=True, help="eval folder of the arm with L_var")
+    p.add_argument("--without-run", required=True)
+    p.add_argument("--with-run", required=True)
+    p.add_argument("--label", default="")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--out", required=True, help="lvar.csv")
+    _tracking_args(p)
+    p.set_defaults(func=_ablation)
+
+    p = verbs.add_parser("tables", help="Tables 1-2 as LaTeX / CSV / Markdown and the reproduction report")
+    p.add_argument("--ablation", help="lvar.csv from `absvit ablation`")
+    p.add_argument("--segmentation", help="segmentation summary CSV (backbone, dataset, miou)")
+    p.add_argument("--label", default="", help="a sentence added to the captions (the embedded default says so)")
+    p.add_argument("--from-mlflow", action="store_true", help="read the numbers from the tracking store instead")
+    p.add_argument("--preset", default="embedded", help="with --from-mlflow: which preset's runs")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=_tables)
+
+    p = verbs.add_parser("submit", help="run another verb through submitit (local process or SLURM job)")
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local")
+    p.add_argument("--folder", required=True, help="submitit folder for this job's logs and pickles")
+    p.add_argument("--name", default="absvit")
+    p.add_argument("--timeout-min", type=int, default=60)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--cpus-per-task", type=int, default=2)
+    p.add_argument("--mem-gb", type=float, default=4)
+    for opt in ("partition", "constraint", "account", "qos"):
+        p.add_argument(f"--{opt}", default=None)
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="-- VERB [ARGS]")
+    p.set_defaults(func=_submit)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from absvit.errors import CheckpointError, DatasetError, JobFailed, TrackingError
+
+    from absvit import tracking
+
     args = build_parser().parse_args(argv)
-    args.func(args)
-    return 0
+    tracking.COMMAND = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CheckpointError, DatasetError, JobFailed, TrackingError) as e:
+        print(f"absvit {args.verb}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

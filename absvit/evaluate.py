@@ -13,15 +13,15 @@ import timm
 import torch
 from timm.data import create_transform
 
-import absvit  # noqa: F401  (registers the models)
+import absvit.models  # noqa: F401  (registers the models)
 from absvit.checkpoint import extract_state_dict, read_checkpoint
 from absvit.checkpoint import check_state_dict
+from absvit.data import SUITES
 from absvit.data.corruptions import ALEXNET_ERR, CORRUPTIONS, SEVERITIES
 from absvit.data.readers import ClassFolder, DatasetError, imagenet_c_folders, label_space
 from absvit.io import write_json
 from absvit.tracking import Tracker
 
-SUITES = ("clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch")
 SUBSET_SUITES = {"imagenet-a", "imagenet-r"}  # 200 of the 1000 classes
 
 

@@ -1,8 +1,8 @@
 """ImageNet pretraining (``absvit pretrain``) with timm's own recipe pieces.
 
 Output folder: ``checkpoint.pth`` (official layout plus resume state, rewritten atomically
-after every epoch), ``metrics.jsonl`` (one line per epoch), ``result.json`` (final metrics,
-written last: its presence means the run is complete). A restarted job resumes from
+after every epoch), ``metrics.jsonl`` (one line per epoch), and when the run is complete
+``model.pth`` (the final weights, official layout) and ``result.json`` (final metrics). A restarted job resumes from
 ``checkpoint.pth`` and ends exactly where an uninterrupted run would.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-import absvit  # noqa: F401  (registers the models)
+import absvit.models  # noqa: F401  (registers the models)
 from absvit.checkpoint import extract_state_dict, read_checkpoint
 from absvit.data.readers import ClassFolder, label_space
 from absvit.distributed import DistInfo, init_distributed
@@ -158,11 +158,15 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
                 return metrics
         result = {"model": model_name, "classes": len(classes), "epochs": recipe.epochs, **metrics}
         if dist.is_main:
+            _save_weights(out / "model.pth", model, ema, recipe, classes)
             write_json(out / "result.json", result)
             for path in (out / "result.json", log_path):
                 tracker.log_artifact(path)
         tracker.finish()
         return result
+    except (SystemExit, KeyboardInterrupt):  # preempted or timed out: the requeued job continues this run
+        tracker.finish("KILLED")
+        raise
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -224,6 +228,15 @@ def _save(path, model, ema, optimizer, scheduler, epoch, recipe, classes, run_id
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
              "epoch": epoch, "args": recipe.to_dict(), "classes": list(classes), "rng": _rng_state(),
              "mlflow_run_id": run_id}
+    if ema is not None:
+        state["model_ema"] = ema.module.state_dict()
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _save_weights(path, model, ema, recipe, classes) -> None:
+    """The finished run's weights in the official layout (what evaluation and fine-tuning read)."""
+    state = {"model": model.state_dict(), "epoch": recipe.epochs, "args": recipe.to_dict(), "classes": list(classes)}
     if ema is not None:
         state["model_ema"] = ema.module.state_dict()
     with atomic_path(path) as tmp:

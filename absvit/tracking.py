@@ -3,16 +3,51 @@ down never stops training: the run says so once and carries on."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
+from importlib import metadata
 from pathlib import Path
 
 DEFAULT_STORE = Path("results") / "mlflow.db"
 EXPERIMENT = "absvit-bench"
+COMMAND: list[str] | None = None  # the verb's argv, set by ``absvit.cli.main``
+PACKAGES = ("absvit-bench", "torch", "torchvision", "timm", "numpy", "mlflow", "snakemake", "submitit")
 
 
 def tracking_uri(uri: str | None = None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{DEFAULT_STORE.resolve()}"
+
+
+def provenance() -> dict:
+    """What makes a run reproducible besides its own parameters: code, packages, command."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return {"git_commit": (commit or "unknown") + ("+dirty" if dirty else ""), "versions": versions,
+            "python": sys.version.split()[0], "command": " ".join(["absvit", *(COMMAND or sys.argv[1:])])}
+
+
+def _job_logs() -> list[Path]:
+    """The submitit job's own stdout/stderr files, when running inside one."""
+    try:
+        import submitit
+
+        paths = submitit.JobEnvironment().paths
+        return [p for p in (paths.stdout, paths.stderr) if p.exists()]
+    except Exception:  # noqa: BLE001  (not a submitit job)
+        return []
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -45,8 +80,10 @@ class Tracker:
             mlflow.set_experiment(EXPERIMENT)
             run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
             self.run_id, self.active = run.info.run_id, True
-            if params and not run_id:
-                mlflow.log_params({k: str(v)[:6000] for k, v in _flatten(params).items()})
+            if not run_id:  # a resumed run keeps the parameters it started with
+                config = {**(params or {}), **provenance()}
+                mlflow.log_params({k: str(v)[:6000] for k, v in _flatten(config).items()})
+                mlflow.log_dict(config, "config.json")
         except Exception as e:  # noqa: BLE001  (any store failure: keep training)
             self._warn(e)
 
@@ -72,6 +109,8 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.active:
             try:
+                for path in _job_logs():
+                    self._mlflow.log_artifact(str(path), artifact_path="logs")
                 self._mlflow.end_run(status=status)
             except Exception as e:  # noqa: BLE001
                 self._warn(e)

@@ -1,3 +1,7 @@
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -28,3 +32,31 @@ def tiny_recipe(**overrides):
                   auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, repeated_aug=True, color_jitter=0.4)
     values.update(overrides)
     return PretrainRecipe(**values)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real SLURM cluster with accounting on this machine (tests/slurm_cluster.py).
+
+    Skipped where the SLURM / MariaDB packages are absent; CI installs them and sets
+    ABSVIT_REQUIRE_SLURM=1, which turns the skip into a failure.
+    """
+    import os
+
+    from tests.slurm_cluster import SlurmCluster, missing_programs
+
+    missing = missing_programs()
+    if os.geteuid() != 0:
+        missing.append("root (the daemons run as root)")
+    if missing:
+        if os.environ.get("ABSVIT_REQUIRE_SLURM") == "1":
+            pytest.fail(f"ABSVIT_REQUIRE_SLURM=1 but the test cluster cannot start: missing {missing}")
+        pytest.skip(f"no SLURM test cluster: missing {missing} (apt-get install slurmctld slurmd slurm-client "
+                    "munge slurmdbd mariadb-server)")
+    # not under pytest's tmp folders: those are private to root, and MariaDB runs as `mysql`
+    base = Path(tempfile.mkdtemp(prefix="absvit-slurm-"))
+    base.chmod(0o755)
+    cluster = SlurmCluster(base).start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(base, ignore_errors=True)

@@ -1,6 +1,21 @@
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
 import pytest
+import timm
+
 from mlflow.tracking import MlflowClient
 
+from absvit.cli import main
 from absvit.pretrain import pretrain
 from tests.conftest import tiny_recipe
 
@@ -20,7 +35,9 @@ def test_pretrain_mirrors_params_and_per_epoch_metrics_into_mlflow(tmp_path, emb
     history = client.get_metric_history(run.info.run_id, "val_top1")
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"result.json", "metrics.jsonl"} <= artifacts
+    assert {"result.json", "metrics.jsonl", "config.json"} <= artifacts
+    assert run.data.params["recipe.seed"] == "0" and run.data.params["versions.timm"] == timm.__version__
+    assert run.data.params["git_commit"] != "" and run.data.params["versions.torch"] == metadata.version("torch")
 
 
 def test_unreachable_store_warns_and_training_continues(tmp_path, embedded, monkeypatch):
@@ -30,3 +47,93 @@ def test_unreachable_store_warns_and_training_continues(tmp_path, embedded, monk
         result = pretrain("vit_pico_patch8_64", embedded, tmp_path / "run", tiny_recipe(epochs=1),
                           tracking_uri="http://127.0.0.1:9")
     assert result["epoch"] == 1 and (tmp_path / "run" / "result.json").exists()
+
+
+def _eval_dirs(root: Path) -> dict[str, Path]:
+    """Robustness results of two arms, as `absvit evaluate` writes them (numbers chosen to round awkwardly)."""
+    numbers = {"without_lvar": (71.25, 69.049999, 9.45, 33.55, 20.849), "with_lvar": (74.15, 66.75, 10.05, 34.95, 22.65)}
+    dirs = {}
+    for arm, (clean, mce, a, r, sk) in numbers.items():
+        d = dirs[arm] = root / arm
+        d.mkdir(parents=True)
+        for suite, value in (("clean", clean), ("imagenet-a", a), ("imagenet-r", r), ("imagenet-sketch", sk)):
+            (d / f"{suite}.json").write_text(json.dumps({"top1": value, "top5": 99.0}))
+        (d / "imagenet-c.json").write_text(json.dumps({"mce": mce}))
+    return dirs
+
+
+def tables_regenerate_from_the_store_alone(uri: str, tmp_path: Path) -> None:
+    """ablation -> tables from files; then, with every file but the store gone, tables from MLflow: same bytes."""
+    dirs = _eval_dirs(tmp_path / "eval")
+    csv = tmp_path / "ablation" / "lvar.csv"
+    label = "Embedded default: a caption sentence"
+    assert main(["ablation", "--without", str(dirs["without_lvar"]), "--with", str(dirs["with_lvar"]), "--without-run", "a",
+                 "--with-run", "b", "--label", label, "--preset", "embedded", "--out", str(csv), "--tracking-uri", uri]) == 0
+    assert main(["tables", "--ablation", str(csv), "--label", label, "--out-dir", str(tmp_path / "files")]) == 0
+    shutil.rmtree(tmp_path / "eval")
+    shutil.rmtree(tmp_path / "ablation")
+    assert main(["tables", "--from-mlflow", "--tracking-uri", uri, "--preset", "embedded",
+                 "--out-dir", str(tmp_path / "store")]) == 0
+    names = sorted(p.name for p in (tmp_path / "files").iterdir())
+    assert names == ["report.md", "table2.csv", "table2.md", "table2.tex"]
+    for name in names:
+        assert (tmp_path / "store" / name).read_bytes() == (tmp_path / "files" / name).read_bytes(), name
+    assert "71.2 & 69.0 & 9.4 & 33.5 & 20.8" in (tmp_path / "files" / "table2.tex").read_text()
+
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("absvit-bench").experiment_id],
+                             "tags.`absvit.stage` = 'ablation'")[0]
+    assert run.data.params["command"].startswith("absvit ablation --without")
+    assert {"lvar.csv", "config.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_tables_from_sqlite_store_are_byte_identical(tmp_path):
+    tables_regenerate_from_the_store_alone(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+
+
+def test_tables_from_mlflow_without_runs_names_the_store(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["tables", "--from-mlflow", "--tracking-uri", uri, "--out-dir", str(tmp_path / "t")]) == 2
+    assert f"no finished ablation run for preset 'embedded' in the MLflow store {uri}" in capsys.readouterr().err
+    assert not (tmp_path / "t" / "table2.tex").exists()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with its own sqlite store and artifact folder."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen([Path(sys.executable).with_name("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{root / 'store.db'}",
+                             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_real_mlflow_server_receives_runs_and_tables_regenerate_from_it(mlflow_server, tmp_path, embedded):
+    result = pretrain("vit_pico_patch8_64", embedded, tmp_path / "run", tiny_recipe(epochs=1), tracking_uri=mlflow_server,
+                      run_name="pretrain/server")
+    client = MlflowClient(mlflow_server)
+    run = client.search_runs([client.get_experiment_by_name("absvit-bench").experiment_id],
+                             "attributes.run_name = 'pretrain/server'")[0]
+    assert run.info.status == "FINISHED" and run.data.metrics["val_top1"] == result["val_top1"]
+    assert {"result.json", "metrics.jsonl", "config.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    tables_regenerate_from_the_store_alone(mlflow_server, tmp_path)

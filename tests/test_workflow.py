@@ -1,17 +1,90 @@
+"""The Snakemake workflow: the plan, config validation, the CLI entry point."""
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
-def test_snakemake_dry_run_plans_all():
-    snakemake = Path(sys.executable).with_name("snakemake")
-    out = subprocess.run([snakemake, "-n", "--forceall", "all"], cwd=ROOT, capture_output=True, text=True)
+def _dry_run(*extra, cwd=ROOT):
+    out = subprocess.run([SNAKEMAKE, "all", "-n", "--forceall", *extra], cwd=cwd, capture_output=True, text=True)
+    out.stderr += out.stdout  # snakemake prints some errors on stdout
+    return out
+
+
+def _job_counts(stdout: str) -> dict[str, int]:
+    """Snakemake's job-stats table of a dry run: rule -> number of jobs."""
+    table = stdout.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def test_dry_run_plans_the_whole_embedded_dag():
+    out = _dry_run()
     assert out.returncode == 0, out.stderr
-    assert "model_benchmark" in out.stdout
+    counts = _job_counts(out.stdout)
+    assert counts == {"all": 1, "embedded_dataset": 1, "imagenet_c_shard": 75, "pretrain": 3, "evaluate": 15,
+                      "lvar_ablation": 1, "tables": 1}, counts
+
+
+def _workdir_with(tmp_path, edit) -> Path:
+    """A copy of the workflow whose config.yaml was changed by `edit(config)`."""
+    for name in ("Snakefile", "workflow", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    edit(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def test_released_checkpoint_skips_pretraining(tmp_path):
+    ckpt = tmp_path / "released.pth"
+    ckpt.touch()
+    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"]["checkpoints"].update(vit=str(ckpt)))
+    out = _dry_run(cwd=wd)
+    assert out.returncode == 0, out.stderr
+    assert _job_counts(out.stdout)["pretrain"] == 2
+
+
+def test_schema_rejects_a_misspelt_key_before_any_job(tmp_path):
+    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"]["resources"]["pretrain"].update(gpus_per_nod=1))
+    out = _dry_run(cwd=wd)
+    assert out.returncode != 0
+    assert "gpus_per_nod" in out.stderr and "resources" in out.stderr, out.stderr
+
+
+def test_schema_rejects_a_wrong_type_naming_the_key(tmp_path):
+    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"]["evaluate"].update(batch_size="big"))
+    out = _dry_run(cwd=wd)
+    assert out.returncode != 0
+    assert "batch_size" in out.stderr and "'big'" in out.stderr, out.stderr
+
+
+def test_unknown_recipe_key_names_the_key(tmp_path):
+    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"]["recipe"].update(learning_rate=1.0))
+    out = _dry_run(cwd=wd)
+    assert out.returncode != 0
+    assert "presets.embedded.recipe" in out.stderr and "learning_rate" in out.stderr, out.stderr
+
+
+def test_paper_preset_plans_with_real_dataset_paths():
+    out = _dry_run("--config", "preset=paper")
+    # the /datasets paths do not exist here: Snakemake must say which input is missing
+    assert "/datasets/imagenet" in out.stderr + out.stdout
 
 
 def test_cli_lists_models():
     out = subprocess.run([sys.executable, "-m", "absvit", "models"], capture_output=True, text=True, check=True)
     assert "absvit_base_patch16_224" in out.stdout and "100.72M" in out.stdout
+
+
+def test_cli_set_reads_yaml_values_and_exponent_floats():
+    from absvit.cli import _parse_sets
+
+    got = _parse_sets(["warmup_lr=1e-05", "epochs=3", "auto_augment=rand-m9-mstd0.5-inc1", "repeated_aug=false"])
+    assert got == {"warmup_lr": 1e-05, "epochs": 3, "auto_augment": "rand-m9-mstd0.5-inc1", "repeated_aug": False}

@@ -1,3 +1,4 @@
-from absvit.data.readers import ClassFolder, DatasetError, imagenet_c_folders, label_space
+"""Datasets: the embedded generator, ImageNet-C shards, and readers for the published layouts."""
 
-__all__ = ["ClassFolder", "DatasetError", "imagenet_c_folders", "label_space"]
+# The robustness suites, each read from its own root folder.
+SUITES = ("clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch")

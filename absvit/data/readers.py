@@ -12,20 +12,17 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from timm.data import ImageNetInfo
-
 from absvit.data.corruptions import CORRUPTIONS, GROUPS, SEVERITIES
+from absvit.errors import DatasetError
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
-
-
-class DatasetError(ValueError):
-    """Bad dataset input; the message names the path and what was expected."""
 
 
 def label_space(spec: str) -> list[str]:
     """``imagenet-1k`` (the 1000 wnids, sorted) or a folder whose subfolders are the classes."""
     if spec == "imagenet-1k":
+        from timm.data import ImageNetInfo
+
         return list(ImageNetInfo("imagenet-1k").label_names())
     return sorted(p.name for p in _class_dirs(Path(spec)))
 

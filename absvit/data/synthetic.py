@@ -15,6 +15,8 @@ depend only on (seed, split, class, index).
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,13 +168,21 @@ def classes_of(split: str) -> tuple[int, ...]:
 def generate(root, *, seed: int = 0, size: int = 64, per_class: dict[str, int], quality: int = 90) -> None:
     """Write every split named in ``per_class`` (split -> images per class) under ``root``."""
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     for split, count in per_class.items():
         if split not in SPLIT_IDS:
             raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_IDS)}")
-        for cls in classes_of(split):
-            folder = root / split / WNIDS[cls]
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                rng = np.random.default_rng([seed, SPLIT_IDS[split], cls, i])
-                image = draw(cls, rng, size, _style(split, i))
-                image.save(folder / f"{split}_{WNIDS[cls]}_{i:05d}.JPEG", quality=quality)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{split}.tmp-"))  # renamed into place when complete
+        try:
+            for cls in classes_of(split):
+                folder = tmp / WNIDS[cls]
+                folder.mkdir()
+                for i in range(count):
+                    rng = np.random.default_rng([seed, SPLIT_IDS[split], cls, i])
+                    image = draw(cls, rng, size, _style(split, i))
+                    image.save(folder / f"{split}_{WNIDS[cls]}_{i:05d}.JPEG", quality=quality)
+            if (root / split).exists():
+                shutil.rmtree(root / split)
+            tmp.rename(root / split)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

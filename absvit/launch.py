@@ -1,0 +1,98 @@
+"""Run a CLI verb through submitit: ``absvit submit [launcher options] -- <verb> [args]``.
+
+``--launcher local`` runs the verb in a child process of the calling (Snakemake) job;
+``--launcher slurm`` submits it to SLURM and waits. Either way the call returns when the
+verb is done and fails, with the job's log path, when the job fails.
+
+Time limits and preemption: the task is ``Checkpointable``. On SLURM's warning signal
+submitit requeues it with the same arguments; ``absvit pretrain`` then resumes from the
+``checkpoint.pth`` of its last finished epoch, so a long run survives any number of limits.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+
+from absvit.errors import JobFailed
+
+
+class Verb(submitit.helpers.Checkpointable):
+    """A picklable call of ``python -m absvit <argv>`` inside the job."""
+
+    def __init__(self, argv: list[str], cpus: int | None = None):
+        self.argv, self.cpus = list(argv), cpus
+
+    def __call__(self) -> int:
+        if self.cpus:  # stay inside the allocation: oversubscribed CPU threads slow torch down many times over
+            os.environ.setdefault("OMP_NUM_THREADS", str(self.cpus))
+            import torch
+
+            torch.set_num_threads(self.cpus)
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:  # one task per GPU: torch.distributed from the job's environment
+            dist = submitit.helpers.TorchDistributedEnvironment().export()
+            os.environ.setdefault("LOCAL_RANK", str(dist.local_rank))
+        from absvit.cli import main
+
+        return main(self.argv)
+
+
+@dataclass
+class Resources:
+    """What a stage asks SLURM for (config.yaml: ``slurm.<stage>``)."""
+
+    timeout_min: int = 60
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: float = 4
+    partition: str | None = None
+    constraint: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    max_num_timeout: int = 100  # requeues after hitting the time limit (preemptions are not counted)
+    extra: dict = field(default_factory=dict)
+
+    def executor_parameters(self, launcher: str) -> dict:
+        params = dict(timeout_min=self.timeout_min, nodes=self.nodes, cpus_per_task=self.cpus_per_task,
+                      tasks_per_node=max(self.gpus_per_node, 1), gpus_per_node=self.gpus_per_node, mem_gb=self.mem_gb)
+        if launcher == "slurm":
+            slurm = dict(slurm_partition=self.partition, slurm_constraint=self.constraint,
+                         slurm_account=self.account, slurm_qos=self.qos)
+            params.update({k: v for k, v in slurm.items() if v is not None})
+            params.update({f"slurm_{k}": v for k, v in self.extra.items()})
+        return params
+
+
+def submit(argv: list[str], *, launcher: str, folder, resources: Resources, name: str = "absvit") -> int:
+    if launcher not in ("local", "slurm"):
+        raise ValueError(f"launcher must be 'local' or 'slurm', got {launcher!r}")
+    folder = Path(folder)
+    extra = {"slurm_max_num_timeout": resources.max_num_timeout} if launcher == "slurm" else {}
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=launcher, **extra)
+    executor.update_parameters(name=name, **resources.executor_parameters(launcher))
+    job = executor.submit(Verb(argv, cpus=resources.cpus_per_task))
+    print(f"submitted {' '.join(argv[:1])} as {launcher} job {job.job_id}; logs: {job.paths.stdout} {job.paths.stderr}",
+          flush=True)
+    try:
+        status = int(job.result() or 0)
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+        _echo(job.paths.stdout, job.paths.stderr)
+        raise JobFailed(f"{launcher} job {job.job_id} ({' '.join(argv)}) failed; see its log {job.paths.stderr}\n{e}") from e
+    _echo(job.paths.stdout, job.paths.stderr)
+    if status:
+        raise JobFailed(f"{launcher} job {job.job_id} ({' '.join(argv)}) exited with status {status}; "
+                        f"see its log {job.paths.stderr}")
+    return 0
+
+
+def _echo(*paths: Path) -> None:
+    """Copy the job's own output into the calling job's log (Snakemake's ``log:`` file)."""
+    for path in paths:
+        if path.exists():
+            sys.stdout.write(path.read_text())
+    sys.stdout.flush()

@@ -1,0 +1,152 @@
+"""The pipeline on a real SLURM cluster (tests/slurm_cluster.py): Snakemake's slurm profile,
+submitit jobs, accounting states, failures with their log, and requeue with exact resume."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
+from absvit.data.imagenet_c import make_shard
+from absvit.data.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PER_CLASS = {"train": 12, "val": 3, "imagenet-a": 2, "imagenet-r": 2, "imagenet-sketch": 2}
+SMALL_JOB = {"threads": 1, "timeout_min": 10, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1}
+
+
+def _env(cluster) -> dict:
+    return {**cluster.env, "PATH": f"{BIN}:{cluster.env['PATH']}", "PYTHONUNBUFFERED": "1"}
+
+
+def _workflow_copy(tmp_path: Path) -> Path:
+    """The repository's workflow with the embedded preset shrunk to seconds, data made in-process."""
+    for name in ("Snakefile", "workflow", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    (tmp_path / "slurm").symlink_to("profiles/slurm")
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    p = config["presets"]["embedded"]
+    p["data"]["generate"]["per_class"] = PER_CLASS
+    p["data"]["make_imagenet_c"]["per_class"] = 1
+    p["recipe"].update(epochs=1, batch_size=16, workers=0)
+    p["evaluate"].update(workers=0, batch_size=64)
+    p["resources"] = {stage: dict(SMALL_JOB) for stage in p["resources"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+
+    # The data stage is not under test here (test_workflow / the demo run it): make it directly.
+    data = tmp_path / "results" / "data" / "embedded"
+    generate(data, seed=0, size=64, per_class=PER_CLASS)
+    for c in CORRUPTIONS:
+        for s in SEVERITIES:
+            make_shard(data / "val", data / "imagenet-c", c, s, resize=64, crop=64, per_class=1)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_slurm_profile_runs_pretrain_evaluate_table2(slurm_cluster, tmp_path):
+    wd = _workflow_copy(tmp_path)
+    before = set(slurm_cluster.job_states())
+    out = subprocess.run([BIN / "snakemake", "--profile", "slurm", "results/tables/table2.tex"], cwd=wd,
+                         env=_env(slurm_cluster), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+
+    # Only pretraining and evaluation went to SLURM: 2 arms, 5 suites each. The data existed.
+    assert "rule embedded_dataset" not in out.stdout and "rule imagenet_c_shard" not in out.stdout
+    table = (wd / "results" / "tables" / "table2.tex").read_text()
+    assert r"\toprule" in table and "Embedded default" in table
+    deadline = time.monotonic() + 60  # accounting records trail the controller
+    while set((jobs := {j: s for j, s in slurm_cluster.job_states().items() if j not in before}).values()) != {"COMPLETED"}:
+        assert time.monotonic() < deadline, jobs
+        time.sleep(0.5)
+    assert len(jobs) == 12, jobs
+    for run in ("absvit", "absvit_novar"):
+        log = (wd / "results" / "embedded" / "logs" / "pretrain" / f"{run}.log").read_text()
+        assert "as slurm job" in log and "Job completed successfully" in log
+
+    # A no-op rerun submits nothing.
+    again = subprocess.run([BIN / "snakemake", "--profile", "slurm", "results/tables/table2.tex"], cwd=wd,
+                           env=_env(slurm_cluster), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def _submit(cluster, folder: Path, *verb: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "absvit", "submit", "--launcher", "slurm", "--folder", str(folder),
+           "--timeout-min", "10", "--cpus-per-task", "1", "--mem-gb", "1", "--", *verb]
+    return subprocess.Popen(cmd, env=_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _job_id(proc: subprocess.Popen) -> str:
+    for line in proc.stdout:
+        if "as slurm job" in line:
+            return line.split("as slurm job")[1].split(";")[0].strip()
+    raise AssertionError(f"absvit submit exited ({proc.wait()}) without submitting")
+
+
+def test_failed_job_fails_with_its_log(slurm_cluster, tmp_path):
+    proc = _submit(slurm_cluster, tmp_path / "submitit", "pretrain", "--model", "absvit_pico_patch8_64",
+                   "--data", str(tmp_path / "no-such-dataset"), "--out", str(tmp_path / "out"), "--no-mlflow")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 2, out
+    job = out.split("as slurm job")[1].split(";")[0].strip()
+    log = tmp_path / "submitit" / job / f"{job}_0_log.err"
+    assert f"slurm job {job}" in out and f"see its log {log}" in out, out
+    assert "no-such-dataset/train: no such directory" in log.read_text()
+    assert not (tmp_path / "out" / "model.pth").exists()
+
+
+def _pretrain_args(data: Path, out: Path) -> list[str]:
+    return ["pretrain", "--model", "absvit_pico_patch8_64", "--data", str(data), "--out", str(out), "--no-mlflow",
+            "--set", "epochs=4", "batch_size=32", "workers=0", "warmup_epochs=1", "mixup=0.2", "reprob=0.2",
+            "img_size=64", "crop_pct=1.0", "repeated_aug=false", "auto_augment=rand-m5-mstd0.5-inc1"]
+
+
+@pytest.mark.slow
+def test_interrupted_job_is_requeued_and_ends_like_an_uninterrupted_one(slurm_cluster, tmp_path):
+    data = tmp_path / "data"
+    generate(data, seed=1, size=64, per_class={"train": 40, "val": 4})
+    reference = _submit(slurm_cluster, tmp_path / "sub-ref", *_pretrain_args(data, tmp_path / "ref"))
+    proc = _submit(slurm_cluster, tmp_path / "sub", *_pretrain_args(data, tmp_path / "run"))
+    job = _job_id(proc)
+
+    # Preempt the job after its first epoch's checkpoint, as SLURM would (SIGTERM, then USR2).
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and proc.poll() is None, "first epoch never finished"
+        time.sleep(0.1)
+    slurm_cluster.run("scancel", job, "--signal", "SIGTERM")
+    slurm_cluster.run("scancel", job, "--signal", "USR2")
+
+    # submitit requeues it; SLURM holds a requeued job ~2 minutes, which a test need not wait.
+    deadline = time.monotonic() + 120
+    while slurm_cluster.run("squeue", "-h", "-j", job, "-o", "%T").strip() != "PENDING":
+        assert time.monotonic() < deadline, "the job was not requeued"
+        time.sleep(0.2)
+    slurm_cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now")
+
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    assert reference.wait(timeout=600) == 0, reference.stdout.read()
+    assert "resuming absvit_pico_patch8_64" in out, out
+    deadline = time.monotonic() + 60  # accounting records trail the controller
+    while (history := slurm_cluster.run("sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", "State").split())[-1:] != ["COMPLETED"]:
+        assert time.monotonic() < deadline, history
+        time.sleep(0.5)
+    assert "REQUEUED" in history, history
+
+    got, want = (torch.load(tmp_path / d / "model.pth", weights_only=True)["model"] for d in ("run", "ref"))
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "epoch_seconds"} for l in p.read_text().splitlines()]  # noqa: E731
+    assert strip(metrics) == strip(tmp_path / "ref" / "metrics.jsonl")
+    assert len(strip(metrics)) == 4
+    assert os.path.getsize(tmp_path / "run" / "result.json") > 0

@@ -1,0 +1,79 @@
+# Config validation and the paths every stage shares.
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+
+
+def _validate(config):
+    """Snakemake's schema validation, re-raised as one line naming the offending key."""
+    try:
+        validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+    except WorkflowError as e:
+        cause = e.__context__  # snakemake folds the jsonschema error into its message
+        if not hasattr(cause, "absolute_path"):
+            raise
+        key = ".".join(map(str, cause.absolute_path)) or "(top level)"
+        raise WorkflowError(f"config.yaml: config key '{key}': {cause.message}") from None
+
+
+_validate(config)
+if config["preset"] not in config["presets"]:
+    raise WorkflowError(f"config key 'preset': {config['preset']!r} is not one of presets {sorted(config['presets'])}")
+
+PRESET = config["preset"]
+P = config["presets"][PRESET]
+OUT = Path("results") / PRESET
+TABLES = Path("results") / "tables"
+LOGS = OUT / "logs"
+BENCH = OUT / "benchmarks"
+RUNS = P["runs"]
+SUITES = ["clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch"]
+
+
+def _check_config():
+    from absvit.recipe import PretrainRecipe
+
+    where = f"presets.{PRESET}"
+    for key in ("without_lvar", "with_lvar"):
+        if P["table2"][key] not in RUNS:
+            raise WorkflowError(f"config key '{where}.table2.{key}': run {P['table2'][key]!r} is not in {where}.runs")
+    for run in P["checkpoints"]:
+        if run not in RUNS:
+            raise WorkflowError(f"config key '{where}.checkpoints.{run}': no such run in {where}.runs")
+    try:
+        PretrainRecipe.from_dict(P["recipe"], where=f"{where}.recipe")
+    except (KeyError, TypeError) as e:
+        raise WorkflowError(f"config key {e.args[0]}")
+
+
+_check_config()
+
+# Dataset roots: generated under results/data/embedded, or the real paths from the preset.
+if "generate" in P["data"]:
+    DATA_ROOT = Path("results") / "data" / "embedded"
+    DATA = {split: DATA_ROOT / split for split in ("train", "val", "imagenet-a", "imagenet-r", "imagenet-sketch")}
+    DATA["imagenet-c"] = DATA_ROOT / "imagenet-c"
+else:
+    root = Path(P["data"]["imagenet"])
+    DATA = {"train": root / "train", "val": root / "val", "imagenet-c": Path(P["data"]["imagenet_c"]),
+            "imagenet-a": Path(P["data"]["imagenet_a"]), "imagenet-r": Path(P["data"]["imagenet_r"]),
+            "imagenet-sketch": Path(P["data"]["imagenet_sketch"])}
+SUITE_DATA = {"clean": DATA["val"], **{s: DATA[s] for s in SUITES if s != "clean"}}
+GENERATED = "generate" in P["data"]
+
+
+def submit(stage, wildcards_name):
+    """`python -m absvit submit ... --` for a stage: launcher and its SLURM request from config."""
+    r = P["resources"][stage]
+    opts = [f"--launcher {config['launcher']}", f"--folder {OUT / 'submitit' / stage / wildcards_name}",
+            f"--name absvit-{stage}-{wildcards_name}", f"--timeout-min {r['timeout_min']}",
+            f"--nodes {r.get('nodes', 1)}", f"--gpus-per-node {r['gpus_per_node']}",
+            f"--cpus-per-task {r['cpus_per_task']}", f"--mem-gb {r['mem_gb']}"]
+    opts += [f"--{k} {r[k]}" for k in ("partition", "constraint", "account", "qos") if r.get(k)]
+    return "python -m absvit submit " + " ".join(opts) + " --"
+
+
+def tracking():
+    return f"--tracking-uri {config['mlflow_uri']}" if config["mlflow_uri"] else ""

@@ -10,10 +10,12 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/ablation.smk"
+include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/tables.smk"
 
 
 rule all:
     input:
+        TABLES / "table1.tex",
         TABLES / "table2.tex",
         expand(OUT / "eval" / "{run}" / "{suite}.json", run=RUNS, suite=SUITES),

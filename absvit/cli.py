@@ -63,6 +63,29 @@ def _data_imagenet_c(args: argparse.Namespace) -> None:
                per_class=args.per_class, seed=args.seed)
 
 
+def _data_segmentation(args: argparse.Namespace) -> None:
+    from absvit.data.synthetic_seg import generate_segmentation
+
+    per_split = {k: int(v) for k, v in _parse_sets(args.per_split).items()}
+    generate_segmentation(args.out, seed=args.seed, per_split=per_split, layouts=args.layouts)
+
+
+def _segment(args: argparse.Namespace) -> None:
+    from absvit.recipe import SegmentRecipe
+    from absvit.segment import segment
+
+    values = {}
+    if args.recipe:
+        import yaml
+
+        values = yaml.safe_load(open(args.recipe)) or {}
+    values.update(_parse_sets(args.set))
+    recipe = SegmentRecipe.from_dict(values, where=args.recipe or "recipe")
+    tags = {"absvit.preset": args.preset} if args.preset else None
+    segment(args.backbone, args.model, args.dataset, args.data, args.out, recipe, checkpoint=args.checkpoint,
+            ema=args.ema, tracking_uri=args.tracking_uri, track=not args.no_mlflow, run_name=args.run_name, tags=tags)
+
+
 def _pretrain(args: argparse.Namespace) -> None:
     from absvit.pretrain import pretrain
 
@@ -94,13 +117,16 @@ def _tables(args: argparse.Namespace) -> None:
     from absvit.tracking import tracking_uri
 
     if args.from_mlflow:
-        ablation, label = tables.ablation_from_mlflow(tracking_uri(args.tracking_uri), args.preset)
+        uri = tracking_uri(args.tracking_uri)
+        ablation, label = tables.ablation_from_mlflow(uri, args.preset)
+        segmentation = tables.segmentation_from_mlflow(uri, args.preset)
     else:
         if not args.ablation:
             raise SystemExit("tables: give --ablation lvar.csv, or --from-mlflow")
         ablation, label = pd.read_csv(args.ablation), args.label  # pandas 3 reads floats round-trip
+        segmentation = tables.segmentation_frame(args.segmentation) if args.segmentation else None
     t2 = tables.table2(ablation, args.out_dir, label=label)
-    t1 = tables.table1(pd.read_csv(args.segmentation), args.out_dir, label=label) if args.segmentation else None
+    t1 = tables.table1(segmentation, args.out_dir, label=label) if segmentation is not None else None
     tables.report(args.out_dir, t2=t2, t1=t1, label=label)
 
 
@@ -149,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_data_imagenet_c)
 
+    p = data.add_parser("embedded-segmentation", help="the embedded default's VOC / Cityscapes / ADE20K-layout sets")
+    p.add_argument("--out", required=True, help="writes <out>/voc/VOCdevkit/..., <out>/cityscapes/..., <out>/ade20k/...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-split", nargs="+", default=["train=120", "val=20"], metavar="SPLIT=N")
+    p.add_argument("--layouts", nargs="+", default=["voc", "cityscapes", "ade20k"], choices=["voc", "cityscapes", "ade20k"])
+    p.set_defaults(func=_data_segmentation)
+
     p = verbs.add_parser("pretrain", help="ImageNet-style pretraining; resumes from <out>/checkpoint.pth")
     p.add_argument("--model", required=True, help="timm name, e.g. absvit_small_patch16_224")
     p.add_argument("--data", required=True, help="root with train/<wnid>/ and val/<wnid>/")
@@ -176,6 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_args(p)
     p.set_defaults(func=_evaluate)
 
+    p = verbs.add_parser("segment", help="UperNet fine-tuning + single-scale evaluation; resumes from <out>/checkpoint.pth")
+    p.add_argument("--backbone", required=True, choices=["vit", "absvit", "resnet"])
+    p.add_argument("--model", required=True, help="timm name, e.g. absvit_base_patch16_224 or resnet101")
+    p.add_argument("--dataset", required=True, choices=["voc", "cityscapes", "ade20k"])
+    p.add_argument("--data", required=True, help="the dataset's root (VOCdevkit's parent, Cityscapes root, ADEChallengeData2016's parent)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", default=None, help="backbone weights: pretraining output / released file (ViT, AbSViT) "
+                   "or timm ImageNet weights (ResNet); none: random init, said loudly")
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--recipe", default=None, help="YAML mapping of segmentation recipe keys (defaults: the paper's)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--preset", default=None, help="tag the MLflow run with the pipeline preset")
+    _tracking_args(p)
+    p.set_defaults(func=_segment)
+
     p = verbs.add_parser("ablation", help="Table 2's rows: the with/without L_var arms' robustness results")
     p.add_argument("--without", required=True, help="eval folder of the arm without L_var (<suite>.json files)")
     p.add_argument("--with", dest="with_", required=True, help="eval folder of the arm with L_var")
@@ -189,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("tables", help="Tables 1-2 as LaTeX / CSV / Markdown and the reproduction report")
     p.add_argument("--ablation", help="lvar.csv from `absvit ablation`")
-    p.add_argument("--segmentation", help="segmentation summary CSV (backbone, dataset, miou)")
+    p.add_argument("--segmentation", nargs="+", help="`absvit segment` result.json files (one per backbone x dataset)")
     p.add_argument("--label", default="", help="a sentence added to the captions (the embedded default says so)")
     p.add_argument("--from-mlflow", action="store_true", help="read the numbers from the tracking store instead")
     p.add_argument("--preset", default="embedded", help="with --from-mlflow: which preset's runs")
@@ -214,9 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from absvit.errors import CheckpointError, DatasetError, JobFailed, TrackingError
-
     from absvit import tracking
+    from absvit.errors import CheckpointError, DatasetError, JobFailed, TrackingError
 
     args = build_parser().parse_args(argv)
     tracking.COMMAND = list(sys.argv[1:] if argv is None else argv)

@@ -14,8 +14,7 @@ import torch
 from timm.data import create_transform
 
 import absvit.models  # noqa: F401  (registers the models)
-from absvit.checkpoint import extract_state_dict, read_checkpoint
-from absvit.checkpoint import check_state_dict
+from absvit.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
 from absvit.data import SUITES
 from absvit.data.corruptions import ALEXNET_ERR, CORRUPTIONS, SEVERITIES
 from absvit.data.readers import ClassFolder, DatasetError, imagenet_c_folders, label_space

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-import torch.nn.functional as F
 from timm.data import Mixup, create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -33,10 +32,7 @@ from absvit.distributed import DistInfo, init_distributed
 from absvit.io import atomic_path, write_json
 from absvit.recipe import PretrainRecipe
 from absvit.tracking import Tracker
-
-
-class NonFiniteLoss(FloatingPointError):
-    pass
+from absvit.training import NonFiniteLoss, rng_state, set_rng_state, truncate_log
 
 
 class TrainingLoss(torch.nn.Module):
@@ -55,27 +51,6 @@ class TrainingLoss(torch.nn.Module):
             passes = (self.criterion(out.logits_bottom_up, targets) + self.criterion(out.logits, targets)) / 2
             return passes + self.var_weight * out.var_loss
         return self.criterion(self.model(images), targets)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": np_state[2],
-                      "has_gauss": np_state[3], "gauss": np_state[4]},
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 @torch.inference_mode()
@@ -119,7 +94,7 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     start_epoch, run_id = 0, None
     if ckpt_path.exists():
         start_epoch, run_id = _resume(ckpt_path, model, ema, optimizer, scheduler)
-        _truncate_log(log_path, start_epoch)
+        truncate_log(log_path, "epoch", start_epoch)
         print(f"resuming {model_name} from {ckpt_path} at epoch {start_epoch}")
     else:
         scheduler.step(0)
@@ -226,7 +201,7 @@ def _train_epoch(objective, model, loader, mixup, optimizer, ema, recipe, device
 
 def _save(path, model, ema, optimizer, scheduler, epoch, recipe, classes, run_id) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-             "epoch": epoch, "args": recipe.to_dict(), "classes": list(classes), "rng": _rng_state(),
+             "epoch": epoch, "args": recipe.to_dict(), "classes": list(classes), "rng": rng_state(),
              "mlflow_run_id": run_id}
     if ema is not None:
         state["model_ema"] = ema.module.state_dict()
@@ -250,13 +225,5 @@ def _resume(path, model, ema, optimizer, scheduler) -> tuple[int, str | None]:
         ema.module.load_state_dict(extract_state_dict(ckpt, path, ema=True))
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["lr_scheduler"])
-    _set_rng_state(ckpt["rng"])
+    set_rng_state(ckpt["rng"])
     return int(ckpt["epoch"]), ckpt.get("mlflow_run_id")
-
-
-def _truncate_log(path: Path, epochs: int) -> None:
-    """Drop log lines of epochs after the checkpoint (a job killed between save and log, or after)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs]
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in lines))

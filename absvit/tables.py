@@ -6,6 +6,7 @@ same DataFrames and so write byte-identical files.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -99,6 +100,38 @@ def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
     cells = [[str(c) for c in frame.columns]] + [["--" if pd.isna(v) else str(v) for v in row] for row in frame.itertuples(index=False)]
     lines = ["| " + " | ".join(r) + " |" for r in cells]
     return "\n".join([lines[0], "|" + "---|" * len(frame.columns)] + lines[1:])
+
+
+ROW_OF_KIND = {"resnet": "resnet101", "vit": "vit", "absvit": "absvit"}  # backbone kind -> Table 1 row
+
+
+def segmentation_frame(result_files) -> pd.DataFrame:
+    """Table 1's long form (backbone row, dataset, miou) from `absvit segment` result files."""
+    rows = []
+    for path in result_files:
+        r = json.loads(Path(path).read_text())
+        rows.append({"backbone": ROW_OF_KIND[r["backbone"]], "dataset": r["dataset"], "miou": float(r["miou"])})
+    return pd.DataFrame(rows, columns=["backbone", "dataset", "miou"])
+
+
+def segmentation_from_mlflow(uri: str, preset: str) -> pd.DataFrame | None:
+    """The newest finished segmentation run of each (backbone, dataset) of ``preset``; None if there are none."""
+    from mlflow.tracking import MlflowClient
+
+    from absvit.tracking import EXPERIMENT
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], f"tags.`absvit.stage` = 'segment' and tags.`absvit.preset` = '{preset}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"])
+    latest = {}
+    for run in runs:
+        key = (ROW_OF_KIND[run.data.tags["absvit.backbone"]], run.data.tags["absvit.dataset"])
+        latest.setdefault(key, run.data.metrics["miou"])
+    if not latest:
+        return None
+    return pd.DataFrame([{"backbone": b, "dataset": d, "miou": v} for (b, d), v in latest.items()])
 
 
 def ablation_from_mlflow(uri: str, preset: str) -> tuple[pd.DataFrame, str]:

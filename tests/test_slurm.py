@@ -2,6 +2,7 @@
 submitit jobs, accounting states, failures with their log, and requeue with exact resume."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import yaml
 from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
 from absvit.data.imagenet_c import make_shard
 from absvit.data.synthetic import generate
+from absvit.data.synthetic_seg import generate_segmentation
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -39,6 +41,11 @@ def _workflow_copy(tmp_path: Path) -> Path:
     p["recipe"].update(epochs=1, batch_size=16, workers=0)
     p["evaluate"].update(workers=0, batch_size=64)
     p["resources"] = {stage: dict(SMALL_JOB) for stage in p["resources"]}
+    seg = p["segmentation"]
+    seg["generate"]["per_split"] = {"train": 8, "val": 2}
+    seg["backbones"] = {"absvit": seg["backbones"]["absvit"]}  # one segmentation job: absvit on voc
+    seg["datasets"] = {"voc": seg["datasets"]["voc"]}
+    seg["recipe"].update(iterations=4, batch_size=4, checkpoint_every=2)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
 
     # The data stage is not under test here (test_workflow / the demo run it): make it directly.
@@ -47,26 +54,30 @@ def _workflow_copy(tmp_path: Path) -> Path:
     for c in CORRUPTIONS:
         for s in SEVERITIES:
             make_shard(data / "val", data / "imagenet-c", c, s, resize=64, crop=64, per_class=1)
+    generate_segmentation(data / "segmentation", seed=0, per_split={"train": 8, "val": 2})
     return tmp_path
 
 
 @pytest.mark.slow
-def test_slurm_profile_runs_pretrain_evaluate_table2(slurm_cluster, tmp_path):
+def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_path):
     wd = _workflow_copy(tmp_path)
     before = set(slurm_cluster.job_states())
     out = subprocess.run([BIN / "snakemake", "--profile", "slurm", "results/tables/table2.tex"], cwd=wd,
                          env=_env(slurm_cluster), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 
-    # Only pretraining and evaluation went to SLURM: 2 arms, 5 suites each. The data existed.
+    # Pretraining (2 arms), evaluation (5 suites each) and segmentation (1) went to SLURM; the data existed.
     assert "rule embedded_dataset" not in out.stdout and "rule imagenet_c_shard" not in out.stdout
+    assert "rule segmentation_dataset" not in out.stdout
     table = (wd / "results" / "tables" / "table2.tex").read_text()
     assert r"\toprule" in table and "Embedded default" in table
     deadline = time.monotonic() + 60  # accounting records trail the controller
     while set((jobs := {j: s for j, s in slurm_cluster.job_states().items() if j not in before}).values()) != {"COMPLETED"}:
         assert time.monotonic() < deadline, jobs
         time.sleep(0.5)
-    assert len(jobs) == 12, jobs
+    assert len(jobs) == 13, jobs
+    table1 = (wd / "results" / "tables" / "table1.tex").read_text()
+    assert re.search(r"^AbSViT-B & \d+\.\d & -- & -- \\\\$", table1, re.M), table1
     for run in ("absvit", "absvit_novar"):
         log = (wd / "results" / "embedded" / "logs" / "pretrain" / f"{run}.log").read_text()
         assert "as slurm job" in log and "Job completed successfully" in log

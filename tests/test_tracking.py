@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import timm
-
 from mlflow.tracking import MlflowClient
 
 from absvit.cli import main
+from absvit.data.synthetic_seg import generate_segmentation
 from absvit.pretrain import pretrain
+from absvit.recipe import SegmentRecipe
+from absvit.segment import segment
 from tests.conftest import tiny_recipe
 
 
@@ -62,20 +64,25 @@ def _eval_dirs(root: Path) -> dict[str, Path]:
     return dirs
 
 
-def tables_regenerate_from_the_store_alone(uri: str, tmp_path: Path) -> None:
-    """ablation -> tables from files; then, with every file but the store gone, tables from MLflow: same bytes."""
+def tables_regenerate_from_the_store_alone(uri: str, tmp_path: Path, segmentation: list[Path] = ()) -> None:
+    """ablation (+ segmentation) -> tables from files; then, with every file but the store gone, tables from
+    MLflow: the same bytes."""
     dirs = _eval_dirs(tmp_path / "eval")
     csv = tmp_path / "ablation" / "lvar.csv"
     label = "Embedded default: a caption sentence"
     assert main(["ablation", "--without", str(dirs["without_lvar"]), "--with", str(dirs["with_lvar"]), "--without-run", "a",
                  "--with-run", "b", "--label", label, "--preset", "embedded", "--out", str(csv), "--tracking-uri", uri]) == 0
-    assert main(["tables", "--ablation", str(csv), "--label", label, "--out-dir", str(tmp_path / "files")]) == 0
+    seg_args = ["--segmentation", *map(str, segmentation)] if segmentation else []
+    assert main(["tables", "--ablation", str(csv), *seg_args, "--label", label, "--out-dir", str(tmp_path / "files")]) == 0
     shutil.rmtree(tmp_path / "eval")
     shutil.rmtree(tmp_path / "ablation")
+    for path in segmentation:
+        shutil.rmtree(path.parent)
     assert main(["tables", "--from-mlflow", "--tracking-uri", uri, "--preset", "embedded",
                  "--out-dir", str(tmp_path / "store")]) == 0
     names = sorted(p.name for p in (tmp_path / "files").iterdir())
-    assert names == ["report.md", "table2.csv", "table2.md", "table2.tex"]
+    tables = ["table1.csv", "table1.md", "table1.tex"] if segmentation else []
+    assert names == ["report.md", *tables, "table2.csv", "table2.md", "table2.tex"]
     for name in names:
         assert (tmp_path / "store" / name).read_bytes() == (tmp_path / "files" / name).read_bytes(), name
     assert "71.2 & 69.0 & 9.4 & 33.5 & 20.8" in (tmp_path / "files" / "table2.tex").read_text()
@@ -87,8 +94,22 @@ def tables_regenerate_from_the_store_alone(uri: str, tmp_path: Path) -> None:
     assert {"lvar.csv", "config.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+@pytest.mark.slow
 def test_tables_from_sqlite_store_are_byte_identical(tmp_path):
-    tables_regenerate_from_the_store_alone(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    generate_segmentation(tmp_path / "seg", per_split={"train": 4, "val": 2}, layouts=["voc", "ade20k"])
+    recipe = SegmentRecipe(iterations=2, batch_size=2, crop_height=32, crop_width=32, scale_long=64, scale_short=32,
+                           head_channels=8, aux_channels=8, workers=0)
+    results = []
+    for backbone, model, dataset in (("vit", "vit_pico_patch8_64", "voc"), ("absvit", "absvit_pico_patch8_64", "ade20k")):
+        out = tmp_path / "segment" / backbone / dataset
+        with pytest.warns(UserWarning, match="random init"):
+            segment(backbone, model, dataset, tmp_path / "seg" / dataset, out, recipe, tracking_uri=uri,
+                    tags={"absvit.preset": "embedded"})
+        results.append(out / "result.json")
+    tables_regenerate_from_the_store_alone(uri, tmp_path, results)
+    table1 = (tmp_path / "store" / "table1.tex").read_text()
+    assert "ViT-B & " in table1 and " & -- & -- \\\\" in table1
 
 
 def test_tables_from_mlflow_without_runs_names_the_store(tmp_path, capsys):

@@ -28,7 +28,7 @@ def test_dry_run_plans_the_whole_embedded_dag():
     assert out.returncode == 0, out.stderr
     counts = _job_counts(out.stdout)
     assert counts == {"all": 1, "embedded_dataset": 1, "imagenet_c_shard": 75, "pretrain": 3, "evaluate": 15,
-                      "lvar_ablation": 1, "tables": 1}, counts
+                      "lvar_ablation": 1, "segmentation_dataset": 1, "segment": 9, "tables": 1}, counts
 
 
 def _workdir_with(tmp_path, edit) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+
 from absvit.data.corruptions import CORRUPTIONS, GROUPS, SEVERITIES
 from absvit.errors import DatasetError
 

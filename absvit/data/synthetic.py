@@ -144,11 +144,14 @@ def draw(cls: int, rng: np.random.Generator, size: int, style: Style) -> Image.I
     return img.filter(ImageFilter.GaussianBlur(0.4)) if style.mode == "photo" else img
 
 
-def _texture(cls: int, rng: np.random.Generator, size: int, fill) -> Image.Image:
-    """Stripes whose angle and period belong to the class (jittered), ``fill`` against a contrasting shade."""
+def _texture(cls: int, rng: np.random.Generator, size, fill) -> Image.Image:
+    """Stripes whose angle and period belong to the class (jittered), ``fill`` against a contrasting shade.
+
+    ``size``: an int (square) or (height, width)."""
     angle = math.radians(cls * 18 + rng.uniform(-6, 6))
     period = 3.0 + 1.5 * (cls % 3)
-    y, x = np.mgrid[0:size, 0:size]
+    height, width = (size, size) if isinstance(size, int) else size
+    y, x = np.mgrid[0:height, 0:width]
     wave = 0.5 + 0.5 * np.sin(2 * math.pi * (x * math.cos(angle) + y * math.sin(angle)) / period + rng.uniform(0, 6.3))
     fill = np.asarray(fill, dtype=float)
     other = np.clip(fill + (120 if fill.mean() < 128 else -120), 0, 255)

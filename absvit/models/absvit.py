@@ -17,11 +17,11 @@ from typing import NamedTuple, Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Attention
 from timm.models import build_model_with_cfg, register_model
 from timm.models._registry import generate_default_cfgs
 from timm.models.vision_transformer import Block, VisionTransformer, init_weights_vit_timm
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["AbSViT", "AbSViTOutput", "FeedbackDecoder", "TopDownAttention", "TopDownBlock"]
@@ -171,6 +171,32 @@ class AbSViT(VisionTransformer):
     def forward_train(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None) -> AbSViTOutput:
         bottom_up, top_down, trace = self._two_passes(x, prior, alpha, record=True)
         return AbSViTOutput(self.forward_head(bottom_up), self.forward_head(top_down), self.variational_loss(trace))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Union[int, list[int], None] = None, prior: Prior = None,
+                              alpha: Optional[float] = None, *, norm: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = True) -> list[torch.Tensor]:
+        """Pass-2 outputs of blocks ``indices`` (an int n: the last n), patch tokens only, as (B, D, H, W) maps.
+
+        timm's ViT method of the same name gives pass-1 features; dense heads (segmentation) need
+        these: the tokens after the prior mask and feedback have steered the attention.
+        """
+        if output_fmt != "NCHW" or not intermediates_only:
+            raise NotImplementedError("AbSViT.forward_intermediates returns NCHW intermediates only")
+        depth = len(self.blocks)
+        indices = list(range(depth - indices, depth)) if isinstance(indices, int) else list(indices or range(depth))
+        if not all(-depth <= i < depth for i in indices):
+            raise IndexError(f"block indices {indices} out of range for {depth} blocks")
+        indices = [i % depth for i in indices]
+        grid = self.patch_embed.dynamic_feat_size(x.shape[-2:]) if self.dynamic_img_size else self.patch_embed.grid_size
+        x0 = self.embed(x)
+        tds = self.top_down(self.norm(self.run_blocks(x0)[0]), prior, alpha)
+        _, trace = self.run_blocks(x0, tds, record=True, depth=max(indices) + 1)
+        maps = []
+        for i in indices:
+            tokens = trace[i][1][:, self.num_prefix_tokens:]
+            tokens = self.norm(tokens) if norm else tokens
+            maps.append(tokens.reshape(x.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous())
+        return maps
 
     @torch.no_grad()
     def attention_map(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None, *, top_down: bool = True) -> torch.Tensor:

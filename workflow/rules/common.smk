@@ -33,7 +33,7 @@ SUITES = ["clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch"]
 
 
 def _check_config():
-    from absvit.recipe import PretrainRecipe
+    from absvit.recipe import PretrainRecipe, SegmentRecipe
 
     where = f"presets.{PRESET}"
     for key in ("without_lvar", "with_lvar"):
@@ -42,8 +42,20 @@ def _check_config():
     for run in P["checkpoints"]:
         if run not in RUNS:
             raise WorkflowError(f"config key '{where}.checkpoints.{run}': no such run in {where}.runs")
+    seg = P["segmentation"]
+    for name, b in seg["backbones"].items():
+        if b.get("run") and b["run"] not in RUNS:
+            raise WorkflowError(f"config key '{where}.segmentation.backbones.{name}.run': no run {b['run']!r} in {where}.runs")
+        if (b["kind"] == "absvit") != b["model"].startswith("absvit_"):
+            raise WorkflowError(f"config key '{where}.segmentation.backbones.{name}': kind {b['kind']!r} "
+                                f"does not match model {b['model']!r}")
+    for name, d in seg["datasets"].items():
+        if "generate" not in seg and "root" not in d:
+            raise WorkflowError(f"config key '{where}.segmentation.datasets.{name}.root': required (the dataset's folder)")
     try:
         PretrainRecipe.from_dict(P["recipe"], where=f"{where}.recipe")
+        for name, d in seg["datasets"].items():
+            SegmentRecipe.from_dict({**seg["recipe"], **d["recipe"]}, where=f"{where}.segmentation.datasets.{name}.recipe")
     except (KeyError, TypeError) as e:
         raise WorkflowError(f"config key {e.args[0]}")
 

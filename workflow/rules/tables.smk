@@ -4,8 +4,9 @@
 rule tables:
     input:
         ablation=OUT / "ablation" / "lvar.csv",
+        segmentation=SEG_RESULTS,
     output:
-        [TABLES / f"table2.{ext}" for ext in ("tex", "csv", "md")],
+        [TABLES / f"table{n}.{ext}" for n in (1, 2) for ext in ("tex", "csv", "md")],
         TABLES / "report.md",
     params:
         label=P["label"],
@@ -15,4 +16,5 @@ rule tables:
         BENCH / "tables.tsv"
     threads: 1
     shell:
-        "python -m absvit tables --ablation {input.ablation} --label {params.label:q} --out-dir {TABLES} > {log} 2>&1"
+        "python -m absvit tables --ablation {input.ablation} --segmentation {input.segmentation}"
+        " --label {params.label:q} --out-dir {TABLES} > {log} 2>&1"

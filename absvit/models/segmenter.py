@@ -1,0 +1,125 @@
+"""Segmentation models: a backbone's feature maps -> UperNet (+ FCN auxiliary head).
+
+Backbones:
+    vit / absvit  timm (AbS)ViT; maps after blocks 3, 6, 9, 12 of 12 (evenly spaced for other
+                  depths), class token dropped, the last tap after the final LayerNorm; for
+                  AbSViT these are pass-2 features (prior mask + feedback). The position
+                  embedding is resampled bicubically to each input's grid.
+    resnet        timm ResNet stages 1-4 (strides 4-32).
+"""
+from __future__ import annotations
+
+import warnings
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+
+import absvit.models  # noqa: F401  (registers the models)
+from absvit.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
+from absvit.errors import CheckpointError
+from absvit.models.upernet import FCNHead, UperNetHead
+
+BACKBONES = ("vit", "absvit", "resnet")
+
+
+def vit_taps(depth: int) -> list[int]:
+    """Four evenly spaced blocks, ending with the last: 2, 5, 8, 11 for depth 12."""
+    return [depth * (k + 1) // 4 - 1 for k in range(4)]
+
+
+class ViTFeatures(nn.Module):
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+        self.taps = vit_taps(len(vit.blocks))
+        self.channels = [vit.embed_dim] * 4
+        self.size_divisor = vit.patch_embed.patch_size[0]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.vit.forward_intermediates(x, indices=self.taps, norm=False, output_fmt="NCHW", intermediates_only=True)
+        last = self.vit.norm(maps[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return [*maps[:-1], last]
+
+
+class ResNetFeatures(nn.Module):
+    def __init__(self, resnet: nn.Module):
+        super().__init__()
+        self.resnet = resnet
+        self.channels = resnet.feature_info.channels()
+        self.size_divisor = 32
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.resnet(x)
+
+
+class Segmenter(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, *, channels: int = 512, aux_channels: int = 256,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = UperNetHead(backbone.channels, num_classes, channels, dropout)
+        self.auxiliary_head = FCNHead(backbone.channels[-1], num_classes, aux_channels, dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits at the input's size, and the auxiliary head's (training only)."""
+        feats = self.backbone(x)
+        logits = F.interpolate(self.decode_head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        aux = None
+        if self.training:
+            aux = F.interpolate(self.auxiliary_head(feats[-1]), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, aux
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor, out_size) -> torch.Tensor:
+        """Whole-image inference: pad to the backbone's stride, crop back, resize to ``out_size``."""
+        h, w = image.shape[-2:]
+        d = self.backbone.size_divisor
+        padded = F.pad(image, (0, (-w) % d, 0, (-h) % d))
+        logits = self(padded)[0][..., :h, :w]
+        return F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
+
+
+def _vit_state(model: nn.Module, checkpoint, ema: bool) -> dict:
+    """A pretraining / released classification checkpoint, without its classifier, fitted to ``model``."""
+    state = extract_state_dict(read_checkpoint(checkpoint), checkpoint, ema=ema)
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    ours = model.state_dict()
+    pos = state.get("pos_embed")
+    if pos is not None and "pos_embed" in ours and pos.shape != ours["pos_embed"].shape:
+        prefix = model.num_prefix_tokens
+        old = int((pos.shape[1] - prefix) ** 0.5)
+        state["pos_embed"] = resample_abs_pos_embed(pos, new_size=model.patch_embed.grid_size, old_size=(old, old),
+                                                    num_prefix_tokens=prefix)
+    return state
+
+
+def build_backbone(kind: str, model_name: str, *, checkpoint=None, ema: bool = False, drop_path: float = 0.1) -> nn.Module:
+    if kind not in BACKBONES:
+        raise ValueError(f"unknown backbone kind {kind!r}; expected one of {BACKBONES}")
+    if kind == "resnet":
+        if checkpoint:
+            resnet = timm.create_model(model_name, features_only=True, out_indices=(1, 2, 3, 4), pretrained=True,
+                                       pretrained_cfg_overlay={"file": str(checkpoint)})
+        else:
+            warnings.warn(f"{model_name}: no ImageNet weights configured; the segmentation backbone starts from RANDOM "
+                          "init and its numbers are not comparable to the paper's", stacklevel=2)
+            resnet = timm.create_model(model_name, features_only=True, out_indices=(1, 2, 3, 4))
+        return ResNetFeatures(resnet)
+
+    is_absvit = model_name.startswith("absvit_")
+    if is_absvit != (kind == "absvit"):
+        raise ValueError(f"backbone kind {kind!r} does not match model {model_name!r}")
+    vit = timm.create_model(model_name, num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path)
+    if checkpoint:
+        state = _vit_state(vit, checkpoint, ema)
+        try:
+            check_state_dict(vit, state, checkpoint)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e} (is it a {model_name} checkpoint? a {kind} backbone needs one)") from None
+        vit.load_state_dict(state)
+    else:
+        warnings.warn(f"{model_name}: no pretraining checkpoint given; the backbone starts from random init", stacklevel=2)
+    return ViTFeatures(vit)

@@ -135,6 +135,18 @@ def test_wrong_backbone_checkpoint_is_refused(tmp_path):
         build_backbone("vit", "absvit_pico_patch8_64")
 
 
+def test_resnet_loads_timm_imagenet_weights_from_a_file(tmp_path):
+    source = timm.create_model("resnet10t")
+    torch.save(source.state_dict(), tmp_path / "resnet10t.pth")
+    backbone = build_backbone("resnet", "resnet10t", checkpoint=tmp_path / "resnet10t.pth")
+    torch.testing.assert_close(backbone.resnet.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+    torch.save(timm.create_model("vit_pico_patch8_64").state_dict(), tmp_path / "vit.pth")
+    with pytest.raises(CheckpointError, match=r"vit.pth.*(?s:.*)not resnet10t weights"):
+        build_backbone("resnet", "resnet10t", checkpoint=tmp_path / "vit.pth")
+    with pytest.raises(CheckpointError, match="missing.pth: no such file"):
+        build_backbone("resnet", "resnet10t", checkpoint=tmp_path / "missing.pth")
+
+
 def test_backbone_loads_pretraining_output_and_resizes_pos_embed(tmp_path):
     source = timm.create_model("absvit_pico_patch8_64", img_size=32)  # a 4x4 grid, the model's own is 8x8
     torch.save({"model": source.state_dict(), "classes": list("abcdefghij")}, tmp_path / "model.pth")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from absvit.data.corruptions import CORRUPTIONS, GROUPS, SEVERITIES
@@ -37,8 +36,11 @@ def _class_dirs(root: Path) -> list[Path]:
     return dirs
 
 
-class ClassFolder(torch.utils.data.Dataset):
-    """``<root>/<wnid>/<image>`` with labels in ``classes``.
+class ClassFolder:
+    """``<root>/<wnid>/<image>`` with labels in ``classes``: a map-style dataset for torch's DataLoader.
+
+    (Not a ``torch.utils.data.Dataset`` subclass on purpose: the data-prep jobs that list and
+    read images this way, 75 ImageNet-C shards of them, start a second faster without torch.)
 
     ``subset=False`` requires every class of the label space to be present (ImageNet val,
     -C, -Sketch); ``subset=True`` accepts a subset (ImageNet-A, -R) and records which

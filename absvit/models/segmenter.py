@@ -10,6 +10,7 @@ Backbones:
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import timm
 import torch
@@ -96,17 +97,37 @@ def _vit_state(model: nn.Module, checkpoint, ema: bool) -> dict:
     return state
 
 
+def _resnet_state(features: nn.Module, path, model_name: str) -> dict:
+    """timm ImageNet weights (a .safetensors or .pth state dict) without the classifier, checked strictly.
+
+    (timm's own pretrained loading is not strict for feature models: a wrong file would load nothing, silently.)"""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (expected timm ImageNet weights for {model_name})")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = extract_state_dict(read_checkpoint(path), path)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    try:
+        check_state_dict(features, state, path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (not {model_name} weights?)") from None
+    return state
+
+
 def build_backbone(kind: str, model_name: str, *, checkpoint=None, ema: bool = False, drop_path: float = 0.1) -> nn.Module:
     if kind not in BACKBONES:
         raise ValueError(f"unknown backbone kind {kind!r}; expected one of {BACKBONES}")
     if kind == "resnet":
+        resnet = timm.create_model(model_name, features_only=True, out_indices=(1, 2, 3, 4))
         if checkpoint:
-            resnet = timm.create_model(model_name, features_only=True, out_indices=(1, 2, 3, 4), pretrained=True,
-                                       pretrained_cfg_overlay={"file": str(checkpoint)})
+            resnet.load_state_dict(_resnet_state(resnet, checkpoint, model_name))
         else:
             warnings.warn(f"{model_name}: no ImageNet weights configured; the segmentation backbone starts from RANDOM "
                           "init and its numbers are not comparable to the paper's", stacklevel=2)
-            resnet = timm.create_model(model_name, features_only=True, out_indices=(1, 2, 3, 4))
         return ResNetFeatures(resnet)
 
     is_absvit = model_name.startswith("absvit_")

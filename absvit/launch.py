@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def submit(argv: list[str], *, launcher: str, folder, resources: Resources, name
     job = executor.submit(Verb(argv, cpus=resources.cpus_per_task))
     print(f"submitted {' '.join(argv[:1])} as {launcher} job {job.job_id}; logs: {job.paths.stdout} {job.paths.stderr}",
           flush=True)
+    _wait(job)
     try:
         status = int(job.result() or 0)
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
@@ -88,6 +90,14 @@ def submit(argv: list[str], *, launcher: str, folder, resources: Resources, name
         raise JobFailed(f"{launcher} job {job.job_id} ({' '.join(argv)}) exited with status {status}; "
                         f"see its log {job.paths.stderr}")
     return 0
+
+
+def _wait(job) -> None:
+    """Poll every 0.1 s for the first minute (submitit polls every second: most pipeline jobs last a
+    few seconds, and a second lost per job is minutes over the DAG), then every 2 s."""
+    start = time.monotonic()
+    while not job.done():
+        time.sleep(0.1 if time.monotonic() - start < 60 else 2.0)
 
 
 def _echo(*paths: Path) -> None:

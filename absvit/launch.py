@@ -29,10 +29,9 @@ class Verb(submitit.helpers.Checkpointable):
 
     def __call__(self) -> int:
         if self.cpus:  # stay inside the allocation: oversubscribed CPU threads slow torch down many times over
-            os.environ.setdefault("OMP_NUM_THREADS", str(self.cpus))
-            import torch
-
-            torch.set_num_threads(self.cpus)
+            os.environ["OMP_NUM_THREADS"] = str(self.cpus)  # torch reads it when (and if) the verb imports it
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(self.cpus)
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one task per GPU: torch.distributed from the job's environment
             dist = submitit.helpers.TorchDistributedEnvironment().export()

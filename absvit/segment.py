@@ -21,7 +21,7 @@ from timm.scheduler import PolyLRScheduler
 from torchmetrics.classification import MulticlassConfusionMatrix
 from tqdm import tqdm
 
-from absvit.checkpoint import read_checkpoint
+from absvit.checkpoint import check_state_dict, read_checkpoint
 from absvit.data.segmentation import (
     DATASETS,
     IGNORE,
@@ -184,8 +184,6 @@ def _save(path: Path, model: Segmenter, optimizer, iteration: int, recipe: Segme
 
 
 def _resume(path: Path, model: Segmenter, optimizer) -> tuple[int, str | None]:
-    from absvit.checkpoint import check_state_dict
-
     ckpt = read_checkpoint(path)
     check_state_dict(model, ckpt["model"], path)
     model.load_state_dict(ckpt["model"])

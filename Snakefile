@@ -18,4 +18,5 @@ rule all:
     input:
         TABLES / "table1.tex",
         TABLES / "table2.tex",
+        TABLES / "table3.tex",
         expand(OUT / "eval" / "{run}" / "{suite}.json", run=RUNS, suite=SUITES),

@@ -1,7 +1,11 @@
-"""The L_var ablation (Table 2): one row per arm from its robustness JSON files.
+"""Two-arm robustness comparisons, one row per arm from its robustness JSON files.
 
-``absvit ablation`` writes ``lvar.csv`` and mirrors the same numbers into one MLflow run
-(tag ``absvit.stage=ablation``), from which ``absvit tables --from-mlflow`` rebuilds Table 2.
+- ``lvar`` (Table 2): AbSViT without / with the variational loss (arms ``without_lvar``, ``with_lvar``);
+- ``robustness`` (Table 3): ViT vs AbSViT (arms ``vit``, ``absvit``).
+
+``absvit ablation --name NAME`` writes ``NAME.csv`` (arm, run, model, the five numbers) and mirrors
+the same numbers into one MLflow run tagged ``absvit.stage=ablation``, ``absvit.preset``,
+``absvit.run=NAME``, from which ``absvit tables --from-mlflow`` rebuilds the table.
 """
 from __future__ import annotations
 
@@ -10,34 +14,48 @@ from pathlib import Path
 
 import pandas as pd
 
+from absvit.errors import DatasetError, UsageError
 from absvit.io import atomic_path
-from absvit.tracking import Tracker
+from absvit.tracking import Tracker, run_tags
 
-# Table 2 column -> (suite file, number in it)
+# Table 2 / 3 column -> (suite file, number in it)
 COLUMNS = {"clean": ("clean", "top1"), "in_c": ("imagenet-c", "mce"), "in_a": ("imagenet-a", "top1"),
            "in_r": ("imagenet-r", "top1"), "in_sk": ("imagenet-sketch", "top1")}
-ARMS = ("without_lvar", "with_lvar")
+# comparison name -> its arms, in table order
+COMPARISONS = {"lvar": ("without_lvar", "with_lvar"), "robustness": ("vit", "absvit")}
 
 
 def arm_row(eval_dir) -> dict:
+    """The model (timm name, from the `absvit evaluate` JSONs) and the five numbers of one eval folder."""
     eval_dir = Path(eval_dir)
-    row = {}
+    row, models = {}, set()
     for column, (suite, key) in COLUMNS.items():
         path = eval_dir / f"{suite}.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing result of suite {suite!r} (expected `absvit evaluate` output)")
-        row[column] = float(json.loads(path.read_text())[key])
-    return row
+            raise DatasetError(f"{path}: missing result of suite {suite!r} (expected `absvit evaluate` output)")
+        result = json.loads(path.read_text())
+        row[column] = float(result[key])
+        models.add(result.get("model"))
+    if len(models) != 1 or None in models:
+        raise DatasetError(f"{eval_dir}: expected the results of one model (the `model` field of each <suite>.json), "
+                           f"found {sorted(map(str, models))}")
+    return {"model": models.pop(), **row}
 
 
-def summarize(eval_dirs: dict[str, Path], out_csv, *, label: str, preset: str, runs: dict[str, str],
+def summarize(name: str, arms: dict[str, tuple[str, Path]], out_csv, *, label: str, preset: str,
               tracking_uri: str | None = None, track: bool = True) -> pd.DataFrame:
-    frame = pd.DataFrame([{"arm": arm, "run": runs[arm], **arm_row(eval_dirs[arm])} for arm in ARMS])
+    """``arms``: arm -> (pretraining run name, its eval folder), for each arm of ``COMPARISONS[name]``."""
+    expected = COMPARISONS[name]
+    if sorted(arms) != sorted(expected):
+        raise UsageError(f"ablation {name!r} compares arms {list(expected)}, got {sorted(arms)}")
+    frame = pd.DataFrame([{"arm": arm, "run": arms[arm][0], **arm_row(arms[arm][1])} for arm in expected])
     with atomic_path(out_csv) as tmp:
         frame.to_csv(tmp, index=False)
-    tracker = Tracker(f"ablation/{preset}/lvar", uri=tracking_uri, enabled=track,
-                      params={"label": label, "preset": preset, **{f"run.{a}": r for a, r in runs.items()}},
-                      tags={"absvit.stage": "ablation", "absvit.preset": preset})
+    params = {"name": name, "label": label, "preset": preset,
+              **{f"run.{row.arm}": row.run for row in frame.itertuples()},
+              **{f"model.{row.arm}": row.model for row in frame.itertuples()}}
+    tracker = Tracker(f"ablation/{preset}/{name}", uri=tracking_uri, enabled=track, params=params,
+                      tags=run_tags("ablation", preset, name))
     tracker.log_metrics({f"{row.arm}.{c}": getattr(row, c) for row in frame.itertuples() for c in COLUMNS})
     tracker.log_artifact(out_csv)
     tracker.finish()

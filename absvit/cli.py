@@ -6,26 +6,57 @@ import sys
 
 
 def _models(args: argparse.Namespace) -> None:
+    """One line per model: parameters, input size, released weights (timm tags).
+
+    Models are built on the meta device: shapes without storage, so that all of timm's ViTs (up to
+    7B parameters) are listed in seconds, in the memory importing torch takes. Weight initialisers
+    only write values, which meta tensors do not have: they are skipped (under half the time); any
+    other op runs.
+    """
     import timm
+    import torch
+    from torch.overrides import TorchFunctionMode
 
-    import absvit  # noqa: F401  (registers the models)
+    from absvit.errors import UsageError
+    from absvit.models import absvit as absvit_models, baselines
 
-    names = timm.list_models(args.filter)
-    width = max(map(len, names), default=0)
+    writes = {"uniform_", "normal_", "erfinv_", "clamp_", "mul_", "add_", "sub_", "div_", "fill_", "zero_", "copy_"}
+
+    class SkipInit(TorchFunctionMode):
+        def __torch_function__(self, func, types, fargs=(), kwargs=None):
+            kwargs = kwargs or {}
+            t = fargs[0] if fargs else kwargs.get("tensor")  # torch.nn.init passes it by name
+            init = getattr(func, "__module__", None) == "torch.nn.init" or getattr(func, "__name__", None) in writes
+            return t if init and isinstance(t, torch.Tensor) and t.is_meta else func(*fargs, **kwargs)
+
+    ours = [*absvit_models.default_cfgs, *baselines.default_cfgs]
+    names = timm.list_models(args.filter or ours)
+    if not names:
+        raise UsageError(f"no timm model matches {args.filter!r}")
+    tags: dict[str, list[str]] = {}
+    for tagged in timm.list_pretrained():
+        name, _, tag = tagged.partition(".")
+        tags.setdefault(name, []).append(tag)
+    width = max(map(len, names))
     for name in names:
-        m = timm.create_model(name)
+        with torch.device("meta"), SkipInit():
+            m = timm.create_model(name)
         params = sum(p.numel() for p in m.parameters()) / 1e6
-        print(f"{name:<{width}}  {params:8.2f}M params  input {tuple(m.pretrained_cfg['input_size'])}")
+        weights = tags.get(name, ["none"])
+        weights = weights[0] if len(weights) == 1 else f"{m.pretrained_cfg['tag']} (+{len(weights) - 1} more)"
+        print(f"{name:<{width}}  {params:8.2f}M params  input {tuple(m.pretrained_cfg['input_size'])}  weights {weights}")
 
 
-def _parse_sets(pairs: list[str]) -> dict:
+def _parse_sets(pairs: list[str], flag: str = "--set") -> dict:
     import yaml
+
+    from absvit.errors import UsageError
 
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+            raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}")
         out[key] = yaml.safe_load(value)
         if isinstance(out[key], str):  # YAML 1.1 reads 1e-5 (no dot) as a string
             try:
@@ -35,18 +66,22 @@ def _parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-def _recipe(args: argparse.Namespace):
+def _recipe(args: argparse.Namespace, recipe_class):
+    """``--recipe FILE`` (a YAML mapping) updated by ``--set KEY=VALUE ...``, checked key by key."""
     import yaml
 
-    from absvit.recipe import PretrainRecipe
+    from absvit.errors import UsageError
 
     values = {}
     if args.recipe:
-        values = yaml.safe_load(open(args.recipe)) or {}
+        try:
+            values = yaml.safe_load(open(args.recipe)) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise UsageError(f"--recipe {args.recipe}: cannot read it ({e})") from None
         if not isinstance(values, dict):
-            raise SystemExit(f"{args.recipe}: expected a mapping of recipe keys")
+            raise UsageError(f"--recipe {args.recipe}: expected a mapping of recipe keys")
     values.update(_parse_sets(args.set))
-    return PretrainRecipe.from_dict(values, where=args.recipe or "recipe")
+    return recipe_class.from_dict(values, where=args.recipe or "recipe")
 
 
 def _data_embedded(args: argparse.Namespace) -> None:
@@ -74,23 +109,16 @@ def _segment(args: argparse.Namespace) -> None:
     from absvit.recipe import SegmentRecipe
     from absvit.segment import segment
 
-    values = {}
-    if args.recipe:
-        import yaml
-
-        values = yaml.safe_load(open(args.recipe)) or {}
-    values.update(_parse_sets(args.set))
-    recipe = SegmentRecipe.from_dict(values, where=args.recipe or "recipe")
-    tags = {"absvit.preset": args.preset} if args.preset else None
-    segment(args.backbone, args.model, args.dataset, args.data, args.out, recipe, checkpoint=args.checkpoint,
-            ema=args.ema, tracking_uri=args.tracking_uri, track=not args.no_mlflow, run_name=args.run_name, tags=tags)
+    segment(args.backbone, args.model, args.dataset, args.data, args.out, _recipe(args, SegmentRecipe),
+            checkpoint=args.checkpoint, ema=args.ema, fresh_on_change=args.fresh_on_change, **_tracking(args))
 
 
 def _pretrain(args: argparse.Namespace) -> None:
     from absvit.pretrain import pretrain
+    from absvit.recipe import PretrainRecipe
 
-    pretrain(args.model, args.data, args.out, _recipe(args), tracking_uri=args.tracking_uri,
-             track=not args.no_mlflow, run_name=args.run_name)
+    pretrain(args.model, args.data, args.out, _recipe(args, PretrainRecipe), fresh_on_change=args.fresh_on_change,
+             **_tracking(args))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -98,16 +126,27 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     evaluate(args.model, args.checkpoint, args.suite, args.data, args.out, ema=args.ema, classes_spec=args.classes,
              img_size=args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation,
-             batch_size=args.batch_size, workers=args.workers, tracking_uri=args.tracking_uri,
-             track=not args.no_mlflow, run_name=args.run_name)
+             batch_size=args.batch_size, workers=args.workers, **_tracking(args))
 
 
 def _ablation(args: argparse.Namespace) -> None:
-    from absvit.ablation import summarize
+    from pathlib import Path
 
-    summarize({"without_lvar": args.without, "with_lvar": args.with_}, args.out, label=args.label, preset=args.preset,
-              runs={"without_lvar": args.without_run, "with_lvar": args.with_run},
-              tracking_uri=args.tracking_uri, track=not args.no_mlflow)
+    from absvit.ablation import COMPARISONS, summarize
+    from absvit.errors import UsageError
+
+    arms = {}
+    for spec in args.arm:
+        arm, _, rest = spec.partition("=")
+        run, _, eval_dir = rest.partition(":")
+        if not (arm and run and eval_dir):
+            raise UsageError(f"--arm expects ARM=RUN:EVAL_DIR, got {spec!r}")
+        arms[arm] = (run, Path(eval_dir))
+    expected = COMPARISONS[args.name]
+    if sorted(arms) != sorted(expected):
+        raise UsageError(f"--name {args.name}: give one --arm for each of {', '.join(expected)} (got {', '.join(arms)})")
+    summarize(args.name, arms, args.out, label=args.label, preset=args.preset, tracking_uri=args.tracking_uri,
+              track=not args.no_mlflow)
 
 
 def _tables(args: argparse.Namespace) -> None:
@@ -118,16 +157,21 @@ def _tables(args: argparse.Namespace) -> None:
 
     if args.from_mlflow:
         uri = tracking_uri(args.tracking_uri)
-        ablation, label = tables.ablation_from_mlflow(uri, args.preset)
+        ablation, label = tables.ablation_from_mlflow(uri, args.preset, "lvar")
+        robustness = (tables.ablation_from_mlflow(uri, args.preset, "robustness", required=False) or (None,))[0]
         segmentation = tables.segmentation_from_mlflow(uri, args.preset)
     else:
         if not args.ablation:
-            raise SystemExit("tables: give --ablation lvar.csv, or --from-mlflow")
+            from absvit.errors import UsageError
+
+            raise UsageError("give --ablation lvar.csv, or --from-mlflow")
         ablation, label = pd.read_csv(args.ablation), args.label  # pandas 3 reads floats round-trip
+        robustness = pd.read_csv(args.robustness) if args.robustness else None
         segmentation = tables.segmentation_frame(args.segmentation) if args.segmentation else None
-    t2 = tables.table2(ablation, args.out_dir, label=label)
     t1 = tables.table1(segmentation, args.out_dir, label=label) if segmentation is not None else None
-    tables.report(args.out_dir, t2=t2, t1=t1, label=label)
+    t2 = tables.table2(ablation, args.out_dir, label=label)
+    t3 = tables.table3(robustness, args.out_dir, label=label) if robustness is not None else None
+    tables.report(args.out_dir, t1=t1, t2=t2, t3=t3, label=label)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -135,7 +179,9 @@ def _submit(args: argparse.Namespace) -> int:
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
-        raise SystemExit("submit: give the verb to run after '--', e.g. absvit submit -- pretrain --model ...")
+        from absvit.errors import UsageError
+
+        raise UsageError("give the verb to run after '--', e.g. absvit submit -- pretrain --model ...")
     resources = Resources(timeout_min=args.timeout_min, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                           cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, partition=args.partition,
                           constraint=args.constraint, account=args.account, qos=args.qos)
@@ -148,12 +194,30 @@ def _tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-name", default=None)
 
 
+def _job_args(p: argparse.ArgumentParser) -> None:
+    """A training / evaluation job's place in the pipeline (MLflow tags) and its MLflow options."""
+    _tracking_args(p)
+    p.add_argument("--preset", default=None, help="tag absvit.preset (default: adhoc)")
+    p.add_argument("--run", default=None, help="tag absvit.run: the config's run / backbone name (default: the output folder's)")
+
+
+def _tracking(args: argparse.Namespace) -> dict:
+    return dict(tracking_uri=args.tracking_uri, track=not args.no_mlflow, run_name=args.run_name, preset=args.preset,
+                run=args.run)
+
+
+FRESH_HELP = ("if <out>/checkpoint.pth belongs to a different run (changed model, recipe, data, seed, world size), "
+              "move it aside to <out>/stale-<time>/ and start fresh; without this flag such a resume is refused")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="absvit", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = verbs.add_parser("models", help="list the registered AbSViT and embedded-size ViT models")
-    p.add_argument("--filter", default="*absvit*", help="timm name pattern (default: %(default)s)")
+    p = verbs.add_parser("models", help="list this project's models (AbSViT, its ViT baselines): parameters, input, "
+                         "released weights")
+    p.add_argument("--filter", default=None, help="a timm name pattern, e.g. 'vit_*', over all of timm's models "
+                   "(default: the models this project registers)")
     p.set_defaults(func=_models)
 
     data = verbs.add_parser("data", help="make datasets").add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -187,31 +251,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="root with train/<wnid>/ and val/<wnid>/")
     p.add_argument("--out", required=True)
     p.add_argument("--recipe", default=None, help="YAML mapping of recipe keys (defaults: the paper's recipe)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides")
-    _tracking_args(p)
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="recipe overrides")
+    p.add_argument("--fresh-on-change", action="store_true", help=FRESH_HELP)
+    _job_args(p)
     p.set_defaults(func=_pretrain)
 
     from absvit.data import SUITES
 
     p = verbs.add_parser("evaluate", help="one robustness suite for one checkpoint, to a JSON file")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", default=None, help="timm name (default: the one the checkpoint records)")
     p.add_argument("--checkpoint", required=True, help="absvit pretrain output or an official released file")
     p.add_argument("--suite", required=True, choices=SUITES)
     p.add_argument("--data", required=True, help="the suite's root folder")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights (model_ema)")
     p.add_argument("--classes", default=None, help="label space: 'imagenet-1k' or a train folder (default: from the checkpoint, else imagenet-1k)")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's, else the model's (224)")
     p.add_argument("--crop-pct", type=float, default=0.875)
     p.add_argument("--interpolation", default="bicubic")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=8)
-    _tracking_args(p)
+    _job_args(p)
     p.set_defaults(func=_evaluate)
 
     p = verbs.add_parser("segment", help="UperNet fine-tuning + single-scale evaluation; resumes from <out>/checkpoint.pth")
     p.add_argument("--backbone", required=True, choices=["vit", "absvit", "resnet"])
-    p.add_argument("--model", required=True, help="timm name, e.g. absvit_base_patch16_224 or resnet101")
+    p.add_argument("--model", default=None, help="timm name, e.g. absvit_base_patch16_224 or resnet101 "
+                   "(default: the one the --checkpoint records)")
     p.add_argument("--dataset", required=True, choices=["voc", "cityscapes", "ade20k"])
     p.add_argument("--data", required=True, help="the dataset's root (VOCdevkit's parent, Cityscapes root, ADEChallengeData2016's parent)")
     p.add_argument("--out", required=True)
@@ -219,24 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "or timm ImageNet weights (ResNet); none: random init, said loudly")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--recipe", default=None, help="YAML mapping of segmentation recipe keys (defaults: the paper's)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--preset", default=None, help="tag the MLflow run with the pipeline preset")
-    _tracking_args(p)
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
+    p.add_argument("--fresh-on-change", action="store_true", help=FRESH_HELP)
+    _job_args(p)
     p.set_defaults(func=_segment)
 
-    p = verbs.add_parser("ablation", help="Table 2's rows: the with/without L_var arms' robustness results")
-    p.add_argument("--without", required=True, help="eval folder of the arm without L_var (<suite>.json files)")
-    p.add_argument("--with", dest="with_", required=True, help="eval folder of the arm with L_var")
-    p.add_argument("--without-run", required=True)
-    p.add_argument("--with-run", required=True)
+    p = verbs.add_parser("ablation", help="two arms' robustness results side by side: Table 2 (lvar) or Table 3 (robustness)")
+    p.add_argument("--name", required=True, choices=["lvar", "robustness"],
+                   help="lvar: arms without_lvar, with_lvar (Table 2); robustness: arms vit, absvit (Table 3)")
+    p.add_argument("--arm", required=True, nargs="+", action="extend", metavar="ARM=RUN:EVAL_DIR",
+                   help="an arm, its pretraining run and its eval folder (<suite>.json files of `absvit evaluate`)")
     p.add_argument("--label", default="")
     p.add_argument("--preset", required=True)
-    p.add_argument("--out", required=True, help="lvar.csv")
+    p.add_argument("--out", required=True, help="the comparison's CSV (lvar.csv, robustness.csv)")
     _tracking_args(p)
     p.set_defaults(func=_ablation)
 
-    p = verbs.add_parser("tables", help="Tables 1-2 as LaTeX / CSV / Markdown and the reproduction report")
-    p.add_argument("--ablation", help="lvar.csv from `absvit ablation`")
+    p = verbs.add_parser("tables", help="Tables 1-3 as LaTeX / CSV / Markdown and the reproduction report")
+    p.add_argument("--ablation", help="lvar.csv from `absvit ablation --name lvar` (Table 2)")
+    p.add_argument("--robustness", help="robustness.csv from `absvit ablation --name robustness` (Table 3)")
     p.add_argument("--segmentation", nargs="+", help="`absvit segment` result.json files (one per backbone x dataset)")
     p.add_argument("--label", default="", help="a sentence added to the captions (the embedded default says so)")
     p.add_argument("--from-mlflow", action="store_true", help="read the numbers from the tracking store instead")
@@ -263,13 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from absvit import tracking
-    from absvit.errors import CheckpointError, DatasetError, JobFailed, TrackingError
+    from absvit.errors import CheckpointError, DatasetError, JobFailed, TrackingError, UsageError
 
     args = build_parser().parse_args(argv)
     tracking.COMMAND = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
-    except (CheckpointError, DatasetError, JobFailed, TrackingError) as e:
+    except (CheckpointError, DatasetError, JobFailed, TrackingError, UsageError) as e:
         print(f"absvit {args.verb}: error: {e}", file=sys.stderr)
         return 2
 

@@ -15,3 +15,19 @@ class TrackingError(LookupError):
 
 class JobFailed(RuntimeError):
     """A submitted job failed; the message names its log file."""
+
+
+class UsageError(ValueError):
+    """A wrong flag or value on the command line; the message names it and the valid choices."""
+
+
+class StaleCheckpoint(UsageError):
+    """A checkpoint to resume from belongs to a different run (model, recipe, data, ...)."""
+
+
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -4,6 +4,10 @@ One JSON file per (model, suite) with every number, mirrored into MLflow. ImageN
 per (corruption, severity) top-1, per-corruption error and CE (normalised by AlexNet's
 error), mCE, and the unnormalised mean error; -A and -R restrict the logits to the classes
 they hold before the argmax.
+
+Transforms are the official evaluation's: ImageNet-C images are already 224x224 and get only
+a centre crop (no resize: resizing to 256 and cropping would zoom in by 1.14); clean val, -A,
+-R and -Sketch are resized (short side img_size / crop_pct, bicubic) and centre-cropped.
 """
 from __future__ import annotations
 
@@ -11,15 +15,17 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.data import create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torchvision import transforms
 
-import absvit.models  # noqa: F401  (registers the models)
-from absvit.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
+from absvit.checkpoint import agree, check_state_dict, extract_state_dict, read_checkpoint, recorded_setup
 from absvit.data import SUITES
 from absvit.data.corruptions import ALEXNET_ERR, CORRUPTIONS, SEVERITIES
 from absvit.data.readers import ClassFolder, DatasetError, imagenet_c_folders, label_space
+from absvit.errors import UsageError
 from absvit.io import write_json
-from absvit.tracking import Tracker
+from absvit.models import require_model
+from absvit.tracking import Tracker, run_tags
 
 SUBSET_SUITES = {"imagenet-a", "imagenet-r"}  # 200 of the 1000 classes
 
@@ -57,36 +63,64 @@ def corruption_errors(top1: dict[tuple[str, int], float]) -> dict:
     return out
 
 
-def load_model(model_name: str, checkpoint, *, classes_spec: str | None, ema: bool, img_size: int):
-    """Model + label space. Our own checkpoints record their classes; official ones are ImageNet-1k."""
+def suite_transform(suite: str, img_size: int, crop_pct: float, interpolation: str):
+    """The official evaluation transform of ``suite`` (see the module docstring)."""
+    if suite == "imagenet-c":
+        return transforms.Compose([transforms.CenterCrop(img_size), transforms.ToTensor(),
+                                   transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+    return create_transform(img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct)
+
+
+def load_model(checkpoint, *, model_name: str | None = None, classes_spec: str | None = None, ema: bool = False,
+               img_size: int | None = None):
+    """(model, classes, img_size, checkpoint dict); each defaults to what the checkpoint records about itself.
+
+    Our checkpoints record model name, input size and classes; official files their model name and
+    input size (in ``args``), and are ImageNet-1k."""
     ckpt = read_checkpoint(checkpoint)
-    classes = ckpt.get("classes") if classes_spec is None else None
-    classes = list(classes) if classes else label_space(classes_spec or "imagenet-1k")
+    recorded = recorded_setup(ckpt)
+    if recorded["model"] and not timm.is_model(recorded["model"]):
+        recorded["model"] = None  # an official file's name that timm does not know tells us nothing
+    model_name = agree("--model", model_name, recorded["model"], checkpoint)
+    if model_name is None:
+        raise UsageError(f"{checkpoint} does not record its model: give --model (e.g. absvit_tiny_patch16_224)")
+    require_model(model_name)
+    given = label_space(classes_spec) if classes_spec else None
+    classes = agree("--classes", given, recorded["classes"], checkpoint,
+                    show=lambda c: f"({len(c)} classes: {', '.join(c[:3])}, ...)")
+    classes = classes or label_space("imagenet-1k")
+    img_size = agree("--img-size", img_size, recorded["img_size"], checkpoint)
     state = extract_state_dict(ckpt, checkpoint, ema=ema)
     head = state.get("head.weight")
     if head is not None and head.shape[0] != len(classes):
         raise DatasetError(f"{checkpoint}: the checkpoint's head has {head.shape[0]} classes but the label space "
                            f"({classes_spec or 'recorded in the checkpoint'}) has {len(classes)}")
-    model = timm.create_model(model_name, num_classes=len(classes), img_size=img_size)
-    check_state_dict(model, state, checkpoint)
+    model = timm.create_model(model_name, num_classes=len(classes), **({"img_size": img_size} if img_size else {}))
+    check_state_dict(model, state, checkpoint, arch=recorded["model"])
     model.load_state_dict(state)
-    return model, classes
+    return model, classes, img_size or model.pretrained_cfg["input_size"][-1], ckpt
 
 
-def evaluate(model_name: str, checkpoint, suite: str, data, out_json, *, ema: bool = False, classes_spec: str | None = None,
-             img_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bicubic", batch_size: int = 128,
-             workers: int = 8, tracking_uri: str | None = None, track: bool = True, run_name: str | None = None) -> dict:
+def evaluate(model_name: str | None, checkpoint, suite: str, data, out_json, *, ema: bool = False,
+             classes_spec: str | None = None, img_size: int | None = None, crop_pct: float = 0.875,
+             interpolation: str = "bicubic", batch_size: int = 128, workers: int = 8, tracking_uri: str | None = None,
+             track: bool = True, run_name: str | None = None, preset: str | None = None, run: str | None = None) -> dict:
+    """``model_name``, ``classes_spec`` and ``img_size`` default to what the checkpoint records."""
     if suite not in SUITES:
-        raise ValueError(f"unknown suite {suite!r}; expected one of {list(SUITES)}")
+        raise UsageError(f"unknown suite {suite!r}; expected one of {list(SUITES)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, classes = load_model(model_name, checkpoint, classes_spec=classes_spec, ema=ema, img_size=img_size)
+    model, classes, img_size, ckpt = load_model(checkpoint, model_name=model_name, classes_spec=classes_spec, ema=ema,
+                                                img_size=img_size)
+    model_name = model.pretrained_cfg["architecture"]
     model.to(device)
-    tf = create_transform(img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct)
-    run = dict(batch_size=batch_size, workers=workers, device=device)
+    tf = suite_transform(suite, img_size, crop_pct, interpolation)
+    run_args = dict(batch_size=batch_size, workers=workers, device=device)
+    source = ckpt.get("mlflow_run_id")  # the pretraining run that wrote the checkpoint
 
-    result: dict = {"model": model_name, "checkpoint": str(checkpoint), "suite": suite, "ema": ema, "data": str(data)}
+    result: dict = {"model": model_name, "checkpoint": str(checkpoint), "suite": suite, "ema": ema, "data": str(data),
+                    "img_size": img_size, "transform": " ".join(repr(tf).split()), "source_run_id": source}
     if suite == "imagenet-c":
-        top1 = {key: accuracy(model, ClassFolder(folder, classes, tf), restrict=None, **run)["top1"]
+        top1 = {key: accuracy(model, ClassFolder(folder, classes, tf), restrict=None, **run_args)["top1"]
                 for key, folder in imagenet_c_folders(data).items()}
         result["top1"] = {c: {str(s): top1[(c, s)] for s in SEVERITIES} for c in CORRUPTIONS}
         result.update(corruption_errors(top1))
@@ -96,14 +130,17 @@ def evaluate(model_name: str, checkpoint, suite: str, data, out_json, *, ema: bo
     else:
         dataset = ClassFolder(data, classes, tf, subset=suite in SUBSET_SUITES)
         restrict = dataset.class_indices if suite in SUBSET_SUITES else None
-        result.update(accuracy(model, dataset, restrict=restrict, **run))
+        result.update(accuracy(model, dataset, restrict=restrict, **run_args))
         result["classes"] = len(dataset.class_indices)
         metrics = {"top1": result["top1"], "top5": result["top5"]}
 
     write_json(out_json, result)
     tracker = Tracker(run_name or f"evaluate/{model_name}/{suite}", uri=tracking_uri, enabled=track,
                       params={"model": model_name, "checkpoint": str(checkpoint), "suite": suite, "ema": ema,
-                              "data": str(data), "img_size": img_size, "crop_pct": crop_pct})
+                              "data": str(data), "img_size": img_size, "crop_pct": crop_pct,
+                              "transform": result["transform"], "source_run_id": source},
+                      tags=run_tags("evaluate", preset, run or Path(checkpoint).parent.name, suite=suite,
+                                    source_run_id=source))
     tracker.log_metrics(metrics)
     tracker.log_artifact(Path(out_json))
     tracker.finish()

@@ -2,8 +2,11 @@
 
 Output folder: ``checkpoint.pth`` (official layout plus resume state, rewritten atomically
 after every epoch), ``metrics.jsonl`` (one line per epoch), and when the run is complete
-``model.pth`` (the final weights, official layout) and ``result.json`` (final metrics). A restarted job resumes from
-``checkpoint.pth`` and ends exactly where an uninterrupted run would.
+``model.pth`` (the final weights, official layout) and ``result.json`` (final metrics). Both
+``.pth`` files describe themselves: model name (``arch``), ``img_size``, ``classes``, and the
+run's identity (model, recipe, data root, classes, world size). A restarted job resumes from
+``checkpoint.pth`` only if it belongs to the same run, and ends exactly where an
+uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -26,13 +29,15 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 import absvit.models  # noqa: F401  (registers the models)
-from absvit.checkpoint import extract_state_dict, read_checkpoint
+from absvit.checkpoint import extract_state_dict
 from absvit.data.readers import ClassFolder, label_space
 from absvit.distributed import DistInfo, init_distributed
+from absvit.errors import UsageError
 from absvit.io import atomic_path, write_json
+from absvit.models import require_model
 from absvit.recipe import PretrainRecipe
-from absvit.tracking import Tracker
-from absvit.training import NonFiniteLoss, rng_state, set_rng_state, truncate_log
+from absvit.tracking import Tracker, run_tags
+from absvit.training import NonFiniteLoss, checkpoint_to_resume, rng_state, set_rng_state, truncate_log
 
 
 class TrainingLoss(torch.nn.Module):
@@ -65,8 +70,13 @@ def top1(model, loader, device) -> float:
 
 
 def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tracking_uri: str | None = None,
-             track: bool = True, stop_after_epoch: int | None = None, run_name: str | None = None) -> dict:
-    """Train ``model_name`` on ``<data_root>/train``, validate on ``<data_root>/val``."""
+             track: bool = True, stop_after_epoch: int | None = None, run_name: str | None = None,
+             fresh_on_change: bool = False, preset: str | None = None, run: str | None = None) -> dict:
+    """Train ``model_name`` on ``<data_root>/train``, validate on ``<data_root>/val``.
+
+    ``fresh_on_change``: a checkpoint of a different run in ``out_dir`` is moved aside instead of refused.
+    """
+    require_model(model_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dist = init_distributed()
@@ -91,11 +101,15 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     criterion = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(recipe.smoothing)
 
     ckpt_path, log_path = out / "checkpoint.pth", out / "metrics.jsonl"
+    identity = {"model": model_name, "recipe": recipe.identity(), "data_root": str(data_root.resolve()),
+                "classes": list(classes), "world_size": dist.world_size}
+    described = {"arch": model_name, "img_size": recipe.img_size, "classes": list(classes), "run": identity}
     start_epoch, run_id = 0, None
-    if ckpt_path.exists():
-        start_epoch, run_id = _resume(ckpt_path, model, ema, optimizer, scheduler)
+    ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
+    if ckpt is not None:
+        start_epoch, run_id = _resume(ckpt, ckpt_path, model, ema, optimizer, scheduler)
         truncate_log(log_path, "epoch", start_epoch)
-        print(f"resuming {model_name} from {ckpt_path} at epoch {start_epoch}")
+        print(f"resuming {model_name} from {ckpt_path} at epoch {start_epoch}", flush=True)
     else:
         scheduler.step(0)
     objective = TrainingLoss(model, criterion, recipe.var_weight)
@@ -105,12 +119,13 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     params = {"model": model_name, "data_root": str(data_root), "num_classes": len(classes),
               "world_size": dist.world_size, "recipe": recipe.to_dict()}
     tracker = Tracker(run_name or f"pretrain/{model_name}", uri=tracking_uri, run_id=run_id, params=params,
+                      tags=run_tags("pretrain", preset, run or out.name, seed=recipe.seed),
                       enabled=track and dist.is_main)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
-    metrics: dict = {}
+    metrics: dict = _last_row(log_path) if start_epoch >= recipe.epochs else {}  # resuming a finished run
     try:
         for epoch in range(start_epoch, recipe.epochs):
             if sampler is not None and hasattr(sampler, "set_epoch"):
@@ -124,7 +139,8 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
             if ema is not None:
                 metrics["val_top1_ema"] = top1(ema.module, val_loader, device)
             if dist.is_main:
-                _save(ckpt_path, model, ema, optimizer, scheduler, epoch + 1, recipe, classes, tracker.run_id)
+                _save(ckpt_path, model, ema, described, tracker.run_id, optimizer=optimizer.state_dict(),
+                      lr_scheduler=scheduler.state_dict(), epoch=epoch + 1, rng=rng_state())
                 with open(log_path, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
                 tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
@@ -133,7 +149,7 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
                 return metrics
         result = {"model": model_name, "classes": len(classes), "epochs": recipe.epochs, **metrics}
         if dist.is_main:
-            _save_weights(out / "model.pth", model, ema, recipe, classes)
+            _save(out / "model.pth", model, ema, described, tracker.run_id, epoch=recipe.epochs)
             write_json(out / "result.json", result)
             for path in (out / "result.json", log_path):
                 tracker.log_artifact(path)
@@ -169,7 +185,8 @@ def _loaders(train_set, val_set, recipe: PretrainRecipe, dist: DistInfo):
                                         drop_last=True, **common)
     val = torch.utils.data.DataLoader(val_set, batch_size=per_process, shuffle=False, **common)
     if len(train) == 0:
-        raise ValueError(f"batch_size {recipe.batch_size} is larger than the training set ({len(train_set)} images)")
+        raise UsageError(f"recipe key batch_size: {recipe.batch_size} ({per_process} per process) is larger than the "
+                         f"training set {train_set.root} ({len(train_set)} images); lower batch_size")
     return train, val, sampler
 
 
@@ -199,27 +216,22 @@ def _train_epoch(objective, model, loader, mixup, optimizer, ema, recipe, device
     return total / max(steps, 1)
 
 
-def _save(path, model, ema, optimizer, scheduler, epoch, recipe, classes, run_id) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-             "epoch": epoch, "args": recipe.to_dict(), "classes": list(classes), "rng": rng_state(),
-             "mlflow_run_id": run_id}
+def _save(path, model, ema, described: dict, run_id, **state) -> None:
+    """A self-describing file in the official layout (``model``, ``model_ema``, ``args``, ``epoch``, ...)."""
+    state = {"model": model.state_dict(), "args": described["run"]["recipe"], **described,
+             "mlflow_run_id": run_id, **state}
     if ema is not None:
         state["model_ema"] = ema.module.state_dict()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def _save_weights(path, model, ema, recipe, classes) -> None:
-    """The finished run's weights in the official layout (what evaluation and fine-tuning read)."""
-    state = {"model": model.state_dict(), "epoch": recipe.epochs, "args": recipe.to_dict(), "classes": list(classes)}
-    if ema is not None:
-        state["model_ema"] = ema.module.state_dict()
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def _last_row(log_path: Path) -> dict:
+    lines = log_path.read_text().splitlines() if log_path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
 
 
-def _resume(path, model, ema, optimizer, scheduler) -> tuple[int, str | None]:
-    ckpt = read_checkpoint(path)
+def _resume(ckpt: dict, path, model, ema, optimizer, scheduler) -> tuple[int, str | None]:
     model.load_state_dict(extract_state_dict(ckpt, path))
     if ema is not None:
         ema.module.load_state_dict(extract_state_dict(ckpt, path, ema=True))

@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from absvit.errors import UsageError, did_you_mean
+
 
 class Recipe:
     """A dataclass of training values with typed, key-checked construction from config."""
@@ -18,18 +20,26 @@ class Recipe:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise KeyError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+            hint = did_you_mean(unknown[0], known) if len(unknown) == 1 else ""
+            raise UsageError(f"{where}: unknown key(s) {unknown}{hint}; known keys are {sorted(known)}")
         defaults = cls()
         for k, v in values.items():
             expected = type(getattr(defaults, k))
             ok = isinstance(v, expected) and not (expected is not bool and isinstance(v, bool))
             ok = ok or (expected is float and isinstance(v, int) and not isinstance(v, bool))
             if not ok:
-                raise TypeError(f"{where}.{k}: expected {expected.__name__}, got {v!r}")
+                raise UsageError(f"{where}.{k}: expected {expected.__name__}, got {v!r}")
         return cls(**{k: float(v) if type(getattr(defaults, k)) is float else v for k, v in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    # Keys that say how a run is executed, not what it computes: a resume may change them.
+    RESOURCE_KEYS: tuple[str, ...] = ("workers",)
+
+    def identity(self) -> dict[str, Any]:
+        """The values that define the run (everything but resource keys): a resume must match them."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RESOURCE_KEYS}
 
 
 @dataclass
@@ -95,3 +105,5 @@ class SegmentRecipe(Recipe):
     checkpoint_every: int = 4000
     seed: int = 0
     workers: int = 4
+
+    RESOURCE_KEYS = ("workers", "checkpoint_every")

@@ -3,8 +3,9 @@
 Output folder: ``checkpoint.pth`` (model, optimizer, scheduler, iteration, RNG; rewritten
 atomically every ``checkpoint_every`` iterations and at the end), ``metrics.jsonl`` (loss and
 lr every few iterations) and ``result.json`` (mIoU, pixel accuracy and every class's IoU on
-the val split, single-scale whole images). A restarted job resumes from the checkpoint and
-ends exactly as an uninterrupted one (the data stream is a function of the iteration).
+the val split, single-scale whole images). A restarted job resumes from the checkpoint only if
+it belongs to the same run (backbone, weights, dataset, recipe, world size), and ends exactly
+as an uninterrupted one (the data stream is a function of the iteration).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,7 +23,7 @@ from timm.scheduler import PolyLRScheduler
 from torchmetrics.classification import MulticlassConfusionMatrix
 from tqdm import tqdm
 
-from absvit.checkpoint import check_state_dict, read_checkpoint
+from absvit.checkpoint import agree, check_state_dict, read_checkpoint, recorded_setup
 from absvit.data.segmentation import (
     DATASETS,
     IGNORE,
@@ -32,11 +34,13 @@ from absvit.data.segmentation import (
     class_names,
 )
 from absvit.distributed import init_distributed
+from absvit.errors import UsageError
 from absvit.io import atomic_path, write_json
 from absvit.models.segmenter import Segmenter, build_backbone
 from absvit.recipe import SegmentRecipe
-from absvit.tracking import Tracker
-from absvit.training import NonFiniteLoss, rng_state, set_rng_state, truncate_log
+from absvit.models import require_model
+from absvit.tracking import Tracker, run_tags
+from absvit.training import NonFiniteLoss, checkpoint_to_resume, rng_state, set_rng_state, truncate_log
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "prompt")
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -81,10 +85,28 @@ def _loss(logits, aux, labels, aux_weight: float) -> torch.Tensor:
     return loss + aux_weight * F.cross_entropy(aux.float(), labels, ignore_index=IGNORE) if aux is not None else loss
 
 
-def segment(backbone: str, model_name: str, dataset: str, data_root, out_dir, recipe: SegmentRecipe, *,
+def _backbone_source(checkpoint, model_name: str | None) -> tuple[str, str | None]:
+    """The backbone's model name (``--model``, else what its checkpoint records) and the MLflow run that wrote it."""
+    recorded, source = None, None
+    if checkpoint and Path(checkpoint).suffix != ".safetensors":
+        ckpt = read_checkpoint(checkpoint)
+        recorded, source = recorded_setup(ckpt)["model"], ckpt.get("mlflow_run_id")
+        recorded = recorded if recorded and timm.is_model(recorded) else None
+    model_name = agree("--model", model_name, recorded, checkpoint)
+    if model_name is None:
+        raise UsageError("give --model: no backbone checkpoint records one")
+    return require_model(model_name), source
+
+
+def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_dir, recipe: SegmentRecipe, *,
             checkpoint=None, ema: bool = False, tracking_uri: str | None = None, track: bool = True,
-            run_name: str | None = None, tags: dict | None = None, stop_after: int | None = None) -> dict:
-    """Fine-tune ``backbone`` (kind) / ``model_name`` with UperNet on ``dataset`` and evaluate on its val split."""
+            run_name: str | None = None, preset: str | None = None, run: str | None = None,
+            stop_after: int | None = None, fresh_on_change: bool = False) -> dict:
+    """Fine-tune ``backbone`` (kind) / ``model_name`` with UperNet on ``dataset`` and evaluate on its val split.
+
+    ``model_name`` defaults to the model the backbone checkpoint records; ``fresh_on_change``: a
+    checkpoint of a different run in ``out_dir`` is moved aside instead of refused."""
+    model_name, source = _backbone_source(checkpoint, model_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dist = init_distributed()
@@ -106,11 +128,16 @@ def segment(backbone: str, model_name: str, dataset: str, data_root, out_dir, re
                                 t_in_epochs=False)
 
     ckpt_path, log_path = out / "checkpoint.pth", out / "metrics.jsonl"
+    identity = {"backbone": backbone, "model": model_name, "dataset": dataset, "data_root": str(Path(data_root).resolve()),
+                "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None, "ema": ema,
+                "recipe": recipe.identity(), "world_size": dist.world_size}
+    described = {"arch": model_name, "img_size": crop, "classes": class_names(dataset), "run": identity}
     start, run_id = 0, None
-    if ckpt_path.exists():
-        start, run_id = _resume(ckpt_path, model, optimizer)
+    ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
+    if ckpt is not None:
+        start, run_id = _resume(ckpt, ckpt_path, model, optimizer)
         truncate_log(log_path, "iteration", start)
-        print(f"resuming {backbone} ({model_name}) on {dataset} from {ckpt_path} at iteration {start}")
+        print(f"resuming {backbone} ({model_name}) on {dataset} from {ckpt_path} at iteration {start}", flush=True)
     objective = model
     if dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -124,10 +151,11 @@ def segment(backbone: str, model_name: str, dataset: str, data_root, out_dir, re
                                          generator=torch.Generator().manual_seed(recipe.seed))
 
     params = {"backbone": backbone, "model": model_name, "dataset": dataset, "data_root": str(data_root),
-              "checkpoint": str(checkpoint), "ema": ema, "world_size": dist.world_size, "recipe": recipe.to_dict()}
+              "checkpoint": str(checkpoint), "ema": ema, "world_size": dist.world_size, "recipe": recipe.to_dict(),
+              "source_run_id": source}
+    tags = run_tags("segment", preset, run or out.parent.name, backbone=backbone, dataset=dataset, source_run_id=source)
     tracker = Tracker(run_name or f"segment/{backbone}/{dataset}", uri=tracking_uri, run_id=run_id, params=params,
-                      tags={"absvit.stage": "segment", "absvit.backbone": backbone, "absvit.dataset": dataset, **(tags or {})},
-                      enabled=track and dist.is_main)
+                      tags=tags, enabled=track and dist.is_main)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     log_every = max(1, min(50, recipe.iterations // 20))
     try:
@@ -153,7 +181,7 @@ def segment(backbone: str, model_name: str, dataset: str, data_root, out_dir, re
                     f.write(json.dumps(row) + "\n")
                 tracker.log_metrics({"loss": row["loss"], "lr": row["lr"]}, step=done)
             if dist.is_main and (done % recipe.checkpoint_every == 0 or done == recipe.iterations):
-                _save(ckpt_path, model, optimizer, done, recipe, tracker.run_id)
+                _save(ckpt_path, model, optimizer, done, described, tracker.run_id)
             if stop_after is not None and done >= stop_after and done < recipe.iterations:
                 tracker.finish("KILLED")
                 return {"iteration": done}
@@ -176,15 +204,14 @@ def segment(backbone: str, model_name: str, dataset: str, data_root, out_dir, re
         raise
 
 
-def _save(path: Path, model: Segmenter, optimizer, iteration: int, recipe: SegmentRecipe, run_id) -> None:
+def _save(path: Path, model: Segmenter, optimizer, iteration: int, described: dict, run_id) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-             "args": recipe.to_dict(), "rng": rng_state(), "mlflow_run_id": run_id}
+             "args": described["run"]["recipe"], **described, "rng": rng_state(), "mlflow_run_id": run_id}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def _resume(path: Path, model: Segmenter, optimizer) -> tuple[int, str | None]:
-    ckpt = read_checkpoint(path)
+def _resume(ckpt: dict, path: Path, model: Segmenter, optimizer) -> tuple[int, str | None]:
     check_state_dict(model, ckpt["model"], path)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import warnings
+from contextlib import nullcontext
 from importlib import metadata
 from pathlib import Path
 
@@ -13,6 +14,14 @@ DEFAULT_STORE = Path("results") / "mlflow.db"
 EXPERIMENT = "absvit-bench"
 COMMAND: list[str] | None = None  # the verb's argv, set by ``absvit.cli.main``
 PACKAGES = ("absvit-bench", "torch", "torchvision", "timm", "numpy", "mlflow", "snakemake", "submitit")
+
+
+def run_tags(stage: str, preset: str | None, run: str, **extra) -> dict:
+    """The tags every run carries, so that the UI can filter a preset's runs and follow their lineage:
+    ``absvit.stage``, ``absvit.preset`` (``adhoc`` outside the pipeline), ``absvit.run`` and any ``extra``
+    (``absvit.<key>``; None values are left out)."""
+    tags = {"stage": stage, "preset": preset or "adhoc", "run": run, **extra}
+    return {f"absvit.{k}": str(v) for k, v in tags.items() if v is not None}
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -60,6 +69,19 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _store_lock(uri: str):
+    """Jobs that start together (the DAG's first pretraining runs) must not create a new sqlite store's
+    tables and experiment at the same time: the losers' migrations fail ("duplicate column name") and
+    they would run untracked. A file lock beside the database serialises that first access."""
+    if not uri.startswith("sqlite:///"):
+        return nullcontext()
+    from filelock import FileLock
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{db}.lock", timeout=300)
+
+
 class Tracker:
     """One MLflow run; ``run_id`` lets a resumed job continue the same run."""
 
@@ -74,10 +96,11 @@ class Tracker:
 
             self._mlflow = mlflow
             mlflow.set_tracking_uri(self.uri)
-            if mlflow.get_experiment_by_name(EXPERIMENT) is None and self.uri.startswith("sqlite:"):
-                artifacts = Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts"
-                mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.resolve().as_uri())
-            mlflow.set_experiment(EXPERIMENT)
+            with _store_lock(self.uri):
+                if mlflow.get_experiment_by_name(EXPERIMENT) is None and self.uri.startswith("sqlite:"):
+                    artifacts = Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts"
+                    mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.resolve().as_uri())
+                mlflow.set_experiment(EXPERIMENT)
             run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
             self.run_id, self.active = run.info.run_id, True
             if not run_id:  # a resumed run keeps the parameters it started with

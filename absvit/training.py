@@ -1,13 +1,17 @@
-"""Pieces every training loop shares: RNG state for exact resume, the non-finite-loss stop."""
+"""Pieces every training loop shares: resuming only the same run, RNG state for exact resume,
+the non-finite-loss stop."""
 from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from absvit.checkpoint import read_checkpoint
+from absvit.errors import StaleCheckpoint
 from absvit.io import atomic_path
 
 
@@ -42,3 +46,52 @@ def truncate_log(path: Path, key: str, upto: int) -> None:
         lines = [line for line in path.read_text().splitlines() if line and json.loads(line)[key] <= upto]
         with atomic_path(path) as tmp:
             tmp.write_text("".join(line + "\n" for line in lines))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _show(v) -> str:
+    return f"{len(v)} entries" if isinstance(v, (list, tuple)) and len(v) > 4 else repr(v)
+
+
+def identity_differences(recorded: dict, current: dict) -> list[str]:
+    """``key: checkpoint X vs now Y`` for every value of the run's identity that differs."""
+    a, b = _flat(recorded), _flat(current)
+    return [f"{k}: checkpoint {_show(a.get(k, '(absent)'))} vs now {_show(b.get(k, '(absent)'))}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def checkpoint_to_resume(out: Path, identity: dict, *, fresh_on_change: bool) -> dict | None:
+    """``out/checkpoint.pth`` if it belongs to the run ``identity`` describes, else None (start fresh).
+
+    A checkpoint of another run (a changed recipe, model, dataset, class list, seed or world
+    size) is refused with the differing keys named; with ``fresh_on_change`` (what the pipeline
+    passes: Snakemake reruns a job whose settings changed) it and its metrics log are moved
+    aside into ``out/stale-<time>/`` instead, never deleted.
+    """
+    path = out / "checkpoint.pth"
+    if not path.exists():
+        return None
+    ckpt = read_checkpoint(path)
+    recorded = ckpt.get("run")
+    diffs = (["(no run identity recorded: written by an older absvit-bench)"] if recorded is None
+             else identity_differences(recorded, identity))
+    if not diffs:
+        return ckpt
+    if not fresh_on_change:
+        raise StaleCheckpoint(f"{path} belongs to a different run; it differs in " + "; ".join(diffs)
+                              + ". Resume with the settings it was written with, move it aside, or pass "
+                              "--fresh-on-change to move it aside and start fresh")
+    stale = out / time.strftime("stale-%Y%m%d-%H%M%S")
+    stale.mkdir()
+    for name in ("checkpoint.pth", "metrics.jsonl"):
+        if (out / name).exists():
+            (out / name).rename(stale / name)
+    print(f"{path} belongs to a different run ({'; '.join(diffs)}); moved it aside to {stale} and starting fresh",
+          flush=True)
+    return None

@@ -60,3 +60,10 @@ def slurm_cluster():
     yield cluster
     cluster.stop()
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri(monkeypatch):
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: one test's store (or stopped server)
+    must not reach the next test's subprocesses."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from absvit.checkpoint import read_checkpoint
+from absvit.errors import StaleCheckpoint, UsageError
 from absvit.data.synthetic import generate
 from absvit.pretrain import NonFiniteLoss, pretrain
 from absvit.recipe import PretrainRecipe
@@ -60,9 +61,45 @@ def test_vit_baseline_and_ablation_arm_run(tmp_path, embedded):
 
 
 def test_recipe_rejects_bad_keys():
-    with pytest.raises(KeyError, match=r"unknown key\(s\) \['lrr'\]"):
+    with pytest.raises(UsageError, match=r"unknown key\(s\) \['lrr'\] \(did you mean 'lr'\?\)"):
         PretrainRecipe.from_dict({"lrr": 1.0})
-    with pytest.raises(TypeError, match="recipe.epochs: expected int, got 'ten'"):
+    with pytest.raises(UsageError, match="recipe.epochs: expected int, got 'ten'"):
         PretrainRecipe.from_dict({"epochs": "ten"})
     assert PretrainRecipe.from_dict({"lr": 1}).lr == 1.0
     assert PretrainRecipe().scaled_lr == 5e-4 and PretrainRecipe(batch_size=1024).scaled_lr == 1e-3
+
+
+def test_a_changed_setting_never_resumes_the_old_run(tmp_path, embedded):
+    """A finished run's folder, then the same command with other settings: refused, naming the keys;
+    with fresh_on_change (what the pipeline passes) the old checkpoint is moved aside and the new run trains."""
+    out = tmp_path / "run"
+    pretrain("absvit_pico_patch8_64", embedded, out, tiny_recipe(epochs=1), track=False)
+    old = (out / "checkpoint.pth").read_bytes()
+    changed = tiny_recipe(epochs=1, lr=0.5, seed=1)
+    with pytest.raises(StaleCheckpoint, match=r"differs in recipe\.lr: checkpoint 0\.016 vs now 0\.5; "
+                                              r"recipe\.seed: checkpoint 0 vs now 1\."):
+        pretrain("absvit_pico_patch8_64", embedded, out, changed, track=False)
+    with pytest.raises(StaleCheckpoint, match=r"model: checkpoint 'absvit_pico_patch8_64' vs now 'absvit_nano_patch8_64'"):
+        pretrain("absvit_nano_patch8_64", embedded, out, tiny_recipe(epochs=1), track=False)
+    assert (out / "checkpoint.pth").read_bytes() == old
+
+    result = pretrain("absvit_pico_patch8_64", embedded, out, changed, track=False, fresh_on_change=True)
+    (stale,) = out.glob("stale-*")
+    assert (stale / "checkpoint.pth").read_bytes() == old and (stale / "metrics.jsonl").exists()
+    new = read_checkpoint(out / "model.pth")
+    assert result["epoch"] == 1 and "val_top1" in result and new["args"]["lr"] == 0.5  # trained, with the new settings
+    assert not torch.equal(new["model"]["head.weight"], read_checkpoint(stale / "checkpoint.pth")["model"]["head.weight"])
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # the old run's rows went with it
+
+
+def test_checkpoints_describe_themselves_and_a_finished_run_resumes_to_its_result(tmp_path, embedded):
+    out = tmp_path / "run"
+    first = pretrain("absvit_pico_patch8_64", embedded, out, tiny_recipe(epochs=1), track=False)
+    for name in ("model.pth", "checkpoint.pth"):
+        ckpt = read_checkpoint(out / name)
+        assert ckpt["arch"] == "absvit_pico_patch8_64" and ckpt["img_size"] == 64 and len(ckpt["classes"]) == 10
+        assert ckpt["run"]["data_root"] == str(embedded.resolve()) and ckpt["run"]["world_size"] == 1
+    # the same command again (a rerun job, a requeue after the last epoch): nothing to train, same result
+    again = pretrain("absvit_pico_patch8_64", embedded, out, tiny_recipe(epochs=1, workers=1), track=False)
+    assert {k: v for k, v in again.items() if k != "epoch_seconds"} == {k: v for k, v in first.items() if k != "epoch_seconds"}
+    assert json.loads((out / "result.json").read_text())["val_top1"] == first["val_top1"]

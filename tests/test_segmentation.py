@@ -129,7 +129,8 @@ def test_absvit_taps_are_pass_two_features():
 def test_wrong_backbone_checkpoint_is_refused(tmp_path):
     vit = timm.create_model("vit_pico_patch8_64")
     torch.save({"model": vit.state_dict()}, tmp_path / "vit.pth")
-    with pytest.raises(CheckpointError, match=r"missing.*prompt.*a absvit backbone needs one"):
+    with pytest.raises(CheckpointError, match=r"9 missing keys \['decoders.0.linear.weight'.*; the file fits vit_pico_patch8_64 "
+                       r"\(is it a absvit_pico_patch8_64 checkpoint\? a absvit backbone needs one\)"):
         build_backbone("absvit", "absvit_pico_patch8_64", checkpoint=tmp_path / "vit.pth")
     with pytest.raises(ValueError, match="does not match model"):
         build_backbone("vit", "absvit_pico_patch8_64")
@@ -227,3 +228,17 @@ def test_resume_ends_like_an_uninterrupted_run(seg_data, tmp_path):
     strip = lambda d: [{k: v for k, v in json.loads(l).items() if k != "seconds"}  # noqa: E731
                        for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
     assert strip("cut") == strip("whole")
+
+
+def test_a_changed_setting_never_resumes_the_old_segmentation_run(seg_data, tmp_path):
+    from absvit.errors import StaleCheckpoint
+
+    segment("vit", "vit_pico_patch8_64", "voc", seg_data / "voc", tmp_path, _recipe(iterations=4), track=False, stop_after=4)
+    with pytest.raises(StaleCheckpoint, match=r"recipe\.lr: checkpoint 0\.001 vs now 0\.002"):
+        segment("vit", "vit_pico_patch8_64", "voc", seg_data / "voc", tmp_path, _recipe(iterations=4, lr=2e-3), track=False)
+    result = segment("vit", "vit_pico_patch8_64", "voc", seg_data / "voc", tmp_path, _recipe(iterations=4, lr=2e-3),
+                     track=False, fresh_on_change=True)
+    assert len(list(tmp_path.glob("stale-*/checkpoint.pth"))) == 1 and "miou" in result
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert ckpt["arch"] == "vit_pico_patch8_64" and ckpt["classes"][:2] == ["background", "aeroplane"]
+    assert ckpt["run"]["recipe"]["lr"] == 2e-3 and "workers" not in ckpt["run"]["recipe"]

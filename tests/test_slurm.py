@@ -62,28 +62,45 @@ def _workflow_copy(tmp_path: Path) -> Path:
 def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_path):
     wd = _workflow_copy(tmp_path)
     before = set(slurm_cluster.job_states())
-    out = subprocess.run([BIN / "snakemake", "--profile", "slurm", "results/tables/table2.tex"], cwd=wd,
+    out = subprocess.run([BIN / "snakemake", "--profile", "slurm", "results/embedded/tables/table2.tex"], cwd=wd,
                          env=_env(slurm_cluster), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 
-    # Pretraining (2 arms), evaluation (5 suites each) and segmentation (1) went to SLURM; the data existed.
+    # Pretraining (3 runs: Table 2's two arms and Table 3's ViT), evaluation (5 suites each) and segmentation (1)
+    # went to SLURM; the data existed.
     assert "rule embedded_dataset" not in out.stdout and "rule imagenet_c_shard" not in out.stdout
     assert "rule segmentation_dataset" not in out.stdout
-    table = (wd / "results" / "tables" / "table2.tex").read_text()
+    table = (wd / "results" / "embedded" / "tables" / "table2.tex").read_text()
     assert r"\toprule" in table and "Embedded default" in table
     deadline = time.monotonic() + 60  # accounting records trail the controller
     while set((jobs := {j: s for j, s in slurm_cluster.job_states().items() if j not in before}).values()) != {"COMPLETED"}:
         assert time.monotonic() < deadline, jobs
         time.sleep(0.5)
-    assert len(jobs) == 13, jobs
-    table1 = (wd / "results" / "tables" / "table1.tex").read_text()
-    assert re.search(r"^AbSViT-B & \d+\.\d & -- & -- \\\\$", table1, re.M), table1
+    assert len(jobs) == 19, jobs
+    table1 = (wd / "results" / "embedded" / "tables" / "table1.tex").read_text()
+    assert re.search(r"^absvit\\_pico\\_patch8\\_64 & \d+\.\d & -- & -- \\\\$", table1, re.M), table1
     for run in ("absvit", "absvit_novar"):
         log = (wd / "results" / "embedded" / "logs" / "pretrain" / f"{run}.log").read_text()
         assert "as slurm job" in log and "Job completed successfully" in log
 
+    # Every MLflow run of the DAG carries the pipeline's tags; each evaluation names the pretraining run it read.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{wd / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("absvit-bench").experiment_id
+    runs = client.search_runs([experiment])
+    stages = sorted(f"{r.data.tags.get('absvit.stage')}/{r.data.tags.get('absvit.run')}" for r in runs)
+    assert len(runs) == 3 + 15 + 1 + 2, stages  # pretrain, evaluate, segment, the two comparisons
+    assert len(client.search_runs([experiment], "tags.`absvit.preset` = 'embedded'")) == len(runs)
+    pretrained = {r.data.tags["absvit.run"]: r.info.run_id for r in runs if r.data.tags["absvit.stage"] == "pretrain"}
+    assert set(pretrained) == {"absvit", "absvit_novar", "vit"}
+    for r in runs:
+        stage, run = r.data.tags["absvit.stage"], r.data.tags["absvit.run"]
+        if stage in ("evaluate", "segment"):
+            assert r.data.tags["absvit.source_run_id"] == pretrained[run], (stage, run)
+
     # A no-op rerun submits nothing.
-    again = subprocess.run([BIN / "snakemake", "--profile", "slurm", "results/tables/table2.tex"], cwd=wd,
+    again = subprocess.run([BIN / "snakemake", "--profile", "slurm", "results/embedded/tables/table2.tex"], cwd=wd,
                            env=_env(slurm_cluster), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 

@@ -1,46 +1,149 @@
-"""Tables 1 and 2 in the paper's shape, and the reproduction report, from fixture results."""
+"""Tables 1-3 in the paper's shape, labelled by the models behind them, and the reproduction report."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
+import pytest
 
 from absvit import tables
 
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {"resnet": "resnet101", "vit": "vit_base_patch16_224", "absvit": "absvit_base_patch16_224"}
+PICO = {"resnet": "resnet10t", "vit": "vit_pico_patch8_64", "absvit": "absvit_pico_patch8_64"}
+PAPER_T1 = {"resnet": (77.1, 78.7, 42.9), "vit": (80.1, 75.3, 45.2), "absvit": (81.3, 76.8, 47.2)}
 
-def _paper_table1_long() -> pd.DataFrame:
-    t = tables.PAPER_TABLE1
-    return pd.DataFrame([{"backbone": b, "dataset": d, "miou": t.loc[b, d]} for b in t.index for d in t.columns])
+
+def _table1_long(models: dict, checkpoints: dict | None = None) -> pd.DataFrame:
+    """`absvit segment` results (as segmentation_frame reads them) with the paper's numbers."""
+    checkpoints = checkpoints or {k: f"/weights/{m}.pth" for k, m in models.items()}
+    return pd.DataFrame([{"backbone": kind, "model": models[kind], "checkpoint": checkpoints[kind], "dataset": d, "miou": v}
+                         for kind, row in PAPER_T1.items() for d, v in zip(("voc", "cityscapes", "ade20k"), row)])
+
+
+def _arms(name: str, models: tuple[str, str], numbers: tuple[tuple, tuple]) -> pd.DataFrame:
+    """Rows as `absvit ablation --name NAME` writes them."""
+    from absvit.ablation import COLUMNS, COMPARISONS
+
+    return pd.DataFrame([{"arm": arm, "run": arm, "model": m, **dict(zip(COLUMNS, n))}
+                         for arm, m, n in zip(COMPARISONS[name], models, numbers)])
+
+
+@pytest.mark.parametrize("model, name", [("absvit_base_patch16_224", "AbSViT-B"), ("vit_tiny_patch16_224", "ViT-Ti"),
+                                         ("absvit_small_patch16_224", "AbSViT-S"), ("vit_base_patch16_224", "ViT-B"),
+                                         ("resnet101", "ResNet-101"), ("resnet50", "ResNet-50"),
+                                         ("absvit_pico_patch8_64", "absvit_pico_patch8_64"), ("resnet10t", "resnet10t"),
+                                         ("absvit_tiny_patch8_224_gap", "absvit_tiny_patch8_224_gap")])
+def test_display_name_is_the_papers_name_only_for_the_papers_models(model, name):
+    assert tables.display_name(model) == name
 
 
 def test_table1_has_the_papers_rows_columns_and_gains(tmp_path):
-    tables.table1(_paper_table1_long(), tmp_path, label="Embedded default.")
+    tables.table1(_table1_long(BASE), tmp_path, label="Embedded default.")
     tex = (tmp_path / "table1.tex").read_text()
-    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"\centering" in tex
     assert "Model & PASCAL VOC & Cityscapes & ADE20K" in tex
-    assert "ResNet-101 & 77.1 & 78.7 & 42.9" in tex
-    assert "ViT-B & 80.1 & 75.3 & 45.2" in tex
-    assert "AbSViT-B & 81.3 (+1.2) & 76.8 (+1.5) & 47.2 (+2.0)" in tex  # the paper's own "+x.x"
+    rows = [line for line in tex.splitlines() if " & " in line][1:]
+    assert rows == [r"ResNet-101 & 77.1 & 78.7 & 42.9 \\", r"ViT-B & 80.1 & 75.3 & 45.2 \\",
+                    r"AbSViT-B & 81.3 (+1.2) & 76.8 (+1.5) & 47.2 (+2.0) \\"]  # the paper's order and "+x.x"
     assert "Embedded default." in tex.split(r"\caption{")[1].split("}")[0] + "}"
     csv = pd.read_csv(tmp_path / "table1.csv", index_col=0)
-    assert csv.loc["AbSViT-B", "ADE20K"] == 47.2
+    assert csv.loc["AbSViT-B", "ADE20K"] == 47.2 and list(csv.index) == ["ResNet-101", "ViT-B", "AbSViT-B"]
 
 
-def test_table1_marks_missing_results(tmp_path):
-    frame = _paper_table1_long()
-    frame = frame[~((frame.backbone == "vit") & (frame.dataset == "voc"))]
+def test_table1_labels_pico_models_by_name_and_marks_random_init(tmp_path):
+    frame = _table1_long(PICO, {"resnet": "None", "vit": "results/embedded/pretrain/vit/model.pth",
+                                "absvit": "results/embedded/pretrain/absvit/model.pth"})
+    tables.report(tmp_path, t1=tables.table1(frame, tmp_path, label="Embedded default."))
+    tex, md, csv = ((tmp_path / f"table1.{ext}").read_text() for ext in ("tex", "md", "csv"))
+    for text in (tex, md, csv):
+        assert "ViT-B" not in text and "AbSViT-B" not in text and "ResNet-101" not in text
+    assert r"resnet10t (random init) & 77.1 & 78.7 & 42.9 \\" in tex
+    assert r"vit\_pico\_patch8\_64 & 80.1 & 75.3 & 45.2 \\" in tex
+    assert r"absvit\_pico\_patch8\_64 & 81.3 (+1.2) & 76.8 (+1.5) & 47.2 (+2.0) \\" in tex
+    assert "| resnet10t (random init) | 77.1 | 78.7 | 42.9 |" in md
+    assert list(pd.read_csv(tmp_path / "table1.csv", index_col=0).index) == [
+        "resnet10t (random init)", "vit_pico_patch8_64", "absvit_pico_patch8_64"]
+    report = (tmp_path / "report.md").read_text()  # no paper number beside another model's
+    assert "| absvit_pico_patch8_64 | ADE20K | 47.2 | -- | -- |" in report
+
+
+def test_table1_marks_random_init_of_a_paper_model_and_does_not_compare_it(tmp_path):
+    tables.report(tmp_path, t1=tables.table1(_table1_long(BASE, {**{k: "x.pth" for k in BASE}, "resnet": None}), tmp_path))
+    assert r"ResNet-101 (random init) & 77.1" in (tmp_path / "table1.tex").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "| ResNet-101 (random init) | PASCAL VOC | 77.1 | -- | -- |" in report
+    assert "| ViT-B | PASCAL VOC | 80.1 | 80.1 | 0.0 |" in report
+
+
+def test_table1_marks_missing_results_and_leaves_out_backbones_without_any(tmp_path):
+    frame = _table1_long(BASE)
+    frame = frame[~((frame.backbone == "vit") & (frame.dataset == "voc")) & (frame.backbone != "resnet")]
     tables.table1(frame, tmp_path)
     tex = (tmp_path / "table1.tex").read_text()
-    assert "ViT-B & -- & 75.3" in tex and "AbSViT-B & 81.3 & 76.8 (+1.5)" in tex
+    assert "ViT-B & -- & 75.3" in tex and "AbSViT-B & 81.3 & 76.8 (+1.5)" in tex and "ResNet" not in tex
 
 
 def test_table2_and_report_set_each_number_beside_the_papers(tmp_path):
-    frame = pd.DataFrame([{"arm": "with_lvar", "clean": 75.0, "in_c": 60.0, "in_a": 10.0, "in_r": 35.0, "in_sk": 22.0},
-                          {"arm": "without_lvar", "clean": 73.1, "in_c": 69.0, "in_a": 9.5, "in_r": 33.5, "in_sk": 20.8}])
-    t2 = tables.table2(frame, tmp_path)
+    frame = _arms("lvar", ("absvit_tiny_patch16_224",) * 2, ((73.1, 69.0, 9.5, 33.5, 20.8), (75.0, 60.0, 10.0, 35.0, 22.0)))
+    t2 = tables.table2(frame.iloc[::-1], tmp_path)
     tex = (tmp_path / "table2.tex").read_text()
     lines = [l for l in tex.splitlines() if l.startswith("AbSViT")]
-    assert lines == [r"AbSViT & $\times$ & 73.1 & 69.0 & 9.5 & 33.5 & 20.8 \\",
-                     r"AbSViT & \checkmark & 75.0 & 60.0 & 10.0 & 35.0 & 22.0 \\"]
-    assert r"IN-C ($\downarrow$)" in tex
-    tables.report(tmp_path, t2=t2, t1=tables.table1(_paper_table1_long(), tmp_path))
+    assert lines == [r"AbSViT-Ti & $\times$ & 73.1 & 69.0 & 9.5 & 33.5 & 20.8 \\",
+                     r"AbSViT-Ti & \checkmark & 75.0 & 60.0 & 10.0 & 35.0 & 22.0 \\"]
+    assert r" & $\mathcal{L}_{var}$ & Clean & IN-C ($\downarrow$) & IN-A & IN-R & IN-SK \\" in tex
+    assert list(pd.read_csv(tmp_path / "table2.csv", index_col=0).index) == ["AbSViT-Ti w/o L_var", "AbSViT-Ti w/ L_var"]
+    tables.report(tmp_path, t2=t2, t1=tables.table1(_table1_long(BASE), tmp_path))
     report = (tmp_path / "report.md").read_text()
-    assert "| with_lvar | Clean | 75.0 | 74.1 | 0.9 |" in report
-    assert "| with_lvar | IN-C ($\\downarrow$) | 60.0 | 66.7 | -6.7 |" in report
+    assert "| AbSViT-Ti w/ L_var | Clean | 75.0 | 74.1 | 0.9 |" in report
+    assert "| AbSViT-Ti w/ L_var | IN-C ($\\downarrow$) | 60.0 | 66.7 | -6.7 |" in report
     assert "| AbSViT-B | ADE20K | 47.2 | 47.2 | 0.0 |" in report
+    assert report.index("## Table 1") < report.index("## Table 2")
+
+
+def test_table2_of_pico_models_is_labelled_so_and_not_compared(tmp_path):
+    frame = _arms("lvar", ("absvit_pico_patch8_64",) * 2, ((1, 2, 3, 4, 5), (6, 7, 8, 9, 10)))
+    tables.report(tmp_path, t2=tables.table2(frame, tmp_path))
+    assert r"absvit\_pico\_patch8\_64 & \checkmark & 6.0 & 7.0" in (tmp_path / "table2.tex").read_text()
+    assert "| absvit_pico_patch8_64 w/ L_var | Clean | 6.0 | -- | -- |" in (tmp_path / "report.md").read_text()
+
+
+def test_table3_compares_vit_and_absvit_on_the_five_suites(tmp_path):
+    frame = _arms("robustness", ("vit_tiny_patch16_224", "absvit_tiny_patch16_224"),
+                  ((72.0, 70.0, 8.0, 32.0, 20.0), (74.0, 66.0, 10.0, 35.0, 22.5)))
+    tables.report(tmp_path, t3=tables.table3(frame.iloc[::-1], tmp_path, label="Paper recipe."))
+    tex = (tmp_path / "table3.tex").read_text()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"\label{tab:robustness}" in tex
+    assert r"Model & Clean & IN-C ($\downarrow$) & IN-A & IN-R & IN-SK \\" in tex  # IN-C: mCE, lower is better
+    assert "lower is better" in tex.split(r"\caption{")[1] and "Paper recipe." in tex
+    rows = [line for line in tex.splitlines() if " & " in line][1:]
+    assert rows == [r"ViT-Ti & 72.0 & 70.0 & 8.0 & 32.0 & 20.0 \\", r"AbSViT-Ti & 74.0 & 66.0 & 10.0 & 35.0 & 22.5 \\"]
+    csv = pd.read_csv(tmp_path / "table3.csv", index_col=0)
+    assert list(csv.index) == ["ViT-Ti", "AbSViT-Ti"] and list(csv.columns) == [
+        "Clean", "IN-C ($\\downarrow$)", "IN-A", "IN-R", "IN-SK"]
+    md = (tmp_path / "table3.md").read_text()
+    assert md.startswith("Paper recipe.\n\n") and "| AbSViT-Ti | 74.0 | 66.0 | 10.0 | 35.0 | 22.5 |" in md
+    report = (tmp_path / "report.md").read_text()
+    assert "## Table 3 (ViT vs AbSViT robustness)" in report
+    assert "| ViT-Ti | Clean | 72.0 | 72.5 | -0.5 |" in report  # the released ViT-Ti
+    assert "| AbSViT-Ti | IN-C ($\\downarrow$) | 66.0 | 66.7 | -0.7 |" in report
+    assert "| AbSViT-Ti | IN-A | 10.0 | -- | -- |" in report  # no ViT vs AbSViT IN-A number in the paper
+
+
+def test_table3_of_pico_models_has_no_paper_numbers(tmp_path):
+    frame = _arms("robustness", ("vit_pico_patch8_64", "absvit_pico_patch8_64"), ((1, 2, 3, 4, 5), (6, 7, 8, 9, 10)))
+    tables.report(tmp_path, t3=tables.table3(frame, tmp_path))
+    assert r"vit\_pico\_patch8\_64 & 1.0 & 2.0" in (tmp_path / "table3.tex").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "| vit_pico_patch8_64 | Clean | 1.0 | -- | -- |" in report and "ViT-Ti" not in report
+
+
+def test_each_preset_writes_its_own_tables():
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run([Path(sys.executable).with_name("snakemake"), "-n", "--forceall", "all", "--config", "preset=embedded"],
+                         cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for n in (1, 2, 3):
+        assert f"results/embedded/tables/table{n}.tex" in out.stdout
+    assert "results/tables/" not in out.stdout

@@ -42,6 +42,51 @@ def test_pretrain_mirrors_params_and_per_epoch_metrics_into_mlflow(tmp_path, emb
     assert run.data.params["git_commit"] != "" and run.data.params["versions.torch"] == metadata.version("torch")
 
 
+def test_runs_carry_the_pipeline_tags_and_name_the_run_that_made_their_weights(tmp_path, embedded):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tags = ["--tracking-uri", uri, "--preset", "embedded", "--run", "absvit"]
+    pre = tmp_path / "pretrain"
+    assert main(["pretrain", "--model", "absvit_pico_patch8_64", "--data", str(embedded), "--out", str(pre), *tags,
+                 "--set", "epochs=1", "batch_size=32", "img_size=64", "crop_pct=1.0", "workers=0"]) == 0
+    assert main(["evaluate", "--checkpoint", str(pre / "model.pth"), "--suite", "imagenet-sketch", *tags, "--workers", "0",
+                 "--data", str(embedded / "imagenet-sketch"), "--out", str(tmp_path / "sketch.json")]) == 0
+    generate_segmentation(tmp_path / "seg", per_split={"train": 2, "val": 1}, layouts=["voc"])
+    assert main(["segment", "--backbone", "absvit", "--checkpoint", str(pre / "model.pth"), "--dataset", "voc",
+                 "--data", str(tmp_path / "seg" / "voc"), "--out", str(tmp_path / "voc"), *tags, "--set", "iterations=1",
+                 "batch_size=2", "crop_height=32", "crop_width=32", "scale_long=64", "scale_short=32", "workers=0"]) == 0
+    assert main(["evaluate", "--checkpoint", str(pre / "model.pth"), "--suite", "imagenet-sketch", "--workers", "0",
+                 "--tracking-uri", uri, "--data", str(embedded / "imagenet-sketch"), "--out", str(tmp_path / "adhoc.json")]) == 0
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("absvit-bench").experiment_id
+    runs = {r.data.tags["absvit.stage"] + "/" + r.data.tags["absvit.preset"]: r for r in client.search_runs([experiment])}
+    assert sorted(runs) == ["evaluate/adhoc", "evaluate/embedded", "pretrain/embedded", "segment/embedded"]
+    assert len(client.search_runs([experiment], "tags.`absvit.run` = 'absvit' and tags.`absvit.preset` = 'embedded'")) == 3
+    assert runs["evaluate/adhoc"].data.tags["absvit.run"] == "pretrain"  # outside the pipeline: the checkpoint's folder
+    source = runs["pretrain/embedded"].info.run_id
+    assert runs["pretrain/embedded"].data.tags["absvit.seed"] == "0"
+    for key in ("evaluate/embedded", "evaluate/adhoc", "segment/embedded"):
+        assert runs[key].data.tags["absvit.source_run_id"] == source == runs[key].data.params["source_run_id"], key
+    assert runs["evaluate/embedded"].data.tags["absvit.suite"] == "imagenet-sketch"
+    assert json.loads((tmp_path / "sketch.json").read_text())["source_run_id"] == source
+
+
+def test_jobs_starting_together_on_a_new_store_are_all_tracked(tmp_path):
+    """The DAG's first jobs open a sqlite store that does not exist yet, at the same moment."""
+    uri, go = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "go"
+    job = (f"import mlflow, pathlib, time\nfrom absvit.tracking import Tracker\n"
+           f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+           f"t = Tracker('job', uri={uri!r})\nassert t.active\nt.finish()")
+    jobs = [subprocess.Popen([sys.executable, "-W", "error::UserWarning", "-c", job], stderr=subprocess.PIPE, text=True)
+            for _ in range(4)]
+    time.sleep(8)  # all four have imported mlflow and wait
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in jobs]
+    assert [p.returncode for p in jobs] == [0] * 4, errors
+    client = MlflowClient(uri)
+    assert len(client.search_runs([client.get_experiment_by_name("absvit-bench").experiment_id])) == 4
+
+
 def test_unreachable_store_warns_and_training_continues(tmp_path, embedded, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -52,28 +97,35 @@ def test_unreachable_store_warns_and_training_continues(tmp_path, embedded, monk
 
 
 def _eval_dirs(root: Path) -> dict[str, Path]:
-    """Robustness results of two arms, as `absvit evaluate` writes them (numbers chosen to round awkwardly)."""
-    numbers = {"without_lvar": (71.25, 69.049999, 9.45, 33.55, 20.849), "with_lvar": (74.15, 66.75, 10.05, 34.95, 22.65)}
+    """Robustness results of the L_var arms and of a ViT, as `absvit evaluate` writes them (numbers chosen to round
+    awkwardly)."""
+    numbers = {"without_lvar": ("absvit_tiny_patch16_224", (71.25, 69.049999, 9.45, 33.55, 20.849)),
+               "with_lvar": ("absvit_tiny_patch16_224", (74.15, 66.75, 10.05, 34.95, 22.65)),
+               "vit": ("vit_tiny_patch16_224", (72.45, 71.15, 7.85, 32.05, 19.95))}
     dirs = {}
-    for arm, (clean, mce, a, r, sk) in numbers.items():
+    for arm, (model, (clean, mce, a, r, sk)) in numbers.items():
         d = dirs[arm] = root / arm
         d.mkdir(parents=True)
         for suite, value in (("clean", clean), ("imagenet-a", a), ("imagenet-r", r), ("imagenet-sketch", sk)):
-            (d / f"{suite}.json").write_text(json.dumps({"top1": value, "top5": 99.0}))
-        (d / "imagenet-c.json").write_text(json.dumps({"mce": mce}))
+            (d / f"{suite}.json").write_text(json.dumps({"model": model, "suite": suite, "top1": value, "top5": 99.0}))
+        (d / "imagenet-c.json").write_text(json.dumps({"model": model, "suite": "imagenet-c", "mce": mce}))
     return dirs
 
 
 def tables_regenerate_from_the_store_alone(uri: str, tmp_path: Path, segmentation: list[Path] = ()) -> None:
-    """ablation (+ segmentation) -> tables from files; then, with every file but the store gone, tables from
-    MLflow: the same bytes."""
+    """ablations lvar + robustness (+ segmentation) -> tables from files; then, with every file but the store gone,
+    tables from MLflow: the same bytes, the same model-derived labels."""
     dirs = _eval_dirs(tmp_path / "eval")
-    csv = tmp_path / "ablation" / "lvar.csv"
+    csv = {name: tmp_path / "ablation" / f"{name}.csv" for name in ("lvar", "robustness")}
     label = "Embedded default: a caption sentence"
-    assert main(["ablation", "--without", str(dirs["without_lvar"]), "--with", str(dirs["with_lvar"]), "--without-run", "a",
-                 "--with-run", "b", "--label", label, "--preset", "embedded", "--out", str(csv), "--tracking-uri", uri]) == 0
+    common = ["--label", label, "--preset", "embedded", "--tracking-uri", uri]
+    assert main(["ablation", "--name", "lvar", "--arm", f"without_lvar=a:{dirs['without_lvar']}",
+                 f"with_lvar=b:{dirs['with_lvar']}", "--out", str(csv["lvar"]), *common]) == 0
+    assert main(["ablation", "--name", "robustness", "--arm", f"vit=v:{dirs['vit']}", "--arm", f"absvit=b:{dirs['with_lvar']}",
+                 "--out", str(csv["robustness"]), *common]) == 0
     seg_args = ["--segmentation", *map(str, segmentation)] if segmentation else []
-    assert main(["tables", "--ablation", str(csv), *seg_args, "--label", label, "--out-dir", str(tmp_path / "files")]) == 0
+    assert main(["tables", "--ablation", str(csv["lvar"]), "--robustness", str(csv["robustness"]), *seg_args,
+                 "--label", label, "--out-dir", str(tmp_path / "files")]) == 0
     shutil.rmtree(tmp_path / "eval")
     shutil.rmtree(tmp_path / "ablation")
     for path in segmentation:
@@ -82,16 +134,22 @@ def tables_regenerate_from_the_store_alone(uri: str, tmp_path: Path, segmentatio
                  "--out-dir", str(tmp_path / "store")]) == 0
     names = sorted(p.name for p in (tmp_path / "files").iterdir())
     tables = ["table1.csv", "table1.md", "table1.tex"] if segmentation else []
-    assert names == ["report.md", *tables, "table2.csv", "table2.md", "table2.tex"]
+    assert names == ["report.md", *tables, "table2.csv", "table2.md", "table2.tex", "table3.csv", "table3.md", "table3.tex"]
     for name in names:
         assert (tmp_path / "store" / name).read_bytes() == (tmp_path / "files" / name).read_bytes(), name
-    assert "71.2 & 69.0 & 9.4 & 33.5 & 20.8" in (tmp_path / "files" / "table2.tex").read_text()
+    assert r"AbSViT-Ti & $\times$ & 71.2 & 69.0 & 9.4 & 33.5 & 20.8 \\" in (tmp_path / "files" / "table2.tex").read_text()
+    table3 = (tmp_path / "files" / "table3.tex").read_text()
+    assert r"ViT-Ti & 72.5 & 71.2 & 7.8 & 32.0 & 19.9 \\" in table3 and r"AbSViT-Ti & 74.2 & 66.8 & 10.1 & 35.0 & 22.6" in table3
+    assert "| ViT-Ti | IN-C ($\\downarrow$) | 71.15 | 71.1 | 0.05 |" in (tmp_path / "files" / "report.md").read_text()
 
     client = MlflowClient(uri)
-    run = client.search_runs([client.get_experiment_by_name("absvit-bench").experiment_id],
-                             "tags.`absvit.stage` = 'ablation'")[0]
-    assert run.data.params["command"].startswith("absvit ablation --without")
-    assert {"lvar.csv", "config.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    experiment = client.get_experiment_by_name("absvit-bench").experiment_id
+    for name, models in (("lvar", {"model.without_lvar": "absvit_tiny_patch16_224"}),
+                         ("robustness", {"model.vit": "vit_tiny_patch16_224", "model.absvit": "absvit_tiny_patch16_224"})):
+        run = client.search_runs([experiment], f"tags.`absvit.stage` = 'ablation' and tags.`absvit.run` = '{name}'")[0]
+        assert run.data.tags["absvit.preset"] == "embedded" and models.items() <= run.data.params.items()
+        assert run.data.params["command"].startswith(f"absvit ablation --name {name}")
+        assert {f"{name}.csv", "config.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 @pytest.mark.slow
@@ -104,12 +162,12 @@ def test_tables_from_sqlite_store_are_byte_identical(tmp_path):
     for backbone, model, dataset in (("vit", "vit_pico_patch8_64", "voc"), ("absvit", "absvit_pico_patch8_64", "ade20k")):
         out = tmp_path / "segment" / backbone / dataset
         with pytest.warns(UserWarning, match="random init"):
-            segment(backbone, model, dataset, tmp_path / "seg" / dataset, out, recipe, tracking_uri=uri,
-                    tags={"absvit.preset": "embedded"})
+            segment(backbone, model, dataset, tmp_path / "seg" / dataset, out, recipe, tracking_uri=uri, preset="embedded")
         results.append(out / "result.json")
     tables_regenerate_from_the_store_alone(uri, tmp_path, results)
-    table1 = (tmp_path / "store" / "table1.tex").read_text()
-    assert "ViT-B & " in table1 and " & -- & -- \\\\" in table1
+    table1 = (tmp_path / "store" / "table1.tex").read_text()  # labelled by the models, which started from no weights
+    assert "ViT-B" not in table1 and "AbSViT-B" not in table1
+    assert r"vit\_pico\_patch8\_64 (random init) & " in table1 and r"absvit\_pico\_patch8\_64 (random init) & -- & -- & " in table1
 
 
 def test_tables_from_mlflow_without_runs_names_the_store(tmp_path, capsys):

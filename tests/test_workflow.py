@@ -1,10 +1,12 @@
 """The Snakemake workflow: the plan, config validation, the CLI entry point."""
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +30,8 @@ def test_dry_run_plans_the_whole_embedded_dag():
     assert out.returncode == 0, out.stderr
     counts = _job_counts(out.stdout)
     assert counts == {"all": 1, "embedded_dataset": 1, "imagenet_c_shard": 75, "pretrain": 3, "evaluate": 15,
-                      "lvar_ablation": 1, "segmentation_dataset": 1, "segment": 9, "tables": 1}, counts
+                      "lvar_ablation": 1, "robustness_comparison": 1, "segmentation_dataset": 1, "segment": 9,
+                      "tables": 1}, counts
 
 
 def _workdir_with(tmp_path, edit) -> Path:
@@ -72,10 +75,13 @@ def test_unknown_recipe_key_names_the_key(tmp_path):
     assert "presets.embedded.recipe" in out.stderr and "learning_rate" in out.stderr, out.stderr
 
 
-def test_paper_preset_plans_with_real_dataset_paths():
-    out = _dry_run("--config", "preset=paper")
-    # the /datasets paths do not exist here: Snakemake must say which input is missing
-    assert "/datasets/imagenet" in out.stderr + out.stdout
+def test_paper_preset_names_every_missing_dataset_path():
+    out = _dry_run("--config", "preset=paper")  # config.yaml's placeholder /datasets paths do not exist here
+    assert out.returncode != 0
+    for key in ("data.imagenet", "data.imagenet_c", "data.imagenet_a", "data.imagenet_r", "data.imagenet_sketch",
+                "segmentation.datasets.voc.root", "segmentation.datasets.cityscapes.root",
+                "segmentation.datasets.ade20k.root", "segmentation.backbones.absvit.checkpoint"):
+        assert f"presets.paper.{key}: /" in out.stderr, (key, out.stderr)
 
 
 def test_cli_lists_models():
@@ -88,3 +94,36 @@ def test_cli_set_reads_yaml_values_and_exponent_floats():
 
     got = _parse_sets(["warmup_lr=1e-05", "epochs=3", "auto_augment=rand-m9-mstd0.5-inc1", "repeated_aug=false"])
     assert got == {"warmup_lr": 1e-05, "epochs": 3, "auto_augment": "rand-m9-mstd0.5-inc1", "repeated_aug": False}
+
+
+def _tiny_embedded(config, lr=0.008):
+    p = config["presets"]["embedded"]
+    p["data"]["generate"]["per_class"] = {"train": 8, "val": 2, "imagenet-a": 1, "imagenet-r": 1, "imagenet-sketch": 1}
+    p["recipe"].update(epochs=1, batch_size=16, lr=lr, workers=0)
+
+
+def test_jobs_run_in_snakemakes_environment_and_a_changed_recipe_starts_fresh(tmp_path):
+    """With no virtual environment on PATH (`snakemake` called by its path, as from a login shell), rules use
+    Snakemake's own Python. Editing the recipe reruns the job, which moves the old checkpoint aside and trains anew."""
+    wd = _workdir_with(tmp_path, _tiny_embedded)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = "/usr/bin:/bin"  # here `python` is missing, and `python3` has no torch
+    target = "results/embedded/pretrain/vit/model.pth"
+
+    def run():
+        out = subprocess.run([SNAKEMAKE, "--cores", "2", target], cwd=wd, env=env, capture_output=True, text=True)
+        logs = "".join(p.read_text() for p in (wd / "results/embedded/logs").rglob("*.log"))
+        assert out.returncode == 0, out.stderr + out.stdout + logs
+        return torch.load(wd / target, weights_only=True)
+
+    first = run()
+    folder = wd / target.rsplit("/", 1)[0]
+    assert first["args"]["lr"] == 0.008 and not list(folder.glob("stale-*"))
+    config = yaml.safe_load((wd / "config.yaml").read_text())
+    _tiny_embedded(config, lr=0.004)
+    (wd / "config.yaml").write_text(yaml.safe_dump(config))
+    second = run()
+    assert second["args"]["lr"] == 0.004
+    (stale,) = folder.glob("stale-*")
+    assert torch.load(stale / "checkpoint.pth", weights_only=True)["args"]["lr"] == 0.008
+    assert "moved it aside" in (wd / "results/embedded/logs/pretrain/vit.log").read_text()

@@ -2,3 +2,18 @@
 
 # The robustness suites, each read from its own root folder.
 SUITES = ("clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch")
+
+# What each configured dataset root must hold (config errors and the README say the same).
+LAYOUTS = {
+    "imagenet/train": "ImageNet's train/<wnid>/*.JPEG (1000 class folders)",
+    "imagenet/val": "ImageNet's val/<wnid>/*.JPEG (the 50k val images sorted into class folders)",
+    "imagenet_c": "<corruption>/<1-5>/<wnid>/*.JPEG, or grouped <noise|blur|weather|digital>/<corruption>/<1-5>/<wnid>/",
+    "imagenet_a": "<wnid>/*.jpg for the 200 ImageNet-A classes",
+    "imagenet_r": "<wnid>/*.jpg for the 200 ImageNet-R classes",
+    "imagenet_sketch": "<wnid>/*.JPEG for all 1000 classes (the release's sketch/ folder)",
+    "voc": "VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation}",
+    "cityscapes": "leftImg8bit/{train,val}/<city>/ and gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png",
+    "ade20k": "ADEChallengeData2016/{images,annotations}/{training,validation}/",
+    "checkpoint": "a checkpoint file (official layout with 'model', or absvit pretrain's model.pth)",
+    "resnet_weights": "timm ImageNet weights (.safetensors or .pth state dict)",
+}

@@ -1,5 +1,16 @@
 """Importing this package registers the AbSViT variants and the embedded-size ViTs with timm."""
+import timm
+
+from absvit.errors import UsageError, did_you_mean
 from absvit.models import baselines  # noqa: F401  (registers vit_*_patch8_64)
 from absvit.models.absvit import AbSViT, AbSViTOutput, FeedbackDecoder, TopDownAttention, TopDownBlock
 
-__all__ = ["AbSViT", "AbSViTOutput", "FeedbackDecoder", "TopDownAttention", "TopDownBlock"]
+__all__ = ["AbSViT", "AbSViTOutput", "FeedbackDecoder", "TopDownAttention", "TopDownBlock", "require_model"]
+
+
+def require_model(name: str) -> str:
+    """``name`` if timm knows it; else a one-line error with the closest registered name."""
+    if not timm.is_model(name):
+        raise UsageError(f"unknown model {name!r}{did_you_mean(name, timm.list_models())}; "
+                         "`python -m absvit models` lists this project's models, timm.list_models() all of timm's")
+    return name

@@ -221,6 +221,10 @@ class AbSViT(VisionTransformer):
 
 # -- registered variants --------------------------------------------------------------
 
+RELEASE = "https://berkeley.box.com/shared/static/"  # the official release's files (its README, demo notebook)
+PAPER = "Top-Down Visual Attention from Analysis by Synthesis"
+
+
 def _cfg(input_size=(3, 224, 224), **kwargs):
     # DeiT evaluation: ImageNet mean/std, bicubic resize, 0.875 centre crop.
     return {
@@ -230,18 +234,71 @@ def _cfg(input_size=(3, 224, 224), **kwargs):
     }
 
 
+def _released(file_id: str, top1: Optional[float] = None, mce: Optional[float] = None, **kwargs):
+    """cfg of an official release file; the paper's ImageNet top-1 / ImageNet-C mCE go in ``notes``."""
+    notes = (f"published: ImageNet top-1 {top1}, ImageNet-C mCE {mce}",) if top1 is not None else None
+    return _cfg(url=f"{RELEASE}{file_id}.pth", paper_name=PAPER, notes=notes, **kwargs)
+
+
 default_cfgs = generate_default_cfgs({
-    "absvit_tiny_patch16_224": _cfg(),
-    "absvit_small_patch16_224": _cfg(),
-    "absvit_base_patch16_224": _cfg(),
-    "absvit_tiny_patch8_224_gap": _cfg(),
+    "absvit_tiny_patch16_224.in1k": _released("0n2tvn9hmx7bwv097nwb60vw1jf4841n", top1=74.1, mce=66.7),
+    "absvit_small_patch16_224.in1k": _released("3wpkf5qo31ghb4dzehczup4pfh24xmve", top1=80.7, mce=51.6),
+    "absvit_base_patch16_224.in1k": _released("aain2svhs9lfvz8o21xao91dsnylgsot", top1=81.0, mce=48.3),
+    "absvit_tiny_patch8_224_gap.in1k": _released("7415yz4d1l5z0ur6x32k35f8y99zgynq"),
     "absvit_pico_patch8_64": _cfg(input_size=(3, 64, 64), num_classes=10, crop_pct=1.0),
     "absvit_nano_patch8_64": _cfg(input_size=(3, 64, 64), num_classes=10, crop_pct=1.0),
 })
 
 
+def _adapted_by_timm(model: nn.Module) -> tuple[str, ...]:
+    """Key prefixes timm replaces after the filter: a head of another size, a stem for other input channels."""
+    cfg = model.pretrained_cfg
+    new_head = model.num_classes != cfg["num_classes"]
+    new_stem = model.patch_embed.proj.in_channels != cfg["input_size"][0]
+    return ((cfg["classifier"] + ".",) if new_head else ()) + ((cfg["first_conv"] + ".weight",) if new_stem else ())
+
+
+def official_weights(state_dict: dict, model: nn.Module) -> dict:
+    """``pretrained_filter_fn`` for the official release files: their ``model`` entry.
+
+    That entry holds the weights the published numbers are from (DeiT's ``--eval`` loads it), not
+    ``model_ema``. A DDP ``module.`` prefix is stripped, and names and shapes are checked, so that a
+    file for another model fails naming the file. timm passes the whole file for a ``url`` source,
+    but for a ``file`` source its loader has already picked ``model_ema`` where there is one: that
+    file is read again here.
+    """
+    from absvit.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
+
+    cfg = model.pretrained_cfg
+    if cfg.get("state_dict") is not None:
+        source = "the given state_dict"
+    elif cfg.get("file"):
+        source = cfg["file"]
+        state_dict = read_checkpoint(source)
+    else:
+        source = cfg.get("url")
+    state = extract_state_dict(state_dict, source)
+    adapted, own = _adapted_by_timm(model), model.state_dict()
+    check_state_dict(model, {**{k: v for k, v in state.items() if not k.startswith(adapted)},
+                             **{k: v for k, v in own.items() if k.startswith(adapted)}}, source)
+    return state
+
+
+def _build_model(model_cls, variant: str, pretrained: bool, model_args: dict, **kwargs) -> nn.Module:
+    """timm's ``build_model_with_cfg``, loading released weights through ``official_weights``.
+
+    Official files keep their training arguments in an ``argparse.Namespace``, which timm's
+    ``weights_only`` download loader refuses unless it is allowed, as here.
+    """
+    from absvit.checkpoint import SAFE_GLOBALS
+
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=official_weights,
+                                    **dict(model_args, **kwargs))
+
+
 def _create_absvit(variant: str, pretrained: bool, model_args: dict, **kwargs) -> AbSViT:
-    return build_model_with_cfg(AbSViT, variant, pretrained, **dict(model_args, **kwargs))
+    return _build_model(AbSViT, variant, pretrained, model_args, **kwargs)
 
 
 def _args(**kwargs) -> dict:

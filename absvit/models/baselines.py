@@ -1,21 +1,31 @@
-"""Plain timm ViTs at the embedded-default sizes, the baselines matching ``absvit_*_patch8_64``.
+"""Plain timm ViTs this project registers: the embedded-default sizes (the baselines of
+``absvit_*_patch8_64``) and the official release's patch-8 ViT-Ti with global average pooling
+(the demo's baseline for ``absvit_tiny_patch8_224_gap``).
 
-The paper-size baselines are timm's own ``vit_{tiny,small,base}_patch16_224``.
+The paper-size baselines are timm's own ``vit_{tiny,small,base}_patch16_224``; their official
+files load with ``absvit.load_checkpoint(model, path)`` (urls in the README).
 """
-from timm.models import build_model_with_cfg, register_model
+from timm.models import register_model
 from timm.models._registry import generate_default_cfgs
 from timm.models.vision_transformer import VisionTransformer
 
-from absvit.models.absvit import _args, _cfg
+from absvit.models.absvit import _args, _build_model, _cfg, _released
 
 default_cfgs = generate_default_cfgs({
+    "vit_tiny_patch8_224_gap.in1k": _released("zzy0bl6b59q05a3hobbehqeuhg5u1mhk"),
     "vit_pico_patch8_64": _cfg(input_size=(3, 64, 64), num_classes=10, crop_pct=1.0),
     "vit_nano_patch8_64": _cfg(input_size=(3, 64, 64), num_classes=10, crop_pct=1.0),
 })
 
 
 def _create_vit(variant: str, pretrained: bool, model_args: dict, **kwargs) -> VisionTransformer:
-    return build_model_with_cfg(VisionTransformer, variant, pretrained, **dict(model_args, **kwargs))
+    return _build_model(VisionTransformer, variant, pretrained, model_args, **kwargs)
+
+
+@register_model
+def vit_tiny_patch8_224_gap(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Ti, patch 8, mean of the patch tokens through ``fc_norm`` into the head."""
+    return _create_vit("vit_tiny_patch8_224_gap", pretrained, _args(patch_size=8, embed_dim=192, depth=12, num_heads=3, global_pool="avg"), **kwargs)
 
 
 @register_model

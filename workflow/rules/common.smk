@@ -1,4 +1,6 @@
 # Config validation and the paths every stage shares.
+import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -25,7 +27,7 @@ if config["preset"] not in config["presets"]:
 PRESET = config["preset"]
 P = config["presets"][PRESET]
 OUT = Path("results") / PRESET
-TABLES = Path("results") / "tables"
+TABLES = OUT / "tables"
 LOGS = OUT / "logs"
 BENCH = OUT / "benchmarks"
 RUNS = P["runs"]
@@ -33,12 +35,18 @@ SUITES = ["clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch"]
 
 
 def _check_config():
+    from absvit.errors import UsageError
     from absvit.recipe import PretrainRecipe, SegmentRecipe
 
     where = f"presets.{PRESET}"
-    for key in ("without_lvar", "with_lvar"):
-        if P["table2"][key] not in RUNS:
-            raise WorkflowError(f"config key '{where}.table2.{key}': run {P['table2'][key]!r} is not in {where}.runs")
+    for table, keys in (("table2", ("without_lvar", "with_lvar")), ("table3", ("vit", "absvit"))):
+        for key in keys:
+            if P[table][key] not in RUNS:
+                raise WorkflowError(f"config key '{where}.{table}.{key}': run {P[table][key]!r} is not in {where}.runs")
+    for key in ("vit", "absvit"):  # Table 3 compares a ViT with an AbSViT
+        if not RUNS[P["table3"][key]]["model"].startswith(f"{key}_"):
+            raise WorkflowError(f"config key '{where}.table3.{key}': run {P['table3'][key]!r} is a "
+                                f"{RUNS[P['table3'][key]]['model']}, not a {key}_* model")
     for run in P["checkpoints"]:
         if run not in RUNS:
             raise WorkflowError(f"config key '{where}.checkpoints.{run}': no such run in {where}.runs")
@@ -56,11 +64,15 @@ def _check_config():
         PretrainRecipe.from_dict(P["recipe"], where=f"{where}.recipe")
         for name, d in seg["datasets"].items():
             SegmentRecipe.from_dict({**seg["recipe"], **d["recipe"]}, where=f"{where}.segmentation.datasets.{name}.recipe")
-    except (KeyError, TypeError) as e:
-        raise WorkflowError(f"config key {e.args[0]}")
+    except UsageError as e:
+        raise WorkflowError(f"config key {e}") from None
 
 
 _check_config()
+
+# Every verb runs with the Python that runs Snakemake (the project's environment), not whatever
+# `python` is first on PATH.
+PYTHON = shlex.quote(sys.executable)
 
 # Dataset roots: generated under results/data/embedded, or the real paths from the preset.
 if "generate" in P["data"]:
@@ -76,6 +88,40 @@ SUITE_DATA = {"clean": DATA["val"], **{s: DATA[s] for s in SUITES if s != "clean
 GENERATED = "generate" in P["data"]
 
 
+def _configured_paths():
+    """(config key, path, expected layout) of every file or folder the preset names."""
+    from absvit.data import LAYOUTS
+
+    where = f"presets.{PRESET}"
+    if not GENERATED:
+        yield f"{where}.data.imagenet", DATA["train"], LAYOUTS["imagenet/train"]
+        yield f"{where}.data.imagenet", DATA["val"], LAYOUTS["imagenet/val"]
+        for key in ("imagenet_c", "imagenet_a", "imagenet_r", "imagenet_sketch"):
+            yield f"{where}.data.{key}", Path(P["data"][key]), LAYOUTS[key]
+    for run, path in P["checkpoints"].items():
+        yield f"{where}.checkpoints.{run}", Path(path), LAYOUTS["checkpoint"]
+    seg = P["segmentation"]
+    if "generate" not in seg:
+        for name, d in seg["datasets"].items():
+            yield f"{where}.segmentation.datasets.{name}.root", Path(d["root"]), LAYOUTS[name]
+    for name, b in seg["backbones"].items():
+        if b.get("checkpoint"):
+            kind = "resnet_weights" if b["kind"] == "resnet" else "checkpoint"
+            yield f"{where}.segmentation.backbones.{name}.checkpoint", Path(b["checkpoint"]), LAYOUTS[kind]
+
+
+def _check_paths():
+    """Before any DAG is built: one line per configured path that does not exist."""
+    missing = [f"  {key}: {path} does not exist (expected {layout})" for key, path, layout in _configured_paths()
+               if not path.exists()]
+    if missing:
+        raise WorkflowError(f"config.yaml: preset {PRESET!r} names {len(missing)} path(s) that do not exist "
+                            "(set them in config.yaml or with --config):\n" + "\n".join(missing))
+
+
+_check_paths()
+
+
 def submit(stage, wildcards_name):
     """`python -m absvit submit ... --` for a stage: launcher and its SLURM request from config."""
     r = P["resources"][stage]
@@ -84,7 +130,7 @@ def submit(stage, wildcards_name):
             f"--nodes {r.get('nodes', 1)}", f"--gpus-per-node {r['gpus_per_node']}",
             f"--cpus-per-task {r['cpus_per_task']}", f"--mem-gb {r['mem_gb']}"]
     opts += [f"--{k} {r[k]}" for k in ("partition", "constraint", "account", "qos") if r.get(k)]
-    return "python -m absvit submit " + " ".join(opts) + " --"
+    return f"{PYTHON} -m absvit submit " + " ".join(opts) + " --"
 
 
 def tracking():

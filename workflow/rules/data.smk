@@ -1,52 +1,54 @@
-# Data prep: the embedded dataset, and ImageNet-C shards made from its val split.
+# Data prep of the embedded default: the generated dataset, and ImageNet-C shards made from its
+# val split. A preset with real datasets (`data.imagenet`, ...) has no data-prep jobs: its
+# configured folders are the inputs, checked to exist before the DAG is built (common.smk).
 from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
 
+if GENERATED:
 
-rule embedded_dataset:
-    """Generated classification set in the ImageNet layout, plus A/R/Sketch-style trees."""
-    output:
-        [directory(DATA[s]) for s in ("train", "val", "imagenet-a", "imagenet-r", "imagenet-sketch")],
-    params:
-        g=lambda wc: P["data"]["generate"],
-        root=DATA["train"].parent,
-        per_class=lambda wc: " ".join(f"{k}={v}" for k, v in P["data"]["generate"]["per_class"].items()),
-    log:
-        LOGS / "embedded_dataset.log",
-    benchmark:
-        BENCH / "embedded_dataset.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-    shell:
-        "python -m absvit data embedded --out {params.root} --seed {params.g[seed]} --size {params.g[size]}"
-        " --per-class {params.per_class} > {log} 2>&1"
+    rule embedded_dataset:
+        """Generated classification set in the ImageNet layout, plus A/R/Sketch-style trees."""
+        output:
+            [directory(DATA[s]) for s in ("train", "val", "imagenet-a", "imagenet-r", "imagenet-sketch")],
+        params:
+            g=P["data"]["generate"],
+            root=DATA["train"].parent,
+            per_class=" ".join(f"{k}={v}" for k, v in P["data"]["generate"]["per_class"].items()),
+        log:
+            LOGS / "embedded_dataset.log",
+        benchmark:
+            BENCH / "embedded_dataset.tsv"
+        threads: 1
+        resources:
+            mem_mb=1000,
+        shell:
+            "{PYTHON} -m absvit data embedded --out {params.root} --seed {params.g[seed]} --size {params.g[size]}"
+            " --per-class {params.per_class} > {log} 2>&1"
 
-
-rule imagenet_c_shard:
-    """One (corruption, severity) of the ImageNet-C tree, corrupted with imagecorruptions."""
-    input:
-        DATA["val"],
-    output:
-        directory(DATA["imagenet-c"] / "{corruption}" / "{severity}"),
-    wildcard_constraints:
-        corruption="|".join(CORRUPTIONS),
-        severity="[1-5]",
-    params:
-        c=lambda wc: P["data"]["make_imagenet_c"],
-        per_class=lambda wc: f"--per-class {P['data']['make_imagenet_c']['per_class']}" if P["data"]["make_imagenet_c"]["per_class"] else "",
-        submit=lambda wc: submit("imagenet_c", f"{wc.corruption}-{wc.severity}"),
-        root=DATA["imagenet-c"],
-    log:
-        LOGS / "imagenet_c" / "{corruption}-{severity}.log",
-    benchmark:
-        BENCH / "imagenet_c" / "{corruption}-{severity}.tsv"
-    threads: lambda wc: P["resources"]["imagenet_c"]["threads"]
-    resources:
-        mem_mb=1000,
-    shell:
-        "{params.submit} data make-imagenet-c --src {input} --out {params.root}"
-        " --corruption {wildcards.corruption} --severity {wildcards.severity}"
-        " --resize {params.c[resize]} --crop {params.c[crop]} {params.per_class} > {log} 2>&1"
+    rule imagenet_c_shard:
+        """One (corruption, severity) of the ImageNet-C tree, corrupted with imagecorruptions."""
+        input:
+            DATA["val"],
+        output:
+            directory(DATA["imagenet-c"] / "{corruption}" / "{severity}"),
+        wildcard_constraints:
+            corruption="|".join(CORRUPTIONS),
+            severity="[1-5]",
+        params:
+            c=P["data"]["make_imagenet_c"],
+            per_class=f"--per-class {P['data']['make_imagenet_c']['per_class']}" if P["data"]["make_imagenet_c"]["per_class"] else "",
+            submit=lambda wc: submit("imagenet_c", f"{wc.corruption}-{wc.severity}"),
+            root=DATA["imagenet-c"],
+        log:
+            LOGS / "imagenet_c" / "{corruption}-{severity}.log",
+        benchmark:
+            BENCH / "imagenet_c" / "{corruption}-{severity}.tsv"
+        threads: P["resources"]["imagenet_c"]["threads"]
+        resources:
+            mem_mb=1000,
+        shell:
+            "{params.submit} data make-imagenet-c --src {input} --out {params.root}"
+            " --corruption {wildcards.corruption} --severity {wildcards.severity}"
+            " --resize {params.c[resize]} --crop {params.c[crop]} {params.per_class} > {log} 2>&1"
 
 
 def imagenet_c_input():

@@ -28,4 +28,5 @@ rule evaluate:
         "{params.submit} evaluate --model {params.model} --checkpoint {input.weights} --suite {wildcards.suite}"
         " --data {params.root} --out {output} {params.ema} {params.classes} --img-size {params.e[img_size]}"
         " --crop-pct {params.e[crop_pct]} --batch-size {params.e[batch_size]} --workers {params.e[workers]}"
-        " --run-name evaluate/{PRESET}/{wildcards.run}/{wildcards.suite} {params.tracking} > {log} 2>&1"
+        " --run-name evaluate/{PRESET}/{wildcards.run}/{wildcards.suite} {params.tracking}"
+        " --preset {PRESET} --run {wildcards.run} > {log} 2>&1"

@@ -1,4 +1,5 @@
-# ImageNet pretraining of every configured run (resumable; GPU jobs through submitit).
+# ImageNet pretraining of every configured run (resumable; GPU jobs through submitit). A job that
+# Snakemake reruns because its settings changed starts fresh: the old run's checkpoint is moved aside.
 
 
 def recipe_args(run):
@@ -33,7 +34,7 @@ rule pretrain:
     shell:
         "{params.submit} pretrain --model {params.model} --data {params.data}"
         " --out {OUT}/pretrain/{wildcards.run} --run-name pretrain/{PRESET}/{wildcards.run} {params.tracking}"
-        " --set {params.recipe} > {log} 2>&1"
+        " --preset {PRESET} --run {wildcards.run} --fresh-on-change --set {params.recipe} > {log} 2>&1"
 
 
 def weights(run):

@@ -23,21 +23,23 @@ def seg_recipe_args(dataset):
     return " ".join(f"{k}={v}" for k, v in values.items())
 
 
-rule segmentation_dataset:
-    """The embedded default's small sets in the VOC / Cityscapes / ADE20K layouts."""
-    output:
-        [directory(SEG_DATA_ROOT / d) for d in ("voc", "cityscapes", "ade20k")],
-    params:
-        g=lambda wc: SEG["generate"],
-        per_split=lambda wc: " ".join(f"{k}={v}" for k, v in SEG["generate"]["per_split"].items()),
-    log:
-        LOGS / "segmentation_dataset.log",
-    benchmark:
-        BENCH / "segmentation_dataset.tsv"
-    threads: 1
-    shell:
-        "python -m absvit data embedded-segmentation --out {SEG_DATA_ROOT} --seed {params.g[seed]}"
-        " --per-split {params.per_split} > {log} 2>&1"
+if SEG_GENERATED:
+
+    rule segmentation_dataset:
+        """The embedded default's small sets in the VOC / Cityscapes / ADE20K layouts."""
+        output:
+            [directory(SEG_DATA_ROOT / d) for d in ("voc", "cityscapes", "ade20k")],
+        params:
+            g=SEG["generate"],
+            per_split=" ".join(f"{k}={v}" for k, v in SEG["generate"]["per_split"].items()),
+        log:
+            LOGS / "segmentation_dataset.log",
+        benchmark:
+            BENCH / "segmentation_dataset.tsv"
+        threads: 1
+        shell:
+            "{PYTHON} -m absvit data embedded-segmentation --out {SEG_DATA_ROOT} --seed {params.g[seed]}"
+            " --per-split {params.per_split} > {log} 2>&1"
 
 
 rule segment:
@@ -67,9 +69,9 @@ rule segment:
         mem_mb=4000,
     shell:
         "{params.submit} segment --backbone {params.b[kind]} --model {params.b[model]} --dataset {wildcards.dataset}"
-        " --data {input.data} --out {params.out} {params.ckpt} {params.ema} --preset {PRESET}"
+        " --data {input.data} --out {params.out} {params.ckpt} {params.ema} --preset {PRESET} --run {wildcards.backbone}"
         " --run-name segment/{PRESET}/{wildcards.backbone}/{wildcards.dataset} {params.tracking}"
-        " --set {params.recipe} > {log} 2>&1"
+        " --fresh-on-change --set {params.recipe} > {log} 2>&1"
 
 
 SEG_RESULTS = expand(OUT / "segment" / "{backbone}" / "{dataset}" / "result.json", backbone=SEG_BACKBONES, dataset=SEG_DATASETS)

@@ -1,12 +1,13 @@
-# Tables: booktabs LaTeX for \input, plus CSV, Markdown and the reproduction report.
+# Tables: booktabs LaTeX for \input, plus CSV, Markdown and the reproduction report, per preset.
 
 
 rule tables:
     input:
         ablation=OUT / "ablation" / "lvar.csv",
+        robustness=OUT / "ablation" / "robustness.csv",
         segmentation=SEG_RESULTS,
     output:
-        [TABLES / f"table{n}.{ext}" for n in (1, 2) for ext in ("tex", "csv", "md")],
+        [TABLES / f"table{n}.{ext}" for n in (1, 2, 3) for ext in ("tex", "csv", "md")],
         TABLES / "report.md",
     params:
         label=P["label"],
@@ -16,5 +17,5 @@ rule tables:
         BENCH / "tables.tsv"
     threads: 1
     shell:
-        "python -m absvit tables --ablation {input.ablation} --segmentation {input.segmentation}"
-        " --label {params.label:q} --out-dir {TABLES} > {log} 2>&1"
+        "{PYTHON} -m absvit tables --ablation {input.ablation} --robustness {input.robustness}"
+        " --segmentation {input.segmentation} --label {params.label:q} --out-dir {TABLES} > {log} 2>&1"

@@ -80,6 +80,8 @@ def likely_models(state: Mapping[str, torch.Tensor]) -> list[str]:
     embedding and classifier size aside). Built on the meta device: no memory, milliseconds each."""
     import timm
 
+    import absvit.models  # noqa: F401  (registers the candidates)
+
     head = state.get("head.weight")
     fits = []
     for name in timm.list_models(list(CANDIDATES)):

@@ -95,7 +95,7 @@ def _data_imagenet_c(args: argparse.Namespace) -> None:
     from absvit.data.imagenet_c import make_shard
 
     make_shard(args.src, args.out, args.corruption, args.severity, resize=args.resize, crop=args.crop,
-               per_class=args.per_class, seed=args.seed)
+               per_class=args.per_class, seed=args.seed, every_s=args.log_every)
 
 
 def _data_segmentation(args: argparse.Namespace) -> None:
@@ -197,13 +197,19 @@ def _tracking_args(p: argparse.ArgumentParser) -> None:
 def _job_args(p: argparse.ArgumentParser) -> None:
     """A training / evaluation job's place in the pipeline (MLflow tags) and its MLflow options."""
     _tracking_args(p)
+    _progress_args(p)
     p.add_argument("--preset", default=None, help="tag absvit.preset (default: adhoc)")
     p.add_argument("--run", default=None, help="tag absvit.run: the config's run / backbone name (default: the output folder's)")
 
 
+def _progress_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
+                   help="a progress line about every SECONDS (default: %(default)s)")
+
+
 def _tracking(args: argparse.Namespace) -> dict:
     return dict(tracking_uri=args.tracking_uri, track=not args.no_mlflow, run_name=args.run_name, preset=args.preset,
-                run=args.run)
+                run=args.run, log_every_s=args.log_every)
 
 
 FRESH_HELP = ("if <out>/checkpoint.pth belongs to a different run (changed model, recipe, data, seed, world size), "
@@ -237,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--per-class", type=int, default=None, help="corrupt only the first N images of each class")
     p.add_argument("--seed", type=int, default=0)
+    _progress_args(p)
     p.set_defaults(func=_data_imagenet_c)
 
     p = data.add_parser("embedded-segmentation", help="the embedded default's VOC / Cityscapes / ADE20K-layout sets")

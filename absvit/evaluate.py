@@ -18,6 +18,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision import transforms
 
+from absvit import engine
 from absvit.checkpoint import agree, check_state_dict, extract_state_dict, read_checkpoint, recorded_setup
 from absvit.data import SUITES
 from absvit.data.corruptions import ALEXNET_ERR, CORRUPTIONS, SEVERITIES
@@ -30,25 +31,11 @@ from absvit.tracking import Tracker, run_tags
 SUBSET_SUITES = {"imagenet-a", "imagenet-r"}  # 200 of the 1000 classes
 
 
-@torch.inference_mode()
-def accuracy(model, dataset: ClassFolder, *, restrict: list[int] | None, batch_size: int, workers: int, device) -> dict:
+def accuracy(model, dataset: ClassFolder, *, restrict: list[int] | None, batch_size: int, workers: int, device,
+             progress: engine.Progress | None = None) -> dict:
     """Top-1 / top-5 (%) over ``dataset``; with ``restrict``, only those classes' logits compete."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
-    index = torch.tensor(restrict) if restrict is not None else None
-    model.eval()
-    top1 = top5 = total = 0
-    for images, labels in loader:
-        logits = model(images.to(device)).float().cpu()
-        if index is not None:
-            logits = logits[:, index]
-        k = min(5, logits.shape[1])
-        pred = logits.topk(k, dim=-1).indices
-        if index is not None:
-            pred = index[pred]
-        top1 += (pred[:, 0] == labels).sum().item()
-        top5 += (pred == labels[:, None]).any(-1).sum().item()
-        total += labels.numel()
-    return {"top1": 100.0 * top1 / total, "top5": 100.0 * top5 / total, "images": total}
+    return engine.accuracy(model, loader, device, restrict=restrict, progress=progress)
 
 
 def corruption_errors(top1: dict[tuple[str, int], float]) -> dict:
@@ -104,7 +91,8 @@ def load_model(checkpoint, *, model_name: str | None = None, classes_spec: str |
 def evaluate(model_name: str | None, checkpoint, suite: str, data, out_json, *, ema: bool = False,
              classes_spec: str | None = None, img_size: int | None = None, crop_pct: float = 0.875,
              interpolation: str = "bicubic", batch_size: int = 128, workers: int = 8, tracking_uri: str | None = None,
-             track: bool = True, run_name: str | None = None, preset: str | None = None, run: str | None = None) -> dict:
+             track: bool = True, run_name: str | None = None, preset: str | None = None, run: str | None = None,
+             log_every_s: float = engine.LOG_EVERY_S) -> dict:
     """``model_name``, ``classes_spec`` and ``img_size`` default to what the checkpoint records."""
     if suite not in SUITES:
         raise UsageError(f"unknown suite {suite!r}; expected one of {list(SUITES)}")
@@ -119,9 +107,11 @@ def evaluate(model_name: str | None, checkpoint, suite: str, data, out_json, *, 
 
     result: dict = {"model": model_name, "checkpoint": str(checkpoint), "suite": suite, "ema": ema, "data": str(data),
                     "img_size": img_size, "transform": " ".join(repr(tf).split()), "source_run_id": source}
-    if suite == "imagenet-c":
-        top1 = {key: accuracy(model, ClassFolder(folder, classes, tf), restrict=None, **run_args)["top1"]
-                for key, folder in imagenet_c_folders(data).items()}
+    if suite == "imagenet-c":  # 75 folders, one progress count over all of them
+        sets = {key: ClassFolder(folder, classes, tf) for key, folder in imagenet_c_folders(data).items()}
+        progress = engine.Progress("Test: [imagenet-c]", sum(-(-len(d) // batch_size) for d in sets.values()),
+                                   every_s=log_every_s, device=device)
+        top1 = {key: accuracy(model, d, restrict=None, progress=progress, **run_args)["top1"] for key, d in sets.items()}
         result["top1"] = {c: {str(s): top1[(c, s)] for s in SEVERITIES} for c in CORRUPTIONS}
         result.update(corruption_errors(top1))
         result["mean_top1"] = sum(top1.values()) / len(top1)
@@ -130,7 +120,8 @@ def evaluate(model_name: str | None, checkpoint, suite: str, data, out_json, *, 
     else:
         dataset = ClassFolder(data, classes, tf, subset=suite in SUBSET_SUITES)
         restrict = dataset.class_indices if suite in SUBSET_SUITES else None
-        result.update(accuracy(model, dataset, restrict=restrict, **run_args))
+        progress = engine.Progress(f"Test: [{suite}]", -(-len(dataset) // batch_size), every_s=log_every_s, device=device)
+        result.update(accuracy(model, dataset, restrict=restrict, progress=progress, **run_args))
         result["classes"] = len(dataset.class_indices)
         metrics = {"top1": result["top1"], "top5": result["top5"]}
 

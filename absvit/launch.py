@@ -1,8 +1,9 @@
 """Run a CLI verb through submitit: ``absvit submit [launcher options] -- <verb> [args]``.
 
 ``--launcher local`` runs the verb in a child process of the calling (Snakemake) job;
-``--launcher slurm`` submits it to SLURM and waits. Either way the call returns when the
-verb is done and fails, with the job's log path, when the job fails.
+``--launcher slurm`` submits it to SLURM and waits. Either way the job's output is copied into
+this process's stdout (the Snakemake rule's log) while it runs, and the call returns when the
+verb is done, or fails, with the job's log path, when the job fails.
 
 Time limits and preemption: the task is ``Checkpointable``. On SLURM's warning signal
 submitit requeues it with the same arguments; ``absvit pretrain`` then resumes from the
@@ -11,6 +12,7 @@ submitit requeues it with the same arguments; ``absvit pretrain`` then resumes f
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,7 +40,10 @@ class Verb(submitit.helpers.Checkpointable):
             os.environ.setdefault("LOCAL_RANK", str(dist.local_rank))
         from absvit.cli import main
 
-        return main(self.argv)
+        status = main(self.argv)
+        if status:  # a failed verb fails the job (submitit would otherwise report it as completed)
+            raise JobFailed(f"absvit {' '.join(self.argv[:1])} exited with status {status}")
+        return status
 
 
 @dataclass
@@ -78,30 +83,43 @@ def submit(argv: list[str], *, launcher: str, folder, resources: Resources, name
     job = executor.submit(Verb(argv, cpus=resources.cpus_per_task))
     print(f"submitted {' '.join(argv[:1])} as {launcher} job {job.job_id}; logs: {job.paths.stdout} {job.paths.stderr}",
           flush=True)
-    _wait(job)
+    output = _Output(job)
+    _wait(job, output)
     try:
-        status = int(job.result() or 0)
+        job.result()
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
-        _echo(job.paths.stdout, job.paths.stderr)
-        raise JobFailed(f"{launcher} job {job.job_id} ({' '.join(argv)}) failed; see its log {job.paths.stderr}\n{e}") from e
-    _echo(job.paths.stdout, job.paths.stderr)
-    if status:
-        raise JobFailed(f"{launcher} job {job.job_id} ({' '.join(argv)}) exited with status {status}; "
-                        f"see its log {job.paths.stderr}")
+        output.copy(final=True)
+        verb = re.search(r"JobFailed: (.+)", str(e))  # the verb's own exit status, else submitit's first line
+        reason = verb[1] if verb else str(e).strip().splitlines()[0]
+        raise JobFailed(f"{launcher} job {job.job_id} ({' '.join(argv)}) failed: {reason}; see its log {job.paths.stderr}") from None
+    output.copy(final=True)
     return 0
 
 
-def _wait(job) -> None:
+def _wait(job, output: "_Output") -> None:
     """Poll every 0.1 s for the first minute (submitit polls every second: most pipeline jobs last a
-    few seconds, and a second lost per job is minutes over the DAG), then every 2 s."""
+    few seconds, and a second lost per job is minutes over the DAG), then every 2 s; copy the
+    job's new output each time."""
     start = time.monotonic()
     while not job.done():
+        output.copy()
         time.sleep(0.1 if time.monotonic() - start < 60 else 2.0)
 
 
-def _echo(*paths: Path) -> None:
-    """Copy the job's own output into the calling job's log (Snakemake's ``log:`` file)."""
-    for path in paths:
-        if path.exists():
-            sys.stdout.write(path.read_text())
-    sys.stdout.flush()
+class _Output:
+    """Copies what the job has appended to its stdout / stderr files since the last call."""
+
+    def __init__(self, job):
+        self.offsets = {path: 0 for path in (job.paths.stdout, job.paths.stderr)}
+
+    def copy(self, final: bool = False) -> None:
+        for path, offset in self.offsets.items():
+            if path.exists():
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    new = f.read()
+                end = len(new) if final else new.rfind(b"\n") + 1  # whole lines only: the rest comes next time
+                if end:
+                    sys.stdout.write(new[:end].decode(errors="replace"))
+                    self.offsets[path] = offset + end
+        sys.stdout.flush()

@@ -11,13 +11,9 @@ uninterrupted run would.
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
 from timm.data import Mixup, create_transform
@@ -26,18 +22,18 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
-from tqdm import tqdm
 
-import absvit.models  # noqa: F401  (registers the models)
+from absvit import engine
 from absvit.checkpoint import extract_state_dict
 from absvit.data.readers import ClassFolder, label_space
-from absvit.distributed import DistInfo, init_distributed
+from absvit.distributed import DistInfo
+from absvit.engine import LOG_EVERY_S
 from absvit.errors import UsageError
-from absvit.io import atomic_path, write_json
+from absvit.io import write_json
 from absvit.models import require_model
 from absvit.recipe import PretrainRecipe
 from absvit.tracking import Tracker, run_tags
-from absvit.training import NonFiniteLoss, checkpoint_to_resume, rng_state, set_rng_state, truncate_log
+from absvit.training import NonFiniteLoss, checkpoint_to_resume, rng_state, set_rng_state, truncate_log  # noqa: F401
 
 
 class TrainingLoss(torch.nn.Module):
@@ -58,20 +54,10 @@ class TrainingLoss(torch.nn.Module):
         return self.criterion(self.model(images), targets)
 
 
-@torch.inference_mode()
-def top1(model, loader, device) -> float:
-    model.eval()
-    correct = total = 0
-    for images, labels in loader:
-        logits = model(images.to(device))
-        correct += (logits.argmax(-1).cpu() == labels).sum().item()
-        total += labels.numel()
-    return 100.0 * correct / max(total, 1)
-
-
 def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tracking_uri: str | None = None,
              track: bool = True, stop_after_epoch: int | None = None, run_name: str | None = None,
-             fresh_on_change: bool = False, preset: str | None = None, run: str | None = None) -> dict:
+             fresh_on_change: bool = False, preset: str | None = None, run: str | None = None,
+             log_every_s: float = LOG_EVERY_S) -> dict:
     """Train ``model_name`` on ``<data_root>/train``, validate on ``<data_root>/val``.
 
     ``fresh_on_change``: a checkpoint of a different run in ``out_dir`` is moved aside instead of refused.
@@ -79,11 +65,7 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     require_model(model_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dist = init_distributed()
-    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(recipe.seed + dist.rank)
-    np.random.seed(recipe.seed + dist.rank)
-    random.seed(recipe.seed + dist.rank)
+    dist, device = engine.setup(recipe.seed)
 
     data_root = Path(data_root)
     classes = label_space(str(data_root / "train"))
@@ -112,55 +94,51 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
         print(f"resuming {model_name} from {ckpt_path} at epoch {start_epoch}", flush=True)
     else:
         scheduler.step(0)
-    objective = TrainingLoss(model, criterion, recipe.var_weight)
-    if dist.enabled:
-        objective = torch.nn.parallel.DistributedDataParallel(objective, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    objective = engine.distributed(TrainingLoss(model, criterion, recipe.var_weight), dist, device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
 
     params = {"model": model_name, "data_root": str(data_root), "num_classes": len(classes),
               "world_size": dist.world_size, "recipe": recipe.to_dict()}
     tracker = Tracker(run_name or f"pretrain/{model_name}", uri=tracking_uri, run_id=run_id, params=params,
                       tags=run_tags("pretrain", preset, run or out.name, seed=recipe.seed),
                       enabled=track and dist.is_main)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-
     metrics: dict = _last_row(log_path) if start_epoch >= recipe.epochs else {}  # resuming a finished run
-    try:
+    with engine.tracked(tracker):
         for epoch in range(start_epoch, recipe.epochs):
             if sampler is not None and hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
-            t0 = time.time()
-            train_loss = _train_epoch(objective, model, train_loader, mixup, optimizer, ema, recipe,
-                                      device, autocast, epoch, ckpt_path, dist)
+            header = f"Epoch: [{epoch + 1}/{recipe.epochs}]"
+            progress = engine.Progress(header, len(train_loader), every_s=log_every_s, dist=dist, device=device)
+            _train_epoch(objective, model, train_loader, mixup, optimizer, ema, device, progress, ckpt_path, epoch + 1)
             scheduler.step(epoch + 1)
-            metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
-                       "val_top1": top1(model, val_loader, device), "epoch_seconds": time.time() - t0}
+            train = progress.summary()
+            metrics = {"epoch": epoch + 1, "train_loss": train["loss"], "lr": optimizer.param_groups[0]["lr"],
+                       "val_top1": engine.accuracy(model, val_loader, device, every_s=log_every_s, header="Val:")["top1"]}
             if ema is not None:
-                metrics["val_top1_ema"] = top1(ema.module, val_loader, device)
+                metrics["val_top1_ema"] = engine.accuracy(ema.module, val_loader, device, every_s=log_every_s,
+                                                          header="Val (EMA):")["top1"]
+            metrics["epoch_seconds"] = time.perf_counter() - progress.t0  # validation included
             if dist.is_main:
-                _save(ckpt_path, model, ema, described, tracker.run_id, optimizer=optimizer.state_dict(),
-                      lr_scheduler=scheduler.state_dict(), epoch=epoch + 1, rng=rng_state())
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+                engine.save_state(ckpt_path, model, described, tracker.run_id, ema=ema, optimizer=optimizer.state_dict(),
+                                  lr_scheduler=scheduler.state_dict(), epoch=epoch + 1, rng=rng_state())
+                engine.append_row(log_path, metrics)
+                speed = {"images_per_s": train["images_per_s"], "data_wait": train["data_wait"]}  # timings: MLflow and log only
+                tracker.log_metrics({**{k: v for k, v in metrics.items() if k != "epoch"}, **speed}, step=epoch + 1)
+                ema_note = f" (EMA {metrics['val_top1_ema']:.2f})" if ema is not None else ""
+                print(f"{header} done in {engine.duration(metrics['epoch_seconds'])}: train loss {train['loss']:.4f}, "
+                      f"val top-1 {metrics['val_top1']:.2f}{ema_note}, {train['images_per_s']:.0f} img/s, "
+                      f"data wait {100 * train['data_wait']:.0f}%", flush=True)
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < recipe.epochs:
                 tracker.finish("KILLED")
                 return metrics
         result = {"model": model_name, "classes": len(classes), "epochs": recipe.epochs, **metrics}
         if dist.is_main:
-            _save(out / "model.pth", model, ema, described, tracker.run_id, epoch=recipe.epochs)
+            engine.save_state(out / "model.pth", model, described, tracker.run_id, ema=ema, epoch=recipe.epochs)
             write_json(out / "result.json", result)
             for path in (out / "result.json", log_path):
                 tracker.log_artifact(path)
-        tracker.finish()
-        return result
-    except (SystemExit, KeyboardInterrupt):  # preempted or timed out: the requeued job continues this run
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
+    return result
 
 
 def _datasets(root: Path, classes, recipe: PretrainRecipe):
@@ -190,40 +168,19 @@ def _loaders(train_set, val_set, recipe: PretrainRecipe, dist: DistInfo):
     return train, val, sampler
 
 
-def _train_epoch(objective, model, loader, mixup, optimizer, ema, recipe, device, autocast, epoch, ckpt_path, dist):
+def _train_epoch(objective, model, loader, mixup, optimizer, ema, device, progress, ckpt_path, epoch: int) -> None:
     objective.train()
-    total, steps = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=None if dist.is_main else True, leave=False)
-    for images, targets in bar:
+    for data, (images, targets) in engine.timed(loader):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if mixup is not None:
             images, targets = mixup(images, targets)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            loss = objective(images, targets)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {steps + 1}; "
-                                f"stopping. The last good checkpoint is kept at {ckpt_path}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = engine.train_step(objective, images, targets, optimizer, amp=engine.autocast(device),
+                                 where=f"epoch {epoch}, step {progress.done + 1}", ckpt_path=ckpt_path)
         if ema is not None:
             ema.update(model)
-        total += loss.item()
-        steps += 1
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return total / max(steps, 1)
-
-
-def _save(path, model, ema, described: dict, run_id, **state) -> None:
-    """A self-describing file in the official layout (``model``, ``model_ema``, ``args``, ``epoch``, ...)."""
-    state = {"model": model.state_dict(), "args": described["run"]["recipe"], **described,
-             "mlflow_run_id": run_id, **state}
-    if ema is not None:
-        state["model_ema"] = ema.module.state_dict()
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        progress.step(images=images.shape[0], data=data, loss=loss, lr=optimizer.param_groups[0]["lr"])
 
 
 def _last_row(log_path: Path) -> dict:

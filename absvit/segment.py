@@ -9,10 +9,8 @@ as an uninterrupted one (the data stream is a function of the iteration).
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import timm
@@ -21,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.scheduler import PolyLRScheduler
 from torchmetrics.classification import MulticlassConfusionMatrix
-from tqdm import tqdm
 
+from absvit import engine
 from absvit.checkpoint import agree, check_state_dict, read_checkpoint, recorded_setup
 from absvit.data.segmentation import (
     DATASETS,
@@ -33,26 +31,27 @@ from absvit.data.segmentation import (
     TrainTransform,
     class_names,
 )
-from absvit.distributed import init_distributed
+from absvit.engine import LOG_EVERY_S
 from absvit.errors import UsageError
-from absvit.io import atomic_path, write_json
+from absvit.io import write_json
+from absvit.models import require_model
 from absvit.models.segmenter import Segmenter, build_backbone
 from absvit.recipe import SegmentRecipe
-from absvit.models import require_model
 from absvit.tracking import Tracker, run_tags
-from absvit.training import NonFiniteLoss, checkpoint_to_resume, rng_state, set_rng_state, truncate_log
+from absvit.training import checkpoint_to_resume, rng_state, set_rng_state, truncate_log
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "prompt")
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on pos_embed, cls_token, the prior prompt and norm layers."""
+    """AdamW groups as in MMSegmentation's ViT configs: no weight decay on norm layers nor on what the
+    backbone's own ``no_weight_decay()`` names (timm's ViT: pos_embed, cls_token; AbSViT adds prompt)."""
     no_decay = {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters(recurse=False)}
-    decay, plain = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (plain if id(p) in no_decay or name.split(".")[-1] in NO_DECAY_NAMES else decay).append(p)
+    for prefix, m in model.named_modules():
+        if callable(getattr(m, "no_weight_decay", None)):
+            no_decay |= {id(p) for name, p in m.named_parameters() if name in m.no_weight_decay()}
+    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in no_decay]
+    plain = [p for p in model.parameters() if p.requires_grad and id(p) in no_decay]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
@@ -66,23 +65,32 @@ def iou_from_confusion(cm: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def evaluate_segmenter(model: Segmenter, dataset: SegmentationFolder, device) -> dict:
+def evaluate_segmenter(model: Segmenter, dataset: SegmentationFolder, device, every_s: float = LOG_EVERY_S) -> dict:
     model.eval()
     num_classes = dataset.spec.num_classes
     confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE).to(device)
-    for i in tqdm(range(len(dataset)), desc="evaluate", disable=None, leave=False):
-        image, label = dataset[i]
+    progress = engine.Progress("Test:", len(dataset), every_s=every_s, device=device)
+    for data, (image, label) in engine.timed(dataset[i] for i in range(len(dataset))):
         logits = model.predict(image[None].to(device), label.shape[-2:])
         confusion.update(logits.argmax(1), label[None].to(device))
+        progress.step(images=1, data=data)
     scores = iou_from_confusion(confusion.compute().cpu())
     names = class_names(dataset.dataset)
     scores["iou"] = {n: (None if math.isnan(v) else 100 * v) for n, v in zip(names, scores["iou"])}
     return scores
 
 
-def _loss(logits, aux, labels, aux_weight: float) -> torch.Tensor:
-    loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
-    return loss + aux_weight * F.cross_entropy(aux.float(), labels, ignore_index=IGNORE) if aux is not None else loss
+class SegmentationLoss(nn.Module):
+    """Cross-entropy of the decode head plus ``aux_weight`` times the auxiliary head's, as one module for DDP."""
+
+    def __init__(self, model: Segmenter, aux_weight: float):
+        super().__init__()
+        self.model, self.aux_weight = model, aux_weight
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits, aux = self.model(images)
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
+        return loss + self.aux_weight * F.cross_entropy(aux.float(), labels, ignore_index=IGNORE) if aux is not None else loss
 
 
 def _backbone_source(checkpoint, model_name: str | None) -> tuple[str, str | None]:
@@ -101,7 +109,7 @@ def _backbone_source(checkpoint, model_name: str | None) -> tuple[str, str | Non
 def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_dir, recipe: SegmentRecipe, *,
             checkpoint=None, ema: bool = False, tracking_uri: str | None = None, track: bool = True,
             run_name: str | None = None, preset: str | None = None, run: str | None = None,
-            stop_after: int | None = None, fresh_on_change: bool = False) -> dict:
+            stop_after: int | None = None, fresh_on_change: bool = False, log_every_s: float = LOG_EVERY_S) -> dict:
     """Fine-tune ``backbone`` (kind) / ``model_name`` with UperNet on ``dataset`` and evaluate on its val split.
 
     ``model_name`` defaults to the model the backbone checkpoint records; ``fresh_on_change``: a
@@ -109,9 +117,7 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
     model_name, source = _backbone_source(checkpoint, model_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dist = init_distributed()
-    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(recipe.seed + dist.rank)
+    dist, device = engine.setup(recipe.seed)
 
     crop, scale = (recipe.crop_height, recipe.crop_width), (recipe.scale_long, recipe.scale_short)
     train_set = SegmentationFolder(dataset, data_root, "train",
@@ -138,10 +144,9 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
         start, run_id = _resume(ckpt, ckpt_path, model, optimizer)
         truncate_log(log_path, "iteration", start)
         print(f"resuming {backbone} ({model_name}) on {dataset} from {ckpt_path} at iteration {start}", flush=True)
-    objective = model
     if dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        objective = nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    objective = engine.distributed(SegmentationLoss(model, recipe.aux_weight), dist, device)
     sampler = IterationSampler(len(train_set), recipe.batch_size, recipe.iterations, start=start, seed=recipe.seed,
                                rank=dist.rank, world=dist.world_size)
     loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.batch_size // dist.world_size, sampler=sampler,
@@ -156,59 +161,44 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
     tags = run_tags("segment", preset, run or out.parent.name, backbone=backbone, dataset=dataset, source_run_id=source)
     tracker = Tracker(run_name or f"segment/{backbone}/{dataset}", uri=tracking_uri, run_id=run_id, params=params,
                       tags=tags, enabled=track and dist.is_main)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    log_every = max(1, min(50, recipe.iterations // 20))
-    try:
+    log_every = max(1, min(50, recipe.iterations // 20))  # metrics.jsonl rows
+    progress = engine.Progress(f"Fine-tune: [{backbone}/{dataset}]", recipe.iterations, start=start, every_s=log_every_s,
+                               dist=dist, device=device)
+    with engine.tracked(tracker):
         objective.train()
-        t0 = time.time()
-        for it, (images, labels) in enumerate(tqdm(loader, desc=f"{backbone}/{dataset}", disable=None if dist.is_main else True,
-                                                   initial=start, total=recipe.iterations, leave=False), start=start):
+        for data, (images, labels) in engine.timed(loader):
+            it = progress.done
             scheduler.step_update(it)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast:
-                loss = _loss(*objective(images), labels, recipe.aux_weight)
-            if not math.isfinite(loss.item()):
-                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at iteration {it + 1}; stopping. "
-                                    f"The last good checkpoint is kept at {ckpt_path}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            done = it + 1
+            loss = engine.train_step(objective, images, labels, optimizer, amp=engine.autocast(device),
+                                     where=f"iteration {it + 1}", ckpt_path=ckpt_path)
+            lr = optimizer.param_groups[0]["lr"]
+            progress.step(images=images.shape[0], data=data, loss=loss, lr=lr)
+            done = progress.done
             if dist.is_main and (done % log_every == 0 or done == recipe.iterations):
-                row = {"iteration": done, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"],
-                       "seconds": time.time() - t0}
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                tracker.log_metrics({"loss": row["loss"], "lr": row["lr"]}, step=done)
+                engine.append_row(log_path, {"iteration": done, "loss": loss, "lr": lr, "seconds": time.perf_counter() - progress.t0})
+                tracker.log_metrics({"loss": loss, "lr": lr}, step=done)
             if dist.is_main and (done % recipe.checkpoint_every == 0 or done == recipe.iterations):
-                _save(ckpt_path, model, optimizer, done, described, tracker.run_id)
+                engine.save_state(ckpt_path, model, described, tracker.run_id, optimizer=optimizer.state_dict(),
+                                  iteration=done, rng=rng_state())
             if stop_after is not None and done >= stop_after and done < recipe.iterations:
                 tracker.finish("KILLED")
                 return {"iteration": done}
+        if progress.done > start:
+            train = progress.summary()
+            tracker.log_metrics({"images_per_s": train["images_per_s"], "data_wait": train["data_wait"]})
 
         result = {"backbone": backbone, "model": model_name, "dataset": dataset, "iterations": recipe.iterations,
                   "checkpoint": str(checkpoint), "val_images": len(val_set)}
         if dist.is_main:
-            result.update(evaluate_segmenter(model, val_set, device))
+            result.update(evaluate_segmenter(model, val_set, device, every_s=log_every_s))
             write_json(out / "result.json", result)
             tracker.log_metrics({"miou": result["miou"], "aacc": result["aacc"]})
+            print(f"{progress.header} done: mIoU {result['miou']:.2f}, pixel accuracy {result['aacc']:.2f} "
+                  f"on {len(val_set)} val images", flush=True)
             for path in (out / "result.json", log_path):
                 tracker.log_artifact(path)
-        tracker.finish()
-        return result
-    except (SystemExit, KeyboardInterrupt):
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-
-
-def _save(path: Path, model: Segmenter, optimizer, iteration: int, described: dict, run_id) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-             "args": described["run"]["recipe"], **described, "rng": rng_state(), "mlflow_run_id": run_id}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    return result
 
 
 def _resume(ckpt: dict, path: Path, model: Segmenter, optimizer) -> tuple[int, str | None]:

@@ -30,7 +30,7 @@ def _rss_mib() -> float:
 def _measure(name: str, device: str, batch: int, warmup: int, iters: int, threads: int) -> dict:
     import timm
 
-    import absvit  # noqa: F401  (registers the models)
+    import absvit.models  # noqa: F401  (registers the models)
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import absvit  # noqa: F401  (registers the models)
+import absvit.models  # noqa: F401  (registers the models)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,10 @@
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
 from absvit.models import AbSViT
 from tests.reference import reference_forward
@@ -133,13 +137,17 @@ def test_prior_forms_agree():
         m(x, prior=torch.randn(7))
 
 
-def test_feedback_scale_changes_output():
+def test_alpha_changes_output():
     m = _model()
     x = _images(m)
     with torch.no_grad():
-        assert not torch.allclose(m(x, alpha=1.0), m(x, alpha=10.0), atol=1e-4)
-        m.feedback_scale = 10.0
+        assert m.alpha == 1.0 and not torch.allclose(m(x, alpha=1.0), m(x, alpha=10.0), atol=1e-4)
+        m.alpha = 10.0
         torch.testing.assert_close(m(x), m(x, alpha=10.0), rtol=0, atol=0)
+        built = _model(alpha=10.0)
+        built.load_state_dict(m.state_dict())
+        assert built.alpha == 10.0
+        torch.testing.assert_close(built(x), m(x), rtol=0, atol=0)
 
 
 def test_attention_maps_differ_between_class_priors():
@@ -186,3 +194,99 @@ def test_grad_checkpointing_gives_same_gradients():
     m.forward_train(x).logits.sum().backward()
     for n, g in ref.items():
         torch.testing.assert_close(dict(m.named_parameters())[n].grad, g, rtol=1e-4, atol=1e-6)
+
+
+# timm's forward_intermediates options, each case run on AbSViT and on timm's ViT of the same size
+INTERMEDIATES_CASES = [
+    {}, dict(indices=2), dict(indices=[0, 2]), dict(indices=[-1, -3]), dict(indices=[3, 1]),
+    dict(indices=[1], norm=True), dict(output_fmt="NLC"), dict(indices=[0, -1], return_prefix_tokens=True),
+    dict(return_prefix_tokens=True, intermediates_only=True, output_fmt="NLC"), dict(indices=[1], stop_early=True),
+    dict(indices=1, norm=True, intermediates_only=True), dict(output_dict=True, return_prefix_tokens=True),
+    dict(output_dict=True, intermediates_only=True),
+]
+
+
+def _structure(out):
+    """Types, lengths and shapes of a forward_intermediates result."""
+    if torch.is_tensor(out):
+        return tuple(out.shape)
+    if isinstance(out, dict):
+        return {k: _structure(v) for k, v in out.items()}
+    return type(out).__name__, [_structure(v) for v in out]
+
+
+def test_forward_intermediates_follows_timm_contract():
+    m, vit = _model(), _model("vit_pico_patch8_64")
+    x = _images(m)
+    with torch.no_grad():
+        for case in INTERMEDIATES_CASES:
+            assert _structure(m.forward_intermediates(x, **case)) == _structure(vit.forward_intermediates(x, **case)), case
+        for bad in (0, 5, [4], [-5]):
+            for model in (m, vit):
+                with pytest.raises(AssertionError, match="out of range"):
+                    model.forward_intermediates(x, bad)
+        with pytest.raises(NotImplementedError, match="attention mask"):
+            m.forward_intermediates(x, attn_mask=torch.zeros(65, 65))
+        # timm's DINO-style getter goes through it too
+        assert [t.shape for t in m.get_intermediate_layers(x, 2, reshape=True)] == [(2, 96, 8, 8)] * 2
+
+
+def test_forward_intermediates_are_pass_two():
+    m = _trained_like(_model())
+    x = _images(m)
+    with torch.no_grad():
+        final, maps = m.forward_intermediates(x, prior=3, alpha=2.0)
+        torch.testing.assert_close(final, m.forward_features(x, prior=3, alpha=2.0))
+        pass_one = VisionTransformer.forward_intermediates(m, x, intermediates_only=True)
+        assert all(not torch.allclose(a, b, atol=1e-4) for a, b in zip(maps, pass_one))
+        stopped = m.forward_intermediates(x, [1], stop_early=True, intermediates_only=True, prior=3, alpha=2.0)
+        torch.testing.assert_close(stopped[0], maps[1], rtol=0, atol=0)
+
+
+def test_without_feedback_features_equal_timm_vit():
+    """Zero decoders give td = 0, and v = W_v (x + td) + 2 b_v is a plain ViT's value once b_v = 0 too."""
+    m, vit = _trained_like(_model()), _model("vit_pico_patch8_64")
+    with torch.no_grad():
+        for dec in m.decoders:
+            dec.linear.weight.zero_()
+            dec.linear2.weight.zero_()
+        for blk in m.blocks:
+            blk.attn.qkv.bias[2 * m.embed_dim:].zero_()
+            blk.norm1.weight.normal_(1, 0.1)
+        m.norm.bias.normal_(0, 0.1)
+    vit.load_state_dict({k: v for k, v in m.state_dict().items() if k in vit.state_dict()})
+    x = _images(m)
+    with torch.no_grad():
+        for case in INTERMEDIATES_CASES:
+            torch.testing.assert_close(m.forward_intermediates(x, **case), vit.forward_intermediates(x, **case),
+                                       rtol=1e-5, atol=1e-5, msg=lambda msg: f"{case}: {msg}")
+
+
+def test_features_only_gives_the_pass_two_maps():
+    torch.manual_seed(1)
+    fm = timm.create_model("absvit_pico_patch8_64", features_only=True).eval()
+    m = fm.model
+    _trained_like(m)
+    assert fm.feature_info.channels() == [96] * 4 and fm.feature_info.reduction() == [8] * 4
+    assert fm.out_indices == [0, 1, 2, 3] and len(m.blocks) == len(m.decoders) == 4  # nothing pruned but the head
+    assert m.num_classes == 0 and not isinstance(m.norm, torch.nn.Identity)
+    x = _images(m)
+    with torch.no_grad():
+        maps = fm(x)
+        assert [t.shape for t in maps] == [(2, 96, 8, 8)] * 4
+        torch.testing.assert_close(maps, m.forward_intermediates(x, [0, 1, 2, 3], intermediates_only=True), rtol=0, atol=0)
+        pass_one = VisionTransformer.forward_intermediates(m, x, intermediates_only=True)
+        assert not torch.allclose(maps[-1], pass_one[-1], atol=1e-4)
+        with pytest.raises(ValueError, match="classifier head"):
+            m(x, prior=3)
+    picked = timm.create_model("absvit_tiny_patch16_224", features_only=True, out_indices=(-2, -1))
+    assert picked.out_indices == [10, 11] and picked.feature_info.channels() == [192, 192]
+    assert timm.create_model("vit_pico_patch8_64", features_only=True).feature_info.channels() == [96] * 4
+
+
+def test_import_absvit_is_light_and_absvit_models_registers():
+    code = ("import sys, absvit; assert not {'torch', 'timm'} & set(sys.modules), sorted(sys.modules); "
+            "import timm; assert not timm.is_model('absvit_pico_patch8_64'); "
+            "import absvit.models; assert timm.is_model('absvit_pico_patch8_64') and timm.is_model('vit_pico_patch8_64')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]

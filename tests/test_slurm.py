@@ -178,3 +178,23 @@ def test_interrupted_job_is_requeued_and_ends_like_an_uninterrupted_one(slurm_cl
     assert strip(metrics) == strip(tmp_path / "ref" / "metrics.jsonl")
     assert len(strip(metrics)) == 4
     assert os.path.getsize(tmp_path / "run" / "result.json") > 0
+
+
+def test_a_slurm_job_shows_progress_in_its_log_while_it_runs(slurm_cluster, tmp_path):
+    from tests.test_progress import PROGRESS, pretrain_argv
+
+    generate(tmp_path / "data", seed=0, size=64, per_class={"train": 20, "val": 2})
+    out = tmp_path / "out"
+    proc = _submit(slurm_cluster, tmp_path / "submitit", *pretrain_argv(tmp_path / "data", out))
+    job = _job_id(proc)
+    job_log = tmp_path / "submitit" / job / f"{job}_0_log.out"
+    for line in proc.stdout:  # `absvit submit` streams the job's output while it waits
+        if PROGRESS.match(line.rstrip("\n")):
+            assert not (out / "result.json").exists()  # the job is still running
+            assert line in job_log.read_text()  # and the SLURM job's own log has it already
+            break
+    else:
+        raise AssertionError(f"no progress line before the job ended ({proc.wait()})")
+    rest = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, rest
+    assert "Epoch: [3/3] done in " in rest and (out / "result.json").exists()

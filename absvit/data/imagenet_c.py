@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -17,23 +18,30 @@ from PIL import Image
 
 from absvit.data.corruptions import corrupt
 from absvit.data.readers import ClassFolder, label_space
+from absvit.progress import LOG_EVERY_S, Progress
 
 
 def make_shard(src, out, corruption: str, severity: int, *, resize: int = 256, crop: int = 224,
-               per_class: int | None = None, seed: int = 0) -> Path:
+               per_class: int | None = None, seed: int = 0, every_s: float = LOG_EVERY_S) -> Path:
     src, out = Path(src), Path(out)
     classes = label_space(str(src))
     data = ClassFolder(src, classes)
+    taken: dict[int, int] = {}
+    chosen = []  # the first per_class images of each class
+    for i, (_, label) in enumerate(data.samples):
+        if per_class is None or taken.get(label, 0) < per_class:
+            taken[label] = taken.get(label, 0) + 1
+            chosen.append(i)
     shard = out / corruption / str(severity)
     shard.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=shard.parent, prefix=f".{severity}.tmp-"))
+    progress = Progress(f"ImageNet-C: [{corruption}/{severity}]", len(chosen), every_s=every_s)
     try:
-        taken: dict[int, int] = {}
-        for i, (path, label) in enumerate(data.samples):
-            if per_class is not None and taken.get(label, 0) >= per_class:
-                continue
-            taken[label] = taken.get(label, 0) + 1
+        for i in chosen:
+            path, label = data.samples[i]
+            t = time.perf_counter()
             image, _ = data[i]
+            data_s = time.perf_counter() - t
             image = _resize_crop(image, resize, crop)
             # imagecorruptions draws from numpy's global RNG: seed it per image for reproducibility
             np.random.seed(zlib.crc32(f"{seed}/{corruption}/{severity}/{path.name}".encode()))
@@ -41,6 +49,7 @@ def make_shard(src, out, corruption: str, severity: int, *, resize: int = 256, c
             target = tmp / classes[label] / (path.stem + ".JPEG")
             target.parent.mkdir(exist_ok=True)
             Image.fromarray(corrupted).save(target, quality=85, optimize=True)
+            progress.step(images=1, data=data_s)
         if shard.exists():
             shutil.rmtree(shard)
         tmp.rename(shard)

@@ -1,8 +1,11 @@
-"""Importing this package registers the AbSViT variants and the embedded-size ViTs with timm."""
+"""Importing this package registers the AbSViT variants and the embedded-size ViTs with timm.
+
+This is the one way the models get registered: ``import absvit`` alone stays light (see its docstring).
+"""
 import timm
 
 from absvit.errors import UsageError, did_you_mean
-from absvit.models import baselines  # noqa: F401  (registers vit_*_patch8_64)
+from absvit.models import baselines  # noqa: F401  (registers vit_*_patch8_64, vit_tiny_patch8_224_gap)
 from absvit.models.absvit import AbSViT, AbSViTOutput, FeedbackDecoder, TopDownAttention, TopDownBlock
 
 __all__ = ["AbSViT", "AbSViTOutput", "FeedbackDecoder", "TopDownAttention", "TopDownBlock", "require_model"]

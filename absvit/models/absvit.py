@@ -1,4 +1,8 @@
-"""AbSViT: a timm Vision Transformer with top-down feedback (Shi, Darrell, Wang, CVPR 2023).
+"""AbSViT: a timm Vision Transformer with top-down feedback.
+
+A PyTorch implementation of `Top-Down Visual Attention from Analysis by Synthesis`
+(Baifeng Shi, Trevor Darrell, Xin Wang; CVPR 2023), https://arxiv.org/abs/2303.13043.
+Official code: https://github.com/bfshi/AbSViT (its checkpoints load here; no code is shared).
 
 The model runs the ViT twice. Pass 1 is an ordinary bottom-up forward. Its output tokens
 are weighted by their cosine similarity to a prior (a learned ``prompt``, or any vector such
@@ -8,7 +12,8 @@ model's output. ``L_var`` trains each decoder's first map to reconstruct a block
 from its output.
 
 Everything that is plain ViT (patch embedding, position embedding, blocks, norms, head,
-init, state-dict keys) is timm's own; this file adds only the feedback path.
+init, state-dict keys) is timm's own; this file adds only the feedback path. Dense features
+(``forward_intermediates``, ``features_only=True``) are pass-2 features.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Attention
 from timm.models import build_model_with_cfg, register_model
+from timm.models._features import feature_take_indices
 from timm.models._registry import generate_default_cfgs
 from timm.models.vision_transformer import Block, VisionTransformer, init_weights_vit_timm
 from torch.utils.checkpoint import checkpoint
@@ -86,12 +92,13 @@ class AbSViT(VisionTransformer):
     """timm ``VisionTransformer`` plus a prior, per-layer feedback decoders and a second pass.
 
     ``model(x)`` returns pass-2 logits; ``model.forward_train(x)`` returns both passes'
-    logits and ``L_var``; ``prior`` / ``alpha`` may be given per call.
+    logits and ``L_var``; ``prior`` / ``alpha`` may be given per call. ``alpha`` scales the
+    prior-masked tokens fed back (the paper's and the official code's name; default 1).
     """
 
-    def __init__(self, *, feedback_scale: float = 1.0, weight_init: str = "", **kwargs):
+    def __init__(self, *, alpha: float = 1.0, weight_init: str = "", **kwargs):
         super().__init__(block_fn=TopDownBlock, attn_layer=TopDownAttention, weight_init=weight_init, **kwargs)
-        self.feedback_scale = feedback_scale  # alpha
+        self.alpha = alpha
         self.decoders = nn.ModuleList([FeedbackDecoder(self.embed_dim) for _ in self.blocks])
         self.prompt = nn.Parameter(torch.randn(self.embed_dim))
         if weight_init != "skip":
@@ -126,6 +133,8 @@ class AbSViT(VisionTransformer):
         if prior is None:
             return self.prompt
         if isinstance(prior, int) or (torch.is_tensor(prior) and not prior.is_floating_point()):
+            if not isinstance(self.head, nn.Linear):
+                raise ValueError("a class index is a prior only for a model with a classifier head; give a vector")
             return self.head.weight[prior]
         if prior.shape[-1] != self.embed_dim or prior.dim() not in (1, 2):
             raise ValueError(f"prior must have shape ({self.embed_dim},) or (B, {self.embed_dim}), got {tuple(prior.shape)}")
@@ -146,7 +155,7 @@ class AbSViT(VisionTransformer):
         return tds
 
     def top_down(self, tokens: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None) -> list[torch.Tensor]:
-        alpha = self.feedback_scale if alpha is None else alpha
+        alpha = self.alpha if alpha is None else alpha
         return self.feedback(tokens * self.prior_mask(tokens, prior) * alpha)
 
     def variational_loss(self, trace) -> torch.Tensor:
@@ -172,31 +181,74 @@ class AbSViT(VisionTransformer):
         bottom_up, top_down, trace = self._two_passes(x, prior, alpha, record=True)
         return AbSViTOutput(self.forward_head(bottom_up), self.forward_head(top_down), self.variational_loss(trace))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Union[int, list[int], None] = None, prior: Prior = None,
-                              alpha: Optional[float] = None, *, norm: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = True) -> list[torch.Tensor]:
-        """Pass-2 outputs of blocks ``indices`` (an int n: the last n), patch tokens only, as (B, D, H, W) maps.
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, list[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+            output_dict: bool = False,
+            attn_mask: Optional[torch.Tensor] = None,
+            is_causal: bool = False,
+            *,
+            prior: Prior = None,
+            alpha: Optional[float] = None,
+    ):
+        """timm's ``VisionTransformer.forward_intermediates`` (same arguments and returns) on pass 2.
 
-        timm's ViT method of the same name gives pass-1 features; dense heads (segmentation) need
-        these: the tokens after the prior mask and feedback have steered the attention.
+        The intermediates are pass-2 block outputs and the final features pass 2's normed tokens:
+        what dense heads need, the tokens after the prior mask and the feedback have steered the
+        attention (timm's ViT method, called on this model, gives pass-1 features). Pass 1 runs
+        through every block whatever ``indices`` are; ``stop_early`` ends pass 2 after the last
+        block taken. Attention masks are refused: the feedback is defined for full attention.
         """
-        if output_fmt != "NCHW" or not intermediates_only:
-            raise NotImplementedError("AbSViT.forward_intermediates returns NCHW intermediates only")
-        depth = len(self.blocks)
-        indices = list(range(depth - indices, depth)) if isinstance(indices, int) else list(indices or range(depth))
-        if not all(-depth <= i < depth for i in indices):
-            raise IndexError(f"block indices {indices} out of range for {depth} blocks")
-        indices = [i % depth for i in indices]
-        grid = self.patch_embed.dynamic_feat_size(x.shape[-2:]) if self.dynamic_img_size else self.patch_embed.grid_size
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("AbSViT takes no attention mask or causal attention")
+        assert output_fmt in ("NCHW", "NLC"), "Output format must be one of NCHW or NLC."
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        B, _, height, width = x.shape
         x0 = self.embed(x)
         tds = self.top_down(self.norm(self.run_blocks(x0)[0]), prior, alpha)
-        _, trace = self.run_blocks(x0, tds, record=True, depth=max(indices) + 1)
-        maps = []
-        for i in indices:
-            tokens = trace[i][1][:, self.num_prefix_tokens:]
-            tokens = self.norm(tokens) if norm else tokens
-            maps.append(tokens.reshape(x.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous())
-        return maps
+        x, trace = self.run_blocks(x0, tds, record=True, depth=max_index + 1 if stop_early else None)
+        intermediates = [self.norm(out) if norm else out for i, (_, out) in enumerate(trace) if i in take_indices]
+
+        prefix_tokens = None
+        if self.num_prefix_tokens:
+            prefix_tokens = [y[:, :self.num_prefix_tokens] for y in intermediates]
+            intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == "NCHW":
+            H, W = self.patch_embed.dynamic_feat_size((height, width))
+            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+
+        if output_dict:
+            out = {"image_intermediates": intermediates}
+            if prefix_tokens is not None and return_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix_tokens
+            if not intermediates_only:
+                out["image_features"] = self.norm(x)
+            return out
+        if return_prefix_tokens and prefix_tokens is not None:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+    def prune_intermediate_layers(self, indices: Union[int, list[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's pruning for feature extraction, as far as the feedback allows: only the head goes.
+
+        Every block, every decoder and the final norm stay, whatever ``indices`` and ``prune_norm``:
+        pass 1 runs the whole depth, its normed output feeds the decoders, and every decoder's signal
+        reaches pass 2, so any block's features depend on all of them. Without the head a class
+        index is no prior any more (a vector or the learned prompt still is). Returns the absolute
+        ``indices`` (all still valid).
+        """
+        take_indices, _ = feature_take_indices(len(self.blocks), indices)
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return take_indices
 
     @torch.no_grad()
     def attention_map(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None, *, top_down: bool = True) -> torch.Tensor:
@@ -284,17 +336,25 @@ def official_weights(state_dict: dict, model: nn.Module) -> dict:
     return state
 
 
+def feature_taps(depth: int) -> list[int]:
+    """Four evenly spaced blocks ending with the last (2, 5, 8, 11 of 12): ``features_only``'s default maps."""
+    return [depth * (k + 1) // 4 - 1 for k in range(4)]
+
+
 def _build_model(model_cls, variant: str, pretrained: bool, model_args: dict, **kwargs) -> nn.Module:
     """timm's ``build_model_with_cfg``, loading released weights through ``official_weights``.
 
     Official files keep their training arguments in an ``argparse.Namespace``, which timm's
-    ``weights_only`` download loader refuses unless it is allowed, as here.
+    ``weights_only`` download loader refuses unless it is allowed, as here. ``features_only=True``
+    gives ``forward_intermediates`` maps at ``out_indices``, by default ``feature_taps`` (timm's ViTs: last 3).
     """
     from absvit.checkpoint import SAFE_GLOBALS
 
+    kwargs = dict(model_args, **kwargs)
+    out_indices = kwargs.pop("out_indices", feature_taps(kwargs["depth"]))
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=official_weights,
-                                    **dict(model_args, **kwargs))
+                                    feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 
 def _create_absvit(variant: str, pretrained: bool, model_args: dict, **kwargs) -> AbSViT:
@@ -308,32 +368,35 @@ def _args(**kwargs) -> dict:
 
 @register_model
 def absvit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> AbSViT:
+    """AbSViT-Ti/16 (DeiT-Ti with top-down feedback), ImageNet-1k release."""
     return _create_absvit("absvit_tiny_patch16_224", pretrained, _args(patch_size=16, embed_dim=192, depth=12, num_heads=3), **kwargs)
 
 
 @register_model
 def absvit_small_patch16_224(pretrained: bool = False, **kwargs) -> AbSViT:
+    """AbSViT-S/16 (DeiT-S with top-down feedback), ImageNet-1k release."""
     return _create_absvit("absvit_small_patch16_224", pretrained, _args(patch_size=16, embed_dim=384, depth=12, num_heads=6), **kwargs)
 
 
 @register_model
 def absvit_base_patch16_224(pretrained: bool = False, **kwargs) -> AbSViT:
+    """AbSViT-B/16 (DeiT-B with top-down feedback), ImageNet-1k release."""
     return _create_absvit("absvit_base_patch16_224", pretrained, _args(patch_size=16, embed_dim=768, depth=12, num_heads=12), **kwargs)
 
 
 @register_model
 def absvit_tiny_patch8_224_gap(pretrained: bool = False, **kwargs) -> AbSViT:
-    """Patch-8 tiny with global average pooling (used for the attention pictures)."""
+    """AbSViT-Ti/8 with global average pooling, ImageNet-1k release (the attention pictures' model)."""
     return _create_absvit("absvit_tiny_patch8_224_gap", pretrained, _args(patch_size=8, embed_dim=192, depth=12, num_heads=3, global_pool="avg"), **kwargs)
 
 
 @register_model
 def absvit_pico_patch8_64(pretrained: bool = False, **kwargs) -> AbSViT:
-    """Embedded-default size: 64 px, 8x8 grid, 96 dim, 4 blocks."""
+    """AbSViT at the embedded default size: 64 px, patch 8, 96 dim, 4 blocks, 10 classes."""
     return _create_absvit("absvit_pico_patch8_64", pretrained, _args(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, num_classes=10), **kwargs)
 
 
 @register_model
 def absvit_nano_patch8_64(pretrained: bool = False, **kwargs) -> AbSViT:
-    """Embedded-default size: 64 px, 8x8 grid, 192 dim, 6 blocks."""
+    """AbSViT at the embedded default size: 64 px, patch 8, 192 dim, 6 blocks, 10 classes."""
     return _create_absvit("absvit_nano_patch8_64", pretrained, _args(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=10), **kwargs)

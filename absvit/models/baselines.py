@@ -3,7 +3,8 @@
 (the demo's baseline for ``absvit_tiny_patch8_224_gap``).
 
 The paper-size baselines are timm's own ``vit_{tiny,small,base}_patch16_224``; their official
-files load with ``absvit.load_checkpoint(model, path)`` (urls in the README).
+files load with ``absvit.load_checkpoint(model, path)`` (urls in the README). Built like the AbSViT
+models (``features_only=True`` gives the same blocks' maps, here of the only pass).
 """
 from timm.models import register_model
 from timm.models._registry import generate_default_cfgs
@@ -24,15 +25,17 @@ def _create_vit(variant: str, pretrained: bool, model_args: dict, **kwargs) -> V
 
 @register_model
 def vit_tiny_patch8_224_gap(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """ViT-Ti, patch 8, mean of the patch tokens through ``fc_norm`` into the head."""
+    """ViT-Ti/8 with global average pooling (``fc_norm`` into the head), the official ImageNet-1k release."""
     return _create_vit("vit_tiny_patch8_224_gap", pretrained, _args(patch_size=8, embed_dim=192, depth=12, num_heads=3, global_pool="avg"), **kwargs)
 
 
 @register_model
 def vit_pico_patch8_64(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT at the embedded default size (the baseline of ``absvit_pico_patch8_64``)."""
     return _create_vit("vit_pico_patch8_64", pretrained, _args(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, num_classes=10), **kwargs)
 
 
 @register_model
 def vit_nano_patch8_64(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT at the embedded default size (the baseline of ``absvit_nano_patch8_64``)."""
     return _create_vit("vit_nano_patch8_64", pretrained, _args(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=10), **kwargs)

@@ -18,20 +18,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
-import absvit.models  # noqa: F401  (registers the models)
 from absvit.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
 from absvit.errors import CheckpointError
+from absvit.models.absvit import feature_taps as vit_taps
 from absvit.models.upernet import FCNHead, UperNetHead
 
 BACKBONES = ("vit", "absvit", "resnet")
 
 
-def vit_taps(depth: int) -> list[int]:
-    """Four evenly spaced blocks, ending with the last: 2, 5, 8, 11 for depth 12."""
-    return [depth * (k + 1) // 4 - 1 for k in range(4)]
-
-
 class ViTFeatures(nn.Module):
+    """The model's ``forward_intermediates`` maps at ``vit_taps`` (for AbSViT pass 2), the last one normed."""
+
     def __init__(self, vit: nn.Module):
         super().__init__()
         self.vit = vit
@@ -40,9 +37,8 @@ class ViTFeatures(nn.Module):
         self.size_divisor = vit.patch_embed.patch_size[0]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        maps = self.vit.forward_intermediates(x, indices=self.taps, norm=False, output_fmt="NCHW", intermediates_only=True)
-        last = self.vit.norm(maps[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return [*maps[:-1], last]
+        *maps, last = self.vit.forward_intermediates(x, self.taps, intermediates_only=True)
+        return [*maps, self.vit.norm(last.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)]
 
 
 class ResNetFeatures(nn.Module):

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from absvit.data import LAYOUTS, SUITES  # dataset layouts; the robustness suites (`absvit evaluate --suite`)
 
 
 def _validate(config):
@@ -31,7 +32,6 @@ TABLES = OUT / "tables"
 LOGS = OUT / "logs"
 BENCH = OUT / "benchmarks"
 RUNS = P["runs"]
-SUITES = ["clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch"]
 
 
 def _check_config():
@@ -90,8 +90,6 @@ GENERATED = "generate" in P["data"]
 
 def _configured_paths():
     """(config key, path, expected layout) of every file or folder the preset names."""
-    from absvit.data import LAYOUTS
-
     where = f"presets.{PRESET}"
     if not GENERATED:
         yield f"{where}.data.imagenet", DATA["train"], LAYOUTS["imagenet/train"]

@@ -29,7 +29,7 @@ if GENERATED:
         input:
             DATA["val"],
         output:
-            directory(DATA["imagenet-c"] / "{corruption}" / "{severity}"),
+            shard=directory(DATA["imagenet-c"] / "{corruption}" / "{severity}"),
         wildcard_constraints:
             corruption="|".join(CORRUPTIONS),
             severity="[1-5]",
@@ -54,5 +54,5 @@ if GENERATED:
 def imagenet_c_input():
     """The ImageNet-C root for evaluation: generated shards, or the configured tree."""
     if GENERATED:
-        return expand(DATA["imagenet-c"] / "{c}" / "{s}", c=CORRUPTIONS, s=SEVERITIES)
+        return expand(rules.imagenet_c_shard.output.shard, corruption=CORRUPTIONS, severity=SEVERITIES)
     return [DATA["imagenet-c"]]

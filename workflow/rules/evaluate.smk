@@ -2,26 +2,27 @@
 
 
 rule evaluate:
+    """Evaluate one run's weights on one robustness suite into one JSON file."""
     input:
         weights=lambda wc: weights(wc.run),
         data=lambda wc: imagenet_c_input() if wc.suite == "imagenet-c" else [SUITE_DATA[wc.suite]],
     output:
-        OUT / "eval" / "{run}" / "{suite}.json",
+        json=OUT / "eval" / "{run}" / "{suite}.json",
     wildcard_constraints:
         suite="|".join(SUITES),
     params:
         model=lambda wc: RUNS[wc.run]["model"],
         root=lambda wc: SUITE_DATA[wc.suite],
-        e=lambda wc: P["evaluate"],
+        e=P["evaluate"],
         ema="--ema" if P["evaluate"]["ema"] else "",
-        classes=lambda wc: "" if GENERATED else "--classes imagenet-1k",
+        classes="" if GENERATED else "--classes imagenet-1k",
         submit=lambda wc: submit("evaluate", f"{wc.run}-{wc.suite}"),
         tracking=tracking(),
     log:
         LOGS / "evaluate" / "{run}-{suite}.log",
     benchmark:
         BENCH / "evaluate" / "{run}-{suite}.tsv"
-    threads: lambda wc: P["resources"]["evaluate"]["threads"]
+    threads: P["resources"]["evaluate"]["threads"]
     resources:
         mem_mb=2000,
     shell:

@@ -10,6 +10,7 @@ def recipe_args(run):
 
 
 rule pretrain:
+    """Pretrain one run (a model and the preset's recipe) on the ImageNet train split."""
     input:
         train=DATA["train"],
         val=DATA["val"],
@@ -28,7 +29,7 @@ rule pretrain:
         LOGS / "pretrain" / "{run}.log",
     benchmark:
         BENCH / "pretrain" / "{run}.tsv"
-    threads: lambda wc: P["resources"]["pretrain"]["threads"]
+    threads: P["resources"]["pretrain"]["threads"]
     resources:
         mem_mb=4000,
     shell:
@@ -39,4 +40,4 @@ rule pretrain:
 
 def weights(run):
     """A run's weights: its configured released checkpoint, else what `pretrain` makes."""
-    return P["checkpoints"].get(run) or str(OUT / "pretrain" / run / "model.pth")
+    return P["checkpoints"].get(run) or expand(rules.pretrain.output.model, run=run)[0]

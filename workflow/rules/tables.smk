@@ -2,10 +2,11 @@
 
 
 rule tables:
+    """Tables 1-3 (tex, csv, md) and report.md from the comparisons and the segmentation results."""
     input:
-        ablation=OUT / "ablation" / "lvar.csv",
-        robustness=OUT / "ablation" / "robustness.csv",
-        segmentation=SEG_RESULTS,
+        ablation=rules.lvar_ablation.output.csv,
+        robustness=rules.robustness_comparison.output.csv,
+        segmentation=expand(rules.segment.output.result, backbone=SEG_BACKBONES, dataset=SEG_DATASETS),
     output:
         [TABLES / f"table{n}.{ext}" for n in (1, 2, 3) for ext in ("tex", "csv", "md")],
         TABLES / "report.md",

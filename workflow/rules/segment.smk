@@ -1,4 +1,5 @@
-# Segmentation (Table 1): UperNet fine-tuning of every backbone on every dataset.
+# Segmentation (Table 1): the embedded default's generated sets, and UperNet fine-tuning of every backbone on
+# every dataset (`absvit segment`).
 SEG = P["segmentation"]
 SEG_BACKBONES = SEG["backbones"]
 SEG_DATASETS = SEG["datasets"]
@@ -48,7 +49,7 @@ rule segment:
         data=lambda wc: seg_root(wc.dataset),
         weights=lambda wc: seg_weights(wc.backbone),
     output:
-        OUT / "segment" / "{backbone}" / "{dataset}" / "result.json",
+        result=OUT / "segment" / "{backbone}" / "{dataset}" / "result.json",
     wildcard_constraints:
         backbone="|".join(SEG_BACKBONES),
         dataset="|".join(SEG_DATASETS),
@@ -58,13 +59,13 @@ rule segment:
         ema=lambda wc: "--ema" if SEG_BACKBONES[wc.backbone].get("ema") else "",
         recipe=lambda wc: seg_recipe_args(wc.dataset),
         submit=lambda wc: submit("segment", f"{wc.backbone}-{wc.dataset}"),
-        out=lambda wc, output: Path(output[0]).parent,
+        out=lambda wc, output: Path(output.result).parent,
         tracking=tracking(),
     log:
         LOGS / "segment" / "{backbone}-{dataset}.log",
     benchmark:
         BENCH / "segment" / "{backbone}-{dataset}.tsv"
-    threads: lambda wc: P["resources"]["segment"]["threads"]
+    threads: P["resources"]["segment"]["threads"]
     resources:
         mem_mb=4000,
     shell:
@@ -72,6 +73,3 @@ rule segment:
         " --data {input.data} --out {params.out} {params.ckpt} {params.ema} --preset {PRESET} --run {wildcards.backbone}"
         " --run-name segment/{PRESET}/{wildcards.backbone}/{wildcards.dataset} {params.tracking}"
         " --fresh-on-change --set {params.recipe} > {log} 2>&1"
-
-
-SEG_RESULTS = expand(OUT / "segment" / "{backbone}" / "{dataset}" / "result.json", backbone=SEG_BACKBONES, dataset=SEG_DATASETS)

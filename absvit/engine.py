@@ -1,0 +1,108 @@
+"""The training engine both loops share (DeiT's ``engine.py`` split): the verbs set up data, model
+and optimiser; here are the device and seeds, the training step with its non-finite stop, the
+progress lines a cluster log shows while a job runs, evaluation top-1, the tracked-run context and
+the atomic training-state files.
+
+The progress lines are ``absvit.progress``'s.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed
+
+from absvit.distributed import DistInfo, init_distributed
+from absvit.io import atomic_path
+from absvit.progress import LOG_EVERY_S, Progress, duration, timed  # noqa: F401  (the verbs use them through here)
+from absvit.training import NonFiniteLoss
+
+
+def setup(seed: int) -> tuple[DistInfo, torch.device]:
+    """Process group, this process's device, and every RNG seeded with ``seed + rank``."""
+    dist = init_distributed()
+    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    for seed_fn in (torch.manual_seed, np.random.seed, random.seed):
+        seed_fn(seed + dist.rank)
+    return dist, device
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def distributed(objective: torch.nn.Module, dist: DistInfo, device: torch.device) -> torch.nn.Module:
+    """The objective (a module computing the loss) under DDP when there are several processes."""
+    if not dist.enabled:
+        return objective
+    return torch.nn.parallel.DistributedDataParallel(objective, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+
+
+def train_step(objective, inputs, targets, optimizer, *, amp, where: str, ckpt_path) -> float:
+    """One optimiser step on ``objective(inputs, targets)``; a non-finite loss stops the run before the step."""
+    with amp:
+        loss = objective(inputs, targets)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"non-finite loss ({value}) at {where}; stopping. The last good checkpoint is kept at {ckpt_path}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return value
+
+
+@torch.inference_mode()
+def accuracy(model, loader, device, *, restrict: list[int] | None = None, every_s: float = LOG_EVERY_S,
+             progress: Progress | None = None, header: str = "Test:") -> dict:
+    """Top-1 / top-5 (%) over ``loader``; with ``restrict``, only those classes' logits compete.
+    ``progress``: count the batches in a larger loop's progress (ImageNet-C's 75 folders)."""
+    index = torch.tensor(restrict) if restrict is not None else None
+    model.eval()
+    top1 = top5 = total = 0
+    progress = progress or Progress(header, len(loader), every_s=every_s, device=device)
+    for data, (images, labels) in timed(loader):
+        logits = model(images.to(device)).float().cpu()
+        if index is not None:
+            logits = logits[:, index]
+        pred = logits.topk(min(5, logits.shape[1]), dim=-1).indices
+        if index is not None:
+            pred = index[pred]
+        top1 += (pred[:, 0] == labels).sum().item()
+        top5 += (pred == labels[:, None]).any(-1).sum().item()
+        total += labels.numel()
+        progress.step(images=labels.numel(), data=data)
+    return {"top1": 100.0 * top1 / max(total, 1), "top5": 100.0 * top5 / max(total, 1), "images": total}
+
+
+@contextmanager
+def tracked(tracker):
+    """Ends the MLflow run as FINISHED, or KILLED (preempted, timed out: the requeued job continues it), or FAILED."""
+    try:
+        yield tracker
+    except (SystemExit, KeyboardInterrupt):
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+
+
+def append_row(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def save_state(path: Path, model, described: dict, run_id, *, ema=None, **state) -> None:
+    """A self-describing checkpoint in the official layout (``model``, ``model_ema``, ``args``, ...), atomically."""
+    state = {"model": model.state_dict(), "args": described["run"]["recipe"], **described, "mlflow_run_id": run_id, **state}
+    if ema is not None:
+        state["model_ema"] = ema.module.state_dict()
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+

@@ -183,6 +183,7 @@ def _submit(args: argparse.Namespace) -> int:
 
         raise UsageError("give the verb to run after '--', e.g. absvit submit -- pretrain --model ...")
     resources = Resources(timeout_min=args.timeout_min, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                          tasks_per_node=args.tasks_per_node,
                           cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, partition=args.partition,
                           constraint=args.constraint, account=args.account, qos=args.qos)
     return submit(argv, launcher=args.launcher, folder=args.folder, resources=resources, name=args.name)
@@ -326,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-min", type=int, default=60)
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--tasks-per-node", type=int, default=None,
+                   help="processes per node (torch.distributed; default: one per GPU, one without GPUs)")
     p.add_argument("--cpus-per-task", type=int, default=2)
     p.add_argument("--mem-gb", type=float, default=4)
     for opt in ("partition", "constraint", "account", "qos"):

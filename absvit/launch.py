@@ -53,6 +53,7 @@ class Resources:
     timeout_min: int = 60
     nodes: int = 1
     gpus_per_node: int = 0
+    tasks_per_node: int | None = None  # processes per node; default one per GPU (one on a CPU node)
     cpus_per_task: int = 2
     mem_gb: float = 4
     partition: str | None = None
@@ -64,7 +65,8 @@ class Resources:
 
     def executor_parameters(self, launcher: str) -> dict:
         params = dict(timeout_min=self.timeout_min, nodes=self.nodes, cpus_per_task=self.cpus_per_task,
-                      tasks_per_node=max(self.gpus_per_node, 1), gpus_per_node=self.gpus_per_node, mem_gb=self.mem_gb)
+                      tasks_per_node=self.tasks_per_node or max(self.gpus_per_node, 1), gpus_per_node=self.gpus_per_node,
+                      mem_gb=self.mem_gb)
         if launcher == "slurm":
             slurm = dict(slurm_partition=self.partition, slurm_constraint=self.constraint,
                          slurm_account=self.account, slurm_qos=self.qos)
@@ -86,7 +88,7 @@ def submit(argv: list[str], *, launcher: str, folder, resources: Resources, name
     output = _Output(job)
     _wait(job, output)
     try:
-        job.result()
+        job.results()  # every task (one per process)
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
         output.copy(final=True)
         verb = re.search(r"JobFailed: (.+)", str(e))  # the verb's own exit status, else submitit's first line

@@ -33,7 +33,7 @@ from absvit.io import write_json
 from absvit.models import require_model
 from absvit.recipe import PretrainRecipe
 from absvit.tracking import Tracker, run_tags
-from absvit.training import NonFiniteLoss, checkpoint_to_resume, rng_state, set_rng_state, truncate_log  # noqa: F401
+from absvit.training import NonFiniteLoss, checkpoint_to_resume, restore_rng, rng_states, truncate_log  # noqa: F401
 
 
 class TrainingLoss(torch.nn.Module):
@@ -89,7 +89,7 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     start_epoch, run_id = 0, None
     ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
     if ckpt is not None:
-        start_epoch, run_id = _resume(ckpt, ckpt_path, model, ema, optimizer, scheduler)
+        start_epoch, run_id = _resume(ckpt, ckpt_path, model, ema, optimizer, scheduler, dist.rank)
         truncate_log(log_path, "epoch", start_epoch)
         print(f"resuming {model_name} from {ckpt_path} at epoch {start_epoch}", flush=True)
     else:
@@ -119,9 +119,10 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
                 metrics["val_top1_ema"] = engine.accuracy(ema.module, val_loader, device, every_s=log_every_s,
                                                           header="Val (EMA):")["top1"]
             metrics["epoch_seconds"] = time.perf_counter() - progress.t0  # validation included
+            rng = rng_states(dist)
             if dist.is_main:
                 engine.save_state(ckpt_path, model, described, tracker.run_id, ema=ema, optimizer=optimizer.state_dict(),
-                                  lr_scheduler=scheduler.state_dict(), epoch=epoch + 1, rng=rng_state())
+                                  lr_scheduler=scheduler.state_dict(), epoch=epoch + 1, rng=rng)
                 engine.append_row(log_path, metrics)
                 speed = {"images_per_s": train["images_per_s"], "data_wait": train["data_wait"]}  # timings: MLflow and log only
                 tracker.log_metrics({**{k: v for k, v in metrics.items() if k != "epoch"}, **speed}, step=epoch + 1)
@@ -188,11 +189,11 @@ def _last_row(log_path: Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def _resume(ckpt: dict, path, model, ema, optimizer, scheduler) -> tuple[int, str | None]:
+def _resume(ckpt: dict, path, model, ema, optimizer, scheduler, rank: int) -> tuple[int, str | None]:
     model.load_state_dict(extract_state_dict(ckpt, path))
     if ema is not None:
         ema.module.load_state_dict(extract_state_dict(ckpt, path, ema=True))
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["lr_scheduler"])
-    set_rng_state(ckpt["rng"])
+    restore_rng(ckpt["rng"], rank)
     return int(ckpt["epoch"]), ckpt.get("mlflow_run_id")

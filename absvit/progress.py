@@ -64,7 +64,8 @@ class Progress:
             s["loss"] += loss
             self.recent = (self.recent + [loss])[-self.window:]
         if s["steps"] == 1:  # the first step says whether this loop is long enough for lines on the way
-            self.every_n = self._every_n(s["time"]) if s["time"] * (self.total - self.done) > self.every_s else self.total
+            first = self._reduced([s["time"]])[0] / self.world  # every process must decide alike
+            self.every_n = self._every_n(first) if first * (self.total - self.done) > self.every_s else self.total
         if self.done % self.every_n == 0 or self.done == self.total:
             self._print(lr)
 

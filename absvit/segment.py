@@ -38,7 +38,7 @@ from absvit.models import require_model
 from absvit.models.segmenter import Segmenter, build_backbone
 from absvit.recipe import SegmentRecipe
 from absvit.tracking import Tracker, run_tags
-from absvit.training import checkpoint_to_resume, rng_state, set_rng_state, truncate_log
+from absvit.training import checkpoint_to_resume, restore_rng, rng_states, truncate_log
 
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -68,7 +68,8 @@ def iou_from_confusion(cm: torch.Tensor) -> dict:
 def evaluate_segmenter(model: Segmenter, dataset: SegmentationFolder, device, every_s: float = LOG_EVERY_S) -> dict:
     model.eval()
     num_classes = dataset.spec.num_classes
-    confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE).to(device)
+    # rank 0 alone evaluates the whole val split: no sync with the other processes
+    confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE, sync_on_compute=False).to(device)
     progress = engine.Progress("Test:", len(dataset), every_s=every_s, device=device)
     for data, (image, label) in engine.timed(dataset[i] for i in range(len(dataset))):
         logits = model.predict(image[None].to(device), label.shape[-2:])
@@ -141,10 +142,10 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
     start, run_id = 0, None
     ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
     if ckpt is not None:
-        start, run_id = _resume(ckpt, ckpt_path, model, optimizer)
+        start, run_id = _resume(ckpt, ckpt_path, model, optimizer, dist.rank)
         truncate_log(log_path, "iteration", start)
         print(f"resuming {backbone} ({model_name}) on {dataset} from {ckpt_path} at iteration {start}", flush=True)
-    if dist.enabled:
+    if dist.enabled and device.type == "cuda":  # torch's SyncBatchNorm is GPU-only; CPU processes keep their own BN statistics
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     objective = engine.distributed(SegmentationLoss(model, recipe.aux_weight), dist, device)
     sampler = IterationSampler(len(train_set), recipe.batch_size, recipe.iterations, start=start, seed=recipe.seed,
@@ -178,9 +179,11 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
             if dist.is_main and (done % log_every == 0 or done == recipe.iterations):
                 engine.append_row(log_path, {"iteration": done, "loss": loss, "lr": lr, "seconds": time.perf_counter() - progress.t0})
                 tracker.log_metrics({"loss": loss, "lr": lr}, step=done)
-            if dist.is_main and (done % recipe.checkpoint_every == 0 or done == recipe.iterations):
-                engine.save_state(ckpt_path, model, described, tracker.run_id, optimizer=optimizer.state_dict(),
-                                  iteration=done, rng=rng_state())
+            if done % recipe.checkpoint_every == 0 or done == recipe.iterations:
+                rng = rng_states(dist)
+                if dist.is_main:
+                    engine.save_state(ckpt_path, model, described, tracker.run_id, optimizer=optimizer.state_dict(),
+                                      iteration=done, rng=rng)
             if stop_after is not None and done >= stop_after and done < recipe.iterations:
                 tracker.finish("KILLED")
                 return {"iteration": done}
@@ -201,9 +204,9 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
     return result
 
 
-def _resume(ckpt: dict, path: Path, model: Segmenter, optimizer) -> tuple[int, str | None]:
+def _resume(ckpt: dict, path: Path, model: Segmenter, optimizer, rank: int) -> tuple[int, str | None]:
     check_state_dict(model, ckpt["model"], path)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    set_rng_state(ckpt["rng"])
+    restore_rng(ckpt["rng"], rank)
     return int(ckpt["iteration"]), ckpt.get("mlflow_run_id")

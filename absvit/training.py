@@ -36,6 +36,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_states(dist) -> list[dict]:
+    """Every process's RNG state, rank by rank (a collective call when there are several): rank 0
+    saves them all, so that each process of a resumed run continues its own random stream."""
+    if not dist.enabled:
+        return [rng_state()]
+    states = [None] * dist.world_size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rng(saved, rank: int) -> None:
+    set_rng_state(saved[rank] if isinstance(saved, list) else saved)  # a dict: written by a single process
+
+
 def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 

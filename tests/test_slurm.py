@@ -198,3 +198,25 @@ def test_a_slurm_job_shows_progress_in_its_log_while_it_runs(slurm_cluster, tmp_
     rest = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, rest
     assert "Epoch: [3/3] done in " in rest and (out / "result.json").exists()
+
+
+def test_two_tasks_on_slurm_pretrain_and_fine_tune(slurm_cluster, tmp_path):
+    """ntasks=2 through sbatch/srun: torch.distributed (gloo) from SLURM's environment, for both training verbs."""
+    generate(tmp_path / "data", seed=0, size=64, per_class={"train": 8, "val": 2})
+    generate_segmentation(tmp_path / "seg", seed=0, per_split={"train": 8, "val": 2}, layouts=["voc"])
+    submit = [sys.executable, "-m", "absvit", "submit", "--launcher", "slurm", "--timeout-min", "10",
+              "--tasks-per-node", "2", "--cpus-per-task", "1", "--mem-gb", "1"]
+    pretrain = [*submit, "--folder", str(tmp_path / "s1"), "--", "pretrain", "--model", "absvit_pico_patch8_64",
+                "--data", str(tmp_path / "data"), "--out", str(tmp_path / "pre"), "--no-mlflow", "--set", "epochs=1",
+                "batch_size=16", "workers=0", "img_size=64", "crop_pct=1.0", "repeated_aug=false"]
+    out = subprocess.run(pretrain, env=_env(slurm_cluster), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert torch.load(tmp_path / "pre" / "model.pth", weights_only=True)["run"]["world_size"] == 2
+    segment = [*submit, "--folder", str(tmp_path / "s2"), "--", "segment", "--backbone", "absvit",
+               "--checkpoint", str(tmp_path / "pre" / "model.pth"), "--dataset", "voc", "--data", str(tmp_path / "seg" / "voc"),
+               "--out", str(tmp_path / "seg-out"), "--no-mlflow", "--set", "iterations=2", "batch_size=4", "crop_height=64",
+               "crop_width=64", "scale_long=128", "scale_short=64", "head_channels=16", "aux_channels=8", "workers=0"]
+    out = subprocess.run(segment, env=_env(slurm_cluster), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert json.loads((tmp_path / "seg-out" / "result.json").read_text())["model"] == "absvit_pico_patch8_64"
+    assert torch.load(tmp_path / "seg-out" / "checkpoint.pth", weights_only=True)["run"]["world_size"] == 2

@@ -21,6 +21,7 @@ from timm.layers import resample_abs_pos_embed
 from absvit.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
 from absvit.errors import CheckpointError
 from absvit.models.absvit import feature_taps as vit_taps
+from absvit.models.resize import resize_bilinear
 from absvit.models.upernet import FCNHead, UperNetHead
 
 BACKBONES = ("vit", "absvit", "resnet")
@@ -61,12 +62,15 @@ class Segmenter(nn.Module):
         self.auxiliary_head = FCNHead(backbone.channels[-1], num_classes, aux_channels, dropout)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits at the input's size, and the auxiliary head's (training only)."""
+        """Logits at the input's size, and the auxiliary head's (training only).
+
+        Upsampled bilinearly as matmuls (``resize_bilinear``): F.interpolate's values, but a backward
+        without atomic adds, which made up most of a UperNet step's GPU time."""
         feats = self.backbone(x)
-        logits = F.interpolate(self.decode_head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        logits = resize_bilinear(self.decode_head(feats), x.shape[-2:])
         aux = None
         if self.training:
-            aux = F.interpolate(self.auxiliary_head(feats[-1]), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            aux = resize_bilinear(self.auxiliary_head(feats[-1]), x.shape[-2:])
         return logits, aux
 
     @torch.no_grad()
@@ -76,7 +80,7 @@ class Segmenter(nn.Module):
         d = self.backbone.size_divisor
         padded = F.pad(image, (0, (-w) % d, 0, (-h) % d))
         logits = self(padded)[0][..., :h, :w]
-        return F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
+        return resize_bilinear(logits, out_size)
 
 
 def _vit_state(model: nn.Module, checkpoint, ema: bool) -> dict:

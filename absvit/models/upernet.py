@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from absvit.models.resize import resize_bilinear
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
-    return x if x.shape[-2:] == tuple(size) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class PyramidPooling(nn.Module):
@@ -27,7 +24,7 @@ class PyramidPooling(nn.Module):
         self.bottleneck = conv_bn_relu(cin + len(scales) * channels, channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = [_resize(stage(x), x.shape[-2:]) for stage in self.stages]
+        pooled = [resize_bilinear(stage(x), x.shape[-2:]) for stage in self.stages]
         return self.bottleneck(torch.cat([x, *pooled], dim=1))
 
 
@@ -44,10 +41,10 @@ class UperNetHead(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         levels = [lat(f) for lat, f in zip(self.lateral, feats)] + [self.ppm(feats[-1])]
         for i in range(len(levels) - 1, 0, -1):  # top-down pathway
-            levels[i - 1] = levels[i - 1] + _resize(levels[i], levels[i - 1].shape[-2:])
+            levels[i - 1] = levels[i - 1] + resize_bilinear(levels[i], levels[i - 1].shape[-2:])
         outs = [fpn(level) for fpn, level in zip(self.fpn, levels)] + [levels[-1]]
         size = outs[0].shape[-2:]
-        fused = self.fuse(torch.cat([_resize(o, size) for o in outs], dim=1))
+        fused = self.fuse(torch.cat([resize_bilinear(o, size) for o in outs], dim=1))
         return self.classifier(self.dropout(fused))
 
 

@@ -147,3 +147,17 @@ def test_subset_restriction_maps_back_to_label_space(tmp_path):
     restricted = accuracy(model, data, restrict=data.class_indices, batch_size=2, workers=0, device="cpu")
     assert full["top1"] == 0.0
     assert restricted["top1"] == 50.0 and restricted["top5"] == 100.0  # the class-3 image is right
+
+
+def test_every_shard_is_reproducible(tmp_path, embedded):
+    """Same seed, same bytes, for all 15 corruptions (impulse noise drew from skimage's unseeded generator)."""
+    from absvit.data.corruptions import CORRUPTIONS
+    from absvit.data.imagenet_c import make_shard
+
+    for c in CORRUPTIONS:
+        shards = [make_shard(embedded / "val", tmp_path / run, c, 2, resize=64, crop=64, per_class=1) for run in "ab"]
+        files = sorted(shards[0].rglob("*.JPEG"))
+        assert files and all(f.read_bytes() == (shards[1] / f.relative_to(shards[0])).read_bytes() for f in files), c
+    other = make_shard(embedded / "val", tmp_path / "seed1", "impulse_noise", 2, resize=64, crop=64, per_class=1, seed=1)
+    first = sorted((tmp_path / "a" / "impulse_noise" / "2").rglob("*.JPEG"))[0]
+    assert first.read_bytes() != (other / first.relative_to(tmp_path / "a" / "impulse_noise" / "2")).read_bytes()

@@ -12,6 +12,8 @@ for the same ``np.random`` seed; the library's own stays at
 """
 from __future__ import annotations
 
+import functools
+
 import os
 import sys
 import types
@@ -77,7 +79,25 @@ def _load():
         glass_blur._absvit_fast = True
         # corrupt(corruption_name=...) dispatches through this dict; impl.glass_blur is untouched
         imagecorruptions.corruption_dict["glass_blur"] = glass_blur
+    if not getattr(imagecorruptions.corruption_dict["impulse_noise"], "_absvit_seeded", False):
+        imagecorruptions.corruption_dict["impulse_noise"] = _seeded_impulse_noise(impl)
     return imagecorruptions
+
+
+def _seeded_impulse_noise(impl):
+    """The library's impulse noise calls skimage's ``random_noise`` without a generator, and skimage
+    then draws from a fresh, unseeded one: the shard differed on every run. Here it gets a seed drawn
+    from numpy's global RNG, which the pipeline seeds per image."""
+    def impulse_noise(x, severity=1):
+        random_noise = impl.sk.util.random_noise
+        impl.sk.util.random_noise = functools.partial(random_noise, rng=int(np.random.randint(2**31)))
+        try:
+            return impl.impulse_noise(x, severity)
+        finally:
+            impl.sk.util.random_noise = random_noise
+
+    impulse_noise._absvit_seeded = True
+    return impulse_noise
 
 
 def corrupt(image: np.ndarray, corruption: str, severity: int) -> np.ndarray:

@@ -3,7 +3,6 @@ ImageNet-C evaluation uses the official transform (centre crop only)."""
 import argparse
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest

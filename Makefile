@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/model_step.py
+
+# ViT/AbSViT train step, the real pretraining loop, the segmentation step, MFU; writes results/benchmarks/gpu.json.
+# Without CUDA it says so and exits 0 (`$(PY) benchmarks/gpu.py --device cpu --smoke`: the code paths at toy size).
+bench-gpu: setup
+	$(PY) benchmarks/gpu.py
 
 clean:
 	rm -rf results/benchmarks .snakemake

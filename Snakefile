@@ -11,12 +11,15 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/figures.smk"
 include: "workflow/rules/tables.smk"
 
 
 rule all:
-    """The preset's tables and report, and every run's eval JSONs (also runs no table compares)."""
+    """The preset's tables and report, the appendix figures, and every run's eval JSONs (also runs no table
+    compares)."""
     default_target: True
     input:
         rules.tables.output,
-        expand(rules.evaluate.output.json, run=RUNS, suite=SUITES),
+        eval_outputs(RUNS),
+        figure_outputs(),

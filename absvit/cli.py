@@ -122,11 +122,15 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from absvit.evaluate import evaluate
+    from absvit.errors import UsageError
+    from absvit.evaluate import evaluate_suites
 
-    evaluate(args.model, args.checkpoint, args.suite, args.data, args.out, ema=args.ema, classes_spec=args.classes,
-             img_size=args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation,
-             batch_size=args.batch_size, workers=args.workers, **_tracking(args))
+    if not len(args.suite) == len(args.data) == len(args.out):
+        raise UsageError(f"give one --data and one --out per --suite (got {len(args.suite)} suites, "
+                         f"{len(args.data)} --data, {len(args.out)} --out)")
+    evaluate_suites(args.model, args.checkpoint, list(zip(args.suite, args.data, args.out)), ema=args.ema,
+                    classes_spec=args.classes, img_size=args.img_size, crop_pct=args.crop_pct,
+                    interpolation=args.interpolation, batch_size=args.batch_size, workers=args.workers, **_tracking(args))
 
 
 def _ablation(args: argparse.Namespace) -> None:
@@ -135,13 +139,13 @@ def _ablation(args: argparse.Namespace) -> None:
     from absvit.ablation import COMPARISONS, summarize
     from absvit.errors import UsageError
 
-    arms = {}
-    for spec in args.arm:
+    arms: dict = {}
+    for spec in args.arm:  # one --arm per arm and seed
         arm, _, rest = spec.partition("=")
         run, _, eval_dir = rest.partition(":")
         if not (arm and run and eval_dir):
             raise UsageError(f"--arm expects ARM=RUN:EVAL_DIR, got {spec!r}")
-        arms[arm] = (run, Path(eval_dir))
+        arms.setdefault(arm, []).append((run, Path(eval_dir)))
     expected = COMPARISONS[args.name]
     if sorted(arms) != sorted(expected):
         raise UsageError(f"--name {args.name}: give one --arm for each of {', '.join(expected)} (got {', '.join(arms)})")
@@ -171,7 +175,15 @@ def _tables(args: argparse.Namespace) -> None:
     t1 = tables.table1(segmentation, args.out_dir, label=label) if segmentation is not None else None
     t2 = tables.table2(ablation, args.out_dir, label=label)
     t3 = tables.table3(robustness, args.out_dir, label=label) if robustness is not None else None
-    tables.report(args.out_dir, t1=t1, t2=t2, t3=t3, label=label)
+    sections = [tables.figure_scores(args.figures, args.out_dir, label=label)] if args.figures else []
+    if args.bench_dir:  # what the run cost, per stage: Snakemake's benchmark files, sacct for SLURM jobs
+        from absvit import cost
+
+        bill = cost.cost_table(args.bench_dir, args.submitit_dir, args.launcher)
+        sections.append(cost.cost_section(bill))
+        cost.log_cost(bill, preset=args.preset, tracking_uri=args.tracking_uri, track=not args.no_mlflow,
+                      artifacts=cost.write_cost(args.out_dir, bill), launcher=args.launcher)
+    tables.report(args.out_dir, t1=t1, t2=t2, t3=t3, label=label, sections=sections)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -266,12 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from absvit.data import SUITES
 
-    p = verbs.add_parser("evaluate", help="one robustness suite for one checkpoint, to a JSON file")
+    p = verbs.add_parser("evaluate", help="robustness suites for one checkpoint, one JSON file each")
     p.add_argument("--model", default=None, help="timm name (default: the one the checkpoint records)")
     p.add_argument("--checkpoint", required=True, help="absvit pretrain output or an official released file")
-    p.add_argument("--suite", required=True, choices=SUITES)
-    p.add_argument("--data", required=True, help="the suite's root folder")
-    p.add_argument("--out", required=True, help="result JSON")
+    p.add_argument("--suite", required=True, nargs="+", choices=SUITES, help="one or more suites, evaluated in turn")
+    p.add_argument("--data", required=True, nargs="+", help="each suite's root folder")
+    p.add_argument("--out", required=True, nargs="+", help="each suite's result JSON")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights (model_ema)")
     p.add_argument("--classes", default=None, help="label space: 'imagenet-1k' or a train folder (default: from the checkpoint, else imagenet-1k)")
     p.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's, else the model's (224)")
@@ -302,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, choices=["lvar", "robustness"],
                    help="lvar: arms without_lvar, with_lvar (Table 2); robustness: arms vit, absvit (Table 3)")
     p.add_argument("--arm", required=True, nargs="+", action="extend", metavar="ARM=RUN:EVAL_DIR",
-                   help="an arm, its pretraining run and its eval folder (<suite>.json files of `absvit evaluate`)")
+                   help="an arm, its pretraining run and its eval folder (<suite>.json files of `absvit evaluate`); "
+                        "repeat an arm once per seed")
     p.add_argument("--label", default="")
     p.add_argument("--preset", required=True)
     p.add_argument("--out", required=True, help="the comparison's CSV (lvar.csv, robustness.csv)")
@@ -315,10 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmentation", nargs="+", help="`absvit segment` result.json files (one per backbone x dataset)")
     p.add_argument("--label", default="", help="a sentence added to the captions (the embedded default says so)")
     p.add_argument("--from-mlflow", action="store_true", help="read the numbers from the tracking store instead")
-    p.add_argument("--preset", default="embedded", help="with --from-mlflow: which preset's runs")
+    p.add_argument("--preset", default="embedded", help="with --from-mlflow: which preset's runs; the cost run's tag")
+    p.add_argument("--figures", nargs="+", metavar="CSV",
+                   help="`absvit figures` figures.csv files (one per seed): adds figures.{tex,csv,md} and a report section")
+    p.add_argument("--bench-dir", help="Snakemake benchmark files of the run: adds cost.{csv,md,tex} and the report's cost section")
+    p.add_argument("--submitit-dir", help="with --launcher slurm: submitit's job folders, whose jobs sacct prices")
+    p.add_argument("--launcher", default="local", choices=("local", "slurm"))
     p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--no-mlflow", action="store_true", help="do not mirror the cost table into MLflow")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_tables)
+
+    from absvit import plan
+
+    p = verbs.add_parser("plan", help="a preset's bill before launch: jobs, SLURM requests, expected GPU-hours and wall time")
+    plan.add_arguments(p)
+    p.set_defaults(func=plan.main)
 
     p = verbs.add_parser("submit", help="run another verb through submitit (local process or SLURM job)")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local")
@@ -335,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{opt}", default=None)
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- VERB [ARGS]")
     p.set_defaults(func=_submit)
+
+    from absvit.figures import add_arguments as figures_verbs  # the appendix figures' stage (absvit/figures.py)
+
+    figures_verbs(verbs, data)  # `data embedded-scenes`, `decoder`, `figures`
     return parser
 
 

@@ -1,7 +1,8 @@
 """The training engine both loops share (DeiT's ``engine.py`` split): the verbs set up data, model
-and optimiser; here are the device and seeds, the training step with its non-finite stop, the
-progress lines a cluster log shows while a job runs, evaluation top-1, the tracked-run context and
-the atomic training-state files.
+and optimiser; here are the device and seeds, the training step (with its non-finite stop, or
+without a host sync for ``training.FiniteCheck`` to check later), torch.compile of the objective,
+the progress lines a cluster log shows while a job runs, evaluation top-1, the tracked-run context
+and the atomic training-state files.
 
 The progress lines are ``absvit.progress``'s.
 """
@@ -41,6 +42,26 @@ def distributed(objective: torch.nn.Module, dist: DistInfo, device: torch.device
     if not dist.enabled:
         return objective
     return torch.nn.parallel.DistributedDataParallel(objective, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+
+
+def compiled(objective: torch.nn.Module, setting: str, device: torch.device) -> torch.nn.Module:
+    """The objective under torch.compile when ``setting`` (recipe key ``compile``) is "on", or "auto" on CUDA.
+
+    Compile the DDP-wrapped module (torch's advice: DDP's optimizer splits the graph at its buckets)."""
+    if setting == "on" or (setting == "auto" and device.type == "cuda"):
+        return torch.compile(objective)
+    return objective
+
+
+def optimizer_step(objective, inputs, targets, optimizer, *, amp) -> torch.Tensor:
+    """One optimiser step on ``objective(inputs, targets)``; returns the loss, detached, without waiting
+    for the device (no host sync: check it with ``training.FiniteCheck``)."""
+    with amp:
+        loss = objective(inputs, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def train_step(objective, inputs, targets, optimizer, *, amp, where: str, ckpt_path) -> float:

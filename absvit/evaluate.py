@@ -88,25 +88,49 @@ def load_model(checkpoint, *, model_name: str | None = None, classes_spec: str |
     return model, classes, img_size or model.pretrained_cfg["input_size"][-1], ckpt
 
 
-def evaluate(model_name: str | None, checkpoint, suite: str, data, out_json, *, ema: bool = False,
-             classes_spec: str | None = None, img_size: int | None = None, crop_pct: float = 0.875,
-             interpolation: str = "bicubic", batch_size: int = 128, workers: int = 8, tracking_uri: str | None = None,
-             track: bool = True, run_name: str | None = None, preset: str | None = None, run: str | None = None,
-             log_every_s: float = engine.LOG_EVERY_S) -> dict:
-    """``model_name``, ``classes_spec`` and ``img_size`` default to what the checkpoint records."""
-    if suite not in SUITES:
-        raise UsageError(f"unknown suite {suite!r}; expected one of {list(SUITES)}")
+def evaluate(model_name: str | None, checkpoint, suite: str, data, out_json, **kwargs) -> dict:
+    """One suite: ``evaluate_suites`` with one (suite, data, out_json)."""
+    return evaluate_suites(model_name, checkpoint, [(suite, data, out_json)], **kwargs)[0]
+
+
+def evaluate_suites(model_name: str | None, checkpoint, jobs, *, ema: bool = False,
+                    classes_spec: str | None = None, img_size: int | None = None, crop_pct: float = 0.875,
+                    interpolation: str = "bicubic", batch_size: int = 128, workers: int = 8,
+                    tracking_uri: str | None = None, track: bool = True, run_name: str | None = None,
+                    preset: str | None = None, run: str | None = None,
+                    log_every_s: float = engine.LOG_EVERY_S) -> list[dict]:
+    """``jobs``: (suite, data root, result JSON) triples, evaluated with one loaded model (one JSON file and
+    one MLflow run each; with several suites the MLflow run names get ``/<suite>``). ``model_name``,
+    ``classes_spec`` and ``img_size`` default to what the checkpoint records."""
+    for suite, _, _ in jobs:
+        if suite not in SUITES:
+            raise UsageError(f"unknown suite {suite!r}; expected one of {list(SUITES)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, classes, img_size, ckpt = load_model(checkpoint, model_name=model_name, classes_spec=classes_spec, ema=ema,
                                                 img_size=img_size)
-    model_name = model.pretrained_cfg["architecture"]
     model.to(device)
+    results = []
+    for suite, data, out_json in jobs:
+        name = f"{run_name}/{suite}" if run_name and len(jobs) > 1 else run_name
+        results.append(_evaluate_suite(model, ckpt, checkpoint, suite, data, out_json, classes=classes, img_size=img_size,
+                                       ema=ema, crop_pct=crop_pct, interpolation=interpolation, batch_size=batch_size,
+                                       workers=workers, device=device, tracking_uri=tracking_uri, track=track,
+                                       run_name=name, preset=preset, run=run, log_every_s=log_every_s))
+    return results
+
+
+def _evaluate_suite(model, ckpt: dict, checkpoint, suite: str, data, out_json, *, classes, img_size: int, ema: bool,
+                    crop_pct: float, interpolation: str, batch_size: int, workers: int, device, tracking_uri, track: bool,
+                    run_name: str | None, preset: str | None, run: str | None, log_every_s: float) -> dict:
+    model_name = model.pretrained_cfg["architecture"]
     tf = suite_transform(suite, img_size, crop_pct, interpolation)
     run_args = dict(batch_size=batch_size, workers=workers, device=device)
     source = ckpt.get("mlflow_run_id")  # the pretraining run that wrote the checkpoint
+    seed = (ckpt.get("run") or {}).get("recipe", {}).get("seed")  # its training seed; a released file has none
 
     result: dict = {"model": model_name, "checkpoint": str(checkpoint), "suite": suite, "ema": ema, "data": str(data),
-                    "img_size": img_size, "transform": " ".join(repr(tf).split()), "source_run_id": source}
+                    "img_size": img_size, "transform": " ".join(repr(tf).split()), "source_run_id": source,
+                    "seed": seed}
     if suite == "imagenet-c":  # 75 folders, one progress count over all of them
         sets = {key: ClassFolder(folder, classes, tf) for key, folder in imagenet_c_folders(data).items()}
         progress = engine.Progress("Test: [imagenet-c]", sum(-(-len(d) // batch_size) for d in sets.values()),
@@ -131,7 +155,7 @@ def evaluate(model_name: str | None, checkpoint, suite: str, data, out_json, *, 
                               "data": str(data), "img_size": img_size, "crop_pct": crop_pct,
                               "transform": result["transform"], "source_run_id": source},
                       tags=run_tags("evaluate", preset, run or Path(checkpoint).parent.name, suite=suite,
-                                    source_run_id=source))
+                                    seed=seed, source_run_id=source))
     tracker.log_metrics(metrics)
     tracker.log_artifact(Path(out_json))
     tracker.finish()

@@ -7,6 +7,14 @@ after every epoch), ``metrics.jsonl`` (one line per epoch), and when the run is 
 run's identity (model, recipe, data root, classes, world size). A restarted job resumes from
 ``checkpoint.pth`` only if it belongs to the same run, and ends exactly where an
 uninterrupted run would.
+
+The input pipeline is timm's: on CUDA its prefetcher (uint8 batches through pinned memory, copied
+on a side stream, normalised and randomly erased on the GPU; workers only decode, crop and
+RandAugment), persistent workers on every device. Mixup/CutMix runs on the device in the main
+process (timm's ``Mixup``; on a GPU it costs nothing and its draws are part of the checkpointed
+RNG state). Each sample is augmented under its own seed (``training.SampleSeeds``), so neither
+the number of workers nor their history changes what a run computes. The loss is checked for
+inf/NaN every few steps without stalling the device (``training.FiniteCheck``).
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ import timm
 import torch
 from timm.data import Mixup, create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
+from timm.data.loader import PrefetchLoader, fast_collate
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -33,7 +42,18 @@ from absvit.io import write_json
 from absvit.models import require_model
 from absvit.recipe import PretrainRecipe
 from absvit.tracking import Tracker, run_tags
-from absvit.training import NonFiniteLoss, checkpoint_to_resume, restore_rng, rng_states, truncate_log  # noqa: F401
+from absvit.training import (  # noqa: F401  (NonFiniteLoss: the verb's error, imported from here)
+    FiniteCheck,
+    NonFiniteLoss,
+    SampleSeeds,
+    Seeded,
+    checkpoint_to_resume,
+    restore_rng,
+    rng_states,
+    truncate_log,
+)
+
+FINITE_CHECK_EVERY = 50  # steps between the inf/NaN checks of the loss (and at the end of every epoch)
 
 
 class TrainingLoss(torch.nn.Module):
@@ -69,18 +89,8 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
 
     data_root = Path(data_root)
     classes = label_space(str(data_root / "train"))
-    train_set, val_set = _datasets(data_root, classes, recipe)
-    train_loader, val_loader, sampler = _loaders(train_set, val_set, recipe, dist)
-
-    model = timm.create_model(model_name, num_classes=len(classes), img_size=recipe.img_size,
-                              drop_path_rate=recipe.drop_path).to(device)
-    optimizer = create_optimizer_v2(model, recipe.opt, lr=recipe.scaled_lr, weight_decay=recipe.weight_decay)
-    scheduler, _ = create_scheduler_v2(optimizer, recipe.sched, num_epochs=recipe.epochs, min_lr=recipe.min_lr,
-                                       warmup_lr=recipe.warmup_lr, warmup_epochs=recipe.warmup_epochs)
-    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.model_ema else None
-    mixup = (Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.smoothing,
-                   num_classes=len(classes)) if recipe.mixup > 0 or recipe.cutmix > 0 else None)
-    criterion = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(recipe.smoothing)
+    train_loader, val_loader = loaders(data_root, classes, recipe, dist, device, prefetch=device.type == "cuda")
+    model, optimizer, scheduler, ema, mixup, criterion = build(model_name, len(classes), recipe, device)
 
     ckpt_path, log_path = out / "checkpoint.pth", out / "metrics.jsonl"
     identity = {"model": model_name, "recipe": recipe.identity(), "data_root": str(data_root.resolve()),
@@ -94,9 +104,10 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
         print(f"resuming {model_name} from {ckpt_path} at epoch {start_epoch}", flush=True)
     else:
         scheduler.step(0)
-    objective = engine.distributed(TrainingLoss(model, criterion, recipe.var_weight), dist, device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    objective = engine.distributed(TrainingLoss(model, criterion, recipe.var_weight), dist, device)
+    objective = engine.compiled(objective, recipe.compile, device)
 
     params = {"model": model_name, "data_root": str(data_root), "num_classes": len(classes),
               "world_size": dist.world_size, "recipe": recipe.to_dict()}
@@ -106,11 +117,11 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     metrics: dict = _last_row(log_path) if start_epoch >= recipe.epochs else {}  # resuming a finished run
     with engine.tracked(tracker):
         for epoch in range(start_epoch, recipe.epochs):
-            if sampler is not None and hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
+            train_loader.sampler.set_epoch(epoch)
             header = f"Epoch: [{epoch + 1}/{recipe.epochs}]"
             progress = engine.Progress(header, len(train_loader), every_s=log_every_s, dist=dist, device=device)
-            _train_epoch(objective, model, train_loader, mixup, optimizer, ema, device, progress, ckpt_path, epoch + 1)
+            finite = FiniteCheck(ckpt_path, every=FINITE_CHECK_EVERY, dist=dist)
+            train_epoch(objective, model, train_loader, mixup, optimizer, ema, device, progress, finite, epoch + 1)
             scheduler.step(epoch + 1)
             train = progress.summary()
             metrics = {"epoch": epoch + 1, "train_loss": train["loss"], "lr": optimizer.param_groups[0]["lr"],
@@ -142,34 +153,58 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     return result
 
 
-def _datasets(root: Path, classes, recipe: PretrainRecipe):
+def build(model_name: str, num_classes: int, recipe: PretrainRecipe, device):
+    """The recipe's model, optimizer (fused AdamW on CUDA), scheduler, EMA, mixup and criterion."""
+    model = timm.create_model(model_name, num_classes=num_classes, img_size=recipe.img_size,
+                              drop_path_rate=recipe.drop_path).to(device)
+    fused = {"fused": True} if device.type == "cuda" and recipe.opt.lower() in ("adam", "adamw") else {}
+    optimizer = create_optimizer_v2(model, recipe.opt, lr=recipe.scaled_lr, weight_decay=recipe.weight_decay, **fused)
+    scheduler, _ = create_scheduler_v2(optimizer, recipe.sched, num_epochs=recipe.epochs, min_lr=recipe.min_lr,
+                                       warmup_lr=recipe.warmup_lr, warmup_epochs=recipe.warmup_epochs)
+    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.model_ema else None
+    mixup = (Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.smoothing,
+                   num_classes=num_classes) if recipe.mixup > 0 or recipe.cutmix > 0 else None)
+    criterion = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(recipe.smoothing)
+    return model, optimizer, scheduler, ema, mixup, criterion
+
+
+def loaders(root: Path, classes, recipe: PretrainRecipe, dist: DistInfo, device, *, prefetch: bool):
+    """The training loader (shuffled, repeated-augmentation or distributed sampler, per-sample seeds;
+    with ``prefetch``, timm's CUDA prefetcher) and the validation loader (normalised on the workers).
+
+    Without the prefetcher (CPU) the workers normalise and erase too: on a CPU the main process's
+    time is the model's, and a copy to the device does not exist to overlap with."""
     train_tf = create_transform(recipe.img_size, is_training=True, color_jitter=recipe.color_jitter,
                                 auto_augment=recipe.auto_augment or None, interpolation=recipe.interpolation,
-                                re_prob=recipe.reprob, re_mode="pixel", re_count=1)
+                                re_prob=recipe.reprob, re_mode="pixel", re_count=1, use_prefetcher=prefetch)
     eval_tf = create_transform(recipe.img_size, is_training=False, interpolation=recipe.interpolation,
                                crop_pct=recipe.crop_pct)
-    return ClassFolder(root / "train", classes, train_tf), ClassFolder(root / "val", classes, eval_tf)
+    train_set, val_set = ClassFolder(root / "train", classes, train_tf), ClassFolder(root / "val", classes, eval_tf)
 
-
-def _loaders(train_set, val_set, recipe: PretrainRecipe, dist: DistInfo):
     per_process = recipe.batch_size // dist.world_size
     if recipe.repeated_aug:
         sampler = RepeatAugSampler(train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True)
-    elif dist.enabled:
+    else:  # one process: a shuffle that is a function of (seed, epoch), as with several
         sampler = torch.utils.data.DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True, seed=recipe.seed)
-    else:
-        sampler = None
-    common = dict(num_workers=recipe.workers, pin_memory=torch.cuda.is_available(), persistent_workers=False)
-    train = torch.utils.data.DataLoader(train_set, batch_size=per_process, sampler=sampler, shuffle=sampler is None,
-                                        drop_last=True, **common)
+    sampler = SampleSeeds(sampler, seed=recipe.seed, rank=dist.rank)
+    # own generators: making an iterator must not draw from the global RNG (persistent workers make one
+    # iterator per run, not per epoch, so a resumed run would draw where the uninterrupted one did not)
+    common = dict(num_workers=recipe.workers, pin_memory=device.type == "cuda", persistent_workers=recipe.workers > 0,
+                  generator=torch.Generator().manual_seed(recipe.seed))
+    train = torch.utils.data.DataLoader(Seeded(train_set), batch_size=per_process, sampler=sampler, drop_last=True,
+                                        collate_fn=fast_collate if prefetch else None, **common)
     val = torch.utils.data.DataLoader(val_set, batch_size=per_process, shuffle=False, **common)
     if len(train) == 0:
         raise UsageError(f"recipe key batch_size: {recipe.batch_size} ({per_process} per process) is larger than the "
                          f"training set {train_set.root} ({len(train_set)} images); lower batch_size")
-    return train, val, sampler
+    if prefetch:
+        train = PrefetchLoader(train, device=device, re_prob=recipe.reprob, re_mode="pixel", re_count=1)
+    return train, val
 
 
-def _train_epoch(objective, model, loader, mixup, optimizer, ema, device, progress, ckpt_path, epoch: int) -> None:
+def train_epoch(objective, model, loader, mixup, optimizer, ema, device, progress, finite, epoch: int) -> None:
+    """One pass over ``loader``; no host sync but the progress lines' and ``finite``'s, which checks
+    the losses every few steps and at the end (before the epoch's checkpoint is written)."""
     objective.train()
     for data, (images, targets) in engine.timed(loader):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -177,11 +212,12 @@ def _train_epoch(objective, model, loader, mixup, optimizer, ema, device, progre
             images, targets = mixup(images, targets)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        loss = engine.train_step(objective, images, targets, optimizer, amp=engine.autocast(device),
-                                 where=f"epoch {epoch}, step {progress.done + 1}", ckpt_path=ckpt_path)
+        loss = engine.optimizer_step(objective, images, targets, optimizer, amp=engine.autocast(device))
+        finite(loss, f"epoch {epoch}, step {progress.done + 1}")
         if ema is not None:
             ema.update(model)
         progress.step(images=images.shape[0], data=data, loss=loss, lr=optimizer.param_groups[0]["lr"])
+    finite.check()
 
 
 def _last_row(log_path: Path) -> dict:

@@ -4,8 +4,11 @@ SLURM job log is a file; tqdm switches itself off there)::
     Epoch: [3/300] [ 200/1251]  eta: 0:04:12  lr: 0.000500  loss: 3.2100 (3.3500)  img/s: 1210 (605/proc)  data: 2%  time: 0.402  max mem: 15123MB
 
 A line comes every N steps, N chosen so that one comes about every ``every_s`` seconds, and at the
-last step; the numbers are averaged over all processes. torch is imported only to reduce across
-processes and read GPU memory, so that data-prep jobs start without it.
+last step; the numbers are averaged over all processes. The loss may be a device tensor: it is
+summed on the device and read only when a line is printed (and the device is waited for only
+then, and after the first step), so a fast GPU loop never stalls for its progress lines. torch
+is imported only for that, to reduce across processes and to read GPU memory, so that data-prep
+jobs start without it.
 """
 from __future__ import annotations
 
@@ -51,23 +54,34 @@ class Progress:
         torch.distributed.all_reduce(t)
         return t.tolist()
 
-    def step(self, *, images: int, data: float, loss: float | None = None, lr: float | None = None) -> None:
-        now = time.perf_counter()
+    def step(self, *, images: int, data: float, loss=None, lr: float | None = None) -> None:
+        """``loss``: a float, or a device tensor (summed there; no host sync unless a line is printed)."""
         self.done += 1
         s = self.sums
+        if s["steps"] == 0 or self.done % self.every_n == 0 or self.done == self.total:
+            self._sync()  # the first step's time decides N; a line's numbers include the queued device work
+        now = time.perf_counter()
         s["steps"] += 1
         s["images"] += images
         s["data"] += data
         s["time"] += now - self.last
         self.last = now
         if loss is not None:
-            s["loss"] += loss
+            if hasattr(loss, "detach"):
+                loss = loss.detach().double()  # float64 sum, as Python's sum of .item() floats
+            s["loss"] = s["loss"] + loss
             self.recent = (self.recent + [loss])[-self.window:]
         if s["steps"] == 1:  # the first step says whether this loop is long enough for lines on the way
             first = self._reduced([s["time"]])[0] / self.world  # every process must decide alike
             self.every_n = self._every_n(first) if first * (self.total - self.done) > self.every_s else self.total
         if self.done % self.every_n == 0 or self.done == self.total:
             self._print(lr)
+
+    def _sync(self) -> None:
+        if getattr(self.device, "type", None) == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
 
     def _every_n(self, step_s: float) -> int:
         """Steps until the next line, about every_s from now."""
@@ -76,7 +90,7 @@ class Progress:
     def summary(self) -> dict:
         """Averages over the loop so far and over all processes (a collective call with several)."""
         s = self.sums
-        steps, images, data, busy, loss = self._reduced([s["steps"], s["images"], s["data"], s["time"], s["loss"]])
+        steps, images, data, busy, loss = self._reduced([s["steps"], s["images"], s["data"], s["time"], float(s["loss"])])
         world = self.world
         wall = busy / world
         return {"loss": loss / max(steps, 1), "images_per_s": images / max(wall, 1e-9),
@@ -84,7 +98,7 @@ class Progress:
                 "step_s": busy / max(steps, 1)}
 
     def _print(self, lr) -> None:
-        window = sum(self.recent) / max(len(self.recent), 1)
+        window = float(sum(self.recent)) / max(len(self.recent), 1)
         avg = self.summary()
         window = self._reduced([window])[0] / self.world
         self.every_n = self._every_n(avg["step_s"])  # reduced numbers: every process computes the same N

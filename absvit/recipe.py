@@ -69,7 +69,22 @@ class PretrainRecipe(Recipe):
     var_weight: float = 0.1  # L_var weight; 0 for the Table 2 ablation
     seed: int = 0
     workers: int = 8
+    compile: str = "auto"  # torch.compile of the training objective: "on", "off", "auto" (on for CUDA, off on CPU)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    RESOURCE_KEYS = ("workers", "compile")
+    COMPILE = ("auto", "on", "off")
+
+    def __post_init__(self):
+        if self.compile not in self.COMPILE:
+            raise UsageError(f"recipe key compile: expected one of {', '.join(map(repr, self.COMPILE))}, "
+                             f"got {self.compile!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, where: str = "recipe"):
+        if isinstance(values.get("compile"), bool):  # YAML 1.1 reads `compile: on` / `compile=off` as booleans
+            values = {**values, "compile": "on" if values["compile"] else "off"}
+        return super().from_dict(values, where=where)
 
     @property
     def scaled_lr(self) -> float:

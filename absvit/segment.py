@@ -159,7 +159,8 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
     params = {"backbone": backbone, "model": model_name, "dataset": dataset, "data_root": str(data_root),
               "checkpoint": str(checkpoint), "ema": ema, "world_size": dist.world_size, "recipe": recipe.to_dict(),
               "source_run_id": source}
-    tags = run_tags("segment", preset, run or out.parent.name, backbone=backbone, dataset=dataset, source_run_id=source)
+    tags = run_tags("segment", preset, run or out.parent.name, backbone=backbone, dataset=dataset, seed=recipe.seed,
+                    source_run_id=source)
     tracker = Tracker(run_name or f"segment/{backbone}/{dataset}", uri=tracking_uri, run_id=run_id, params=params,
                       tags=tags, enabled=track and dist.is_main)
     log_every = max(1, min(50, recipe.iterations // 20))  # metrics.jsonl rows
@@ -192,7 +193,7 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
             tracker.log_metrics({"images_per_s": train["images_per_s"], "data_wait": train["data_wait"]})
 
         result = {"backbone": backbone, "model": model_name, "dataset": dataset, "iterations": recipe.iterations,
-                  "checkpoint": str(checkpoint), "val_images": len(val_set)}
+                  "seed": recipe.seed, "checkpoint": str(checkpoint), "val_images": len(val_set)}
         if dist.is_main:
             result.update(evaluate_segmenter(model, val_set, device, every_s=log_every_s))
             write_json(out / "result.json", result)

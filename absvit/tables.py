@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from absvit import stats
 from absvit.ablation import COLUMNS, COMPARISONS
 from absvit.errors import TrackingError
 from absvit.io import atomic_path
@@ -71,104 +73,218 @@ def _write(path: Path, text: str) -> None:
 
 
 def _caption(base: str, label: str | None) -> str:
-    return base if not label else f"{base} {label}" + ("" if label.endswith(".") else ".")
+    """The LaTeX caption: ``base`` (LaTeX already) and the preset's label (plain text, escaped)."""
+    return base if not label else f"{base} {_tex(label)}" + ("" if label.endswith(".") else ".")
 
 
-def _cells(numbers: pd.DataFrame) -> pd.DataFrame:
-    return numbers.map(lambda v: "--" if pd.isna(v) else f"{v:.1f}")
+@dataclass
+class Spread:
+    """A table's numbers over seeds: per row (index) and column, the mean, sample std and n."""
+
+    mean: pd.DataFrame
+    std: pd.DataFrame
+    n: pd.DataFrame
+    digits: dict = field(default_factory=dict)  # column -> decimals (default 1)
+
+    @classmethod
+    def of(cls, wide: pd.DataFrame, rows: str, columns: list[str], digits: dict | None = None) -> "Spread":
+        """``wide``: one row per (``rows`` value, seed), a column each."""
+        grouped = wide.groupby(rows, sort=False)[columns]
+        return cls(grouped.mean(), grouped.std(ddof=1), grouped.count(), digits or {})
+
+    @property
+    def seeded(self) -> bool:
+        return bool((self.n > 1).any().any())
+
+    def cells(self, *, tex: bool) -> pd.DataFrame:
+        return pd.DataFrame([[stats.cell(self.mean.loc[r, c], self.std.loc[r, c], self.n.loc[r, c], tex=tex,
+                                         digits=self.digits.get(c, 1))
+                              for c in self.mean.columns] for r in self.mean.index],
+                            index=self.mean.index, columns=self.mean.columns)
+
+    def seeds(self) -> pd.Series:
+        """n of each row: its largest per-cell count (a missing result shows as --)."""
+        return self.n.max(axis=1)
 
 
-def _write_table(out: Path, stem: str, tex: pd.DataFrame, pretty: pd.DataFrame, *, caption: str, ref: str,
-                 column_format: str, label: str | None) -> None:
-    """``tex``: the LaTeX cells (its columns are the header); ``pretty``: the numbers for CSV / Markdown."""
+@dataclass
+class Reported:
+    """What a table function hands the report: its numbers beside the paper's, and its seed comparisons."""
+
+    comparison: pd.DataFrame  # row, column, ours (mean), paper; + std, n over seeds
+    significance: pd.DataFrame | None = None  # stats.compare rows of the table's pair
+
+
+def _with_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Results written before seeds existed are one seed (0)."""
+    return frame if "seed" in frame else frame.assign(seed=0)
+
+
+def _write_table(out: Path, stem: str, spread: Spread, labels: dict, heads: dict, first: dict, *,
+                 caption: str, ref: str, column_format: str, label: str | None, cells: pd.DataFrame | None = None,
+                 tex_heads: dict | None = None) -> None:
+    """``first``: the leading LaTeX column(s) (header -> values per row); ``cells``: the LaTeX number cells
+    (default: mean, +- std over several seeds); ``tex_heads``: LaTeX headers where they differ from ``heads``.
+    CSV: means, plus ``<column> std`` and ``n`` over several seeds."""
+    tex = (spread.cells(tex=True) if cells is None else cells).rename(columns={**heads, **(tex_heads or {})})
+    for i, (head, values) in enumerate(first.items()):
+        tex.insert(i, head, values)
+    seeded = spread.seeded
+    if seeded:
+        tex["n"] = spread.seeds().astype(int).astype(str).tolist()
+        column_format += "c"
     latex = tex.style.hide(axis="index").to_latex(hrules=True, position="t", position_float="centering",
                                                   column_format=column_format, caption=_caption(caption, label), label=ref)
-    _write(out / f"{stem}.tex", latex)
-    _write(out / f"{stem}.csv", pretty.round(2).to_csv())
-    _write(out / f"{stem}.md", (f"{label}\n\n" if label else "") + _markdown(pretty.round(1)) + "\n")
+    _write(out / f"{stem}.tex", f"% {stem}: \\input this into a document whose preamble has \\usepackage{{booktabs}} "
+                                "(no other package needed).\n" + latex)
+    csv = spread.mean.rename(index=labels, columns=heads)
+    md = spread.cells(tex=False).rename(index=labels, columns=heads)
+    if seeded:
+        for c in spread.mean.columns:
+            csv[f"{heads[c]} std"] = spread.std[c].to_numpy()
+        csv["n"] = md["n"] = spread.seeds().astype(int).to_numpy()
+    _write(out / f"{stem}.csv", csv.rename_axis(index="Model", columns=None).round(4).to_csv())
+    _write(out / f"{stem}.md", (f"{label}\n\n" if label else "") + _markdown(md.rename_axis(index="Model", columns=None)) + "\n")
 
 
-def _comparison(ours: pd.DataFrame, labels: dict, paper: dict, heads: dict) -> pd.DataFrame:
-    """The report's long form: row label, column, our number, the paper's (NaN where not comparable)."""
-    return pd.DataFrame([{"row": labels[r], "column": heads[c], "ours": ours.loc[r, c],
-                          "paper": paper[r][c] if paper.get(r) is not None else float("nan")}
-                         for r in ours.index for c in ours.columns])
+def _comparison(spread: Spread, labels: dict, paper: dict, heads: dict) -> pd.DataFrame:
+    """The report's long form: row label, column, our number, the paper's (NaN where not comparable)
+    (+ std and n over several seeds)."""
+    ours = spread.mean
+    rows = [{"row": labels[r], "column": heads[c], "ours": ours.loc[r, c],
+             **({"std": spread.std.loc[r, c], "n": int(spread.n.loc[r, c])} if spread.seeded else {}),
+             "paper": paper[r][c] if paper.get(r) is not None else float("nan")}
+            for r in ours.index for c in ours.columns]
+    return pd.DataFrame(rows)
 
 
-def table1(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> pd.DataFrame:
+def table1(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reported:
     """``frame``: one row per `absvit segment` result: backbone (resnet / vit / absvit), model, checkpoint
-    (None / "None": random init), dataset (voc / cityscapes / ade20k), miou. Rows without results are left out."""
-    t = frame.pivot(index="backbone", columns="dataset", values="miou").reindex(columns=list(T1_HEAD))
-    t = t.reindex([k for k in T1_KINDS if k in t.index])
+    (None / "None": random init), dataset (voc / cityscapes / ade20k), miou, seed (optional). Rows without
+    results are left out; several seeds of a cell give mean +- std."""
+    frame = _with_seed(frame)
+    wide = frame.pivot_table(index=["backbone", "seed"], columns="dataset", values="miou").reset_index()
+    wide = wide.reindex(columns=["backbone", "seed", *T1_HEAD])
+    order = [k for k in T1_KINDS if k in set(wide.backbone)]
+    wide = wide.set_index("backbone").loc[order].reset_index()
+    spread = Spread.of(wide, "backbone", list(T1_HEAD))
     labels, paper = {}, {}
-    for kind in t.index:
+    for kind in spread.mean.index:
         runs = frame[frame.backbone == kind]
         models, random = sorted(set(runs.model)), any(map(_random_init, runs.checkpoint))
         labels[kind] = " / ".join(map(display_name, models)) + (RANDOM_INIT if random else "")
         comparable = len(models) == 1 and models[0] in PAPER_TABLE1.index and not random
         paper[kind] = PAPER_TABLE1.loc[models[0]] if comparable else None
-    cells = _cells(t)
-    if {"vit", "absvit"} <= set(t.index):  # the paper's "(+x.x)" of AbSViT over ViT
-        gain = t.loc["absvit"] - t.loc["vit"]
+    cells = spread.cells(tex=True)
+    significance = None
+    if {"vit", "absvit"} <= set(spread.mean.index):  # the paper's "(+x.x)" of AbSViT over ViT
+        gain = spread.mean.loc["absvit"] - spread.mean.loc["vit"]
         cells.loc["absvit"] = [c if pd.isna(g) else f"{c} ({g:+.1f})" for c, g in zip(cells.loc["absvit"], gain)]
-    tex = cells.rename(columns=T1_HEAD)
-    tex.insert(0, "Model", [_tex(labels[k]) for k in t.index])
-    pretty = t.rename(index=labels, columns=T1_HEAD).rename_axis(index="Model", columns=None)
-    _write_table(Path(out_dir), "table1", tex, pretty, caption="Semantic segmentation results on three datasets (mIoU).",
-                 ref="tab:segmentation", column_format="lccc", label=label)
-    return _comparison(t, labels, paper, T1_HEAD)
+        significance = stats.compare(wide, "backbone", "vit", "absvit", T1_HEAD,
+                                     pair=f"{labels['absvit']} - {labels['vit']}")
+    _write_table(Path(out_dir), "table1", spread, labels, T1_HEAD, {"Model": [_tex(labels[k]) for k in spread.mean.index]},
+                 caption="Semantic segmentation results on three datasets (mIoU).", ref="tab:segmentation",
+                 column_format="lccc", label=label, cells=cells)
+    return Reported(_comparison(spread, labels, paper, T1_HEAD), significance)
 
 
-def _arms(frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, pd.Series]:
-    """An `absvit ablation` frame's numbers (index: arm, in table order) and models."""
-    t = frame.set_index("arm").loc[list(COMPARISONS[name])]
-    return t[list(COLUMNS)].astype(float), t["model"]
+def _arms(frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, Spread, pd.Series]:
+    """An `absvit ablation` frame (one row per arm and seed) in table order, its spread, and each arm's model."""
+    frame = _with_seed(frame)
+    arms = list(COMPARISONS[name])
+    frame = frame.set_index("arm").loc[arms].reset_index()
+    frame[list(COLUMNS)] = frame[list(COLUMNS)].astype(float)
+    models = frame.groupby("arm", sort=False)["model"].agg(lambda m: " / ".join(sorted(set(m))))
+    return frame, Spread.of(frame, "arm", list(COLUMNS)), models
 
 
-def table2(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> pd.DataFrame:
-    """``frame``: `absvit ablation --name lvar` rows: arm (without_lvar / with_lvar), run, model and COLUMNS."""
-    t, models = _arms(frame, "lvar")
-    tex = _cells(t).rename(columns=ROBUST_HEAD)
-    tex.insert(0, "", [_tex(display_name(m)) for m in models])
-    tex.insert(1, r"$\mathcal{L}_{var}$", [r"$\times$", r"\checkmark"])
-    labels = {arm: f"{display_name(models[arm])} {mark} L_var" for arm, mark in zip(t.index, ("w/o", "w/"))}
-    pretty = t.rename(index=labels, columns=ROBUST_HEAD).rename_axis(index="Model")
-    _write_table(Path(out_dir), "table2", tex, pretty, caption=r"Ablation on the variational loss $\mathcal{L}_{var}$.",
-                 ref="tab:lvar", column_format="llccccc", label=label)
-    paper = {arm: PAPER_TABLE2.loc[arm] if models[arm] == PAPER_TABLE2_MODEL else None for arm in t.index}
-    return _comparison(t, labels, paper, ROBUST_HEAD)
+def table2(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reported:
+    """``frame``: `absvit ablation --name lvar` rows: arm (without_lvar / with_lvar), run, model, seed and COLUMNS."""
+    long, spread, models = _arms(frame, "lvar")
+    labels = {arm: f"{display_name(models[arm])} {mark} L_var" for arm, mark in zip(spread.mean.index, ("w/o", "w/"))}
+    # $\times$ / $\surd$: the paper's cross and tick in base LaTeX (\checkmark would need amssymb)
+    first = {"": [_tex(display_name(m)) for m in models], r"$\mathcal{L}_{var}$": [r"$\times$", r"$\surd$"]}
+    _write_table(Path(out_dir), "table2", spread, labels, ROBUST_HEAD, first,
+                 caption=r"Ablation on the variational loss $\mathcal{L}_{var}$.", ref="tab:lvar",
+                 column_format="llccccc", label=label)
+    paper = {arm: PAPER_TABLE2.loc[arm] if models[arm] == PAPER_TABLE2_MODEL else None for arm in spread.mean.index}
+    significance = stats.compare(long, "arm", "without_lvar", "with_lvar", ROBUST_HEAD,
+                                 pair=f"{labels['with_lvar']} - {labels['without_lvar']}")
+    return Reported(_comparison(spread, labels, paper, ROBUST_HEAD), significance)
 
 
-def table3(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> pd.DataFrame:
-    """``frame``: `absvit ablation --name robustness` rows: arm (vit / absvit), run, model and COLUMNS."""
-    t, models = _arms(frame, "robustness")
-    labels = {arm: display_name(models[arm]) for arm in t.index}
-    tex = _cells(t).rename(columns=ROBUST_HEAD)
-    tex.insert(0, "Model", [_tex(labels[arm]) for arm in t.index])
-    pretty = t.rename(index=labels, columns=ROBUST_HEAD).rename_axis(index="Model")
-    _write_table(Path(out_dir), "table3", tex, pretty,
+def table3(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reported:
+    """``frame``: `absvit ablation --name robustness` rows: arm (vit / absvit), run, model, seed and COLUMNS."""
+    long, spread, models = _arms(frame, "robustness")
+    labels = {arm: display_name(models[arm]) for arm in spread.mean.index}
+    _write_table(Path(out_dir), "table3", spread, labels, ROBUST_HEAD, {"Model": [_tex(labels[a]) for a in spread.mean.index]},
                  caption="Robustness of ViT and AbSViT: ImageNet top-1 (Clean), ImageNet-C mCE (IN-C, lower is better), "
                          "ImageNet-A, -R and -Sketch top-1.",
                  ref="tab:robustness", column_format="lccccc", label=label)
-    paper = {arm: PAPER_ROBUSTNESS.loc[models[arm]] if models[arm] in PAPER_ROBUSTNESS.index else None for arm in t.index}
-    return _comparison(t, labels, paper, ROBUST_HEAD)
+    paper = {arm: PAPER_ROBUSTNESS.loc[models[arm]] if models[arm] in PAPER_ROBUSTNESS.index else None
+             for arm in spread.mean.index}
+    significance = stats.compare(long, "arm", "vit", "absvit", ROBUST_HEAD, pair=f"{labels['absvit']} - {labels['vit']}")
+    return Reported(_comparison(spread, labels, paper, ROBUST_HEAD), significance)
 
 
-def report(out_dir, *, t1: pd.DataFrame | None = None, t2: pd.DataFrame | None = None, t3: pd.DataFrame | None = None,
-           label: str | None = None) -> None:
-    """Each reproduced number beside the paper's, with the difference (the table functions' return values)."""
+def report(out_dir, *, t1: Reported | None = None, t2: Reported | None = None, t3: Reported | None = None,
+           label: str | None = None, sections: list[str] = ()) -> None:
+    """Each reproduced number beside the paper's, with the difference; each compared pair's difference
+    against the seed spread; then any further ``sections`` (Markdown: figures, cost)."""
     parts = ["# Reproduction report", ""] + ([label, ""] if label else [])
     parts += ["The paper column holds the paper's number only where the model is the paper's (Table 1: with its "
               "ImageNet initialisation); elsewhere it says --.", ""]
     t3_note = ("Paper: the released ViT / AbSViT ImageNet top-1 and IN-C mCE (lower is better); the appendix has no "
                "ViT vs AbSViT IN-A / IN-R / IN-Sketch numbers.")
-    for title, comparison, note in (("Table 1 (segmentation, mIoU)", t1, None), ("Table 2 (L_var ablation)", t2, None),
-                                    ("Table 3 (ViT vs AbSViT robustness)", t3, t3_note)):
-        if comparison is None:
+    tests = []
+    for title, reported, note in (("Table 1 (segmentation, mIoU)", t1, None), ("Table 2 (L_var ablation)", t2, None),
+                                  ("Table 3 (ViT vs AbSViT robustness)", t3, t3_note)):
+        if reported is None:
             continue
-        long = comparison.assign(difference=comparison.ours - comparison.paper)
+        long = reported.comparison
+        long = long.assign(difference=long.ours - long.paper)
         parts += [f"## {title}", "", _markdown(long.round(2), index=False), ""] + ([note, ""] if note else [])
+        if reported.significance is not None:
+            tests.append(reported.significance)
+    if tests:
+        parts += ["## Differences against the seed spread", "",
+                  f"Each pair's difference of means (second minus first, over its seeds) and {stats.TEST}.", "",
+                  _markdown(pd.concat(tests).round({"difference": 2, "t": 2, "p": 4}), index=False), ""]
+    parts += [s for section in sections for s in (section.rstrip(), "")]
     _write(Path(out_dir) / "report.md", "\n".join(parts))
+
+
+FIG_HEAD = {"selectivity": "Selectivity", "selectivity_raw": "Selectivity (raw map)", "pointing": "Pointing game (%)",
+            "mse_inside": "MSE inside", "mse_outside": "MSE outside"}
+FIG_DIGITS = {"selectivity": 2, "selectivity_raw": 2, "pointing": 1, "mse_inside": 3, "mse_outside": 3}
+
+
+def figure_scores(score_files, out_dir, *, label: str | None = None) -> str:
+    """The appendix figures' scores (`absvit figures`' figures.csv, one per seed) as mean +- std per (model,
+    attention, alpha): ``figures.{tex,csv,md}``. Returns the report's section (Markdown)."""
+    long = pd.concat([pd.read_csv(f, dtype={"alpha": str}, keep_default_na=False, na_values=[""]).assign(seed=i)
+                      for i, f in enumerate(score_files)])
+    long["row"] = [f"{display_name(m)} {a}" + ("" if al in ("--", "") else f", alpha {al}")
+                   for m, a, al in zip(long.model, long.attention, long.alpha)]
+    spread = Spread.of(long, "row", list(FIG_HEAD), FIG_DIGITS)
+    first = long.drop_duplicates("row").set_index("row").loc[spread.mean.index]
+    tex_first = {"Model": [_tex(display_name(m)) for m in first.model], "Attention": list(first.attention),
+                 r"$\alpha$": list(first.alpha)}
+    caption = ("Top-down attention on multi-object scenes (appendix Figs. 1, 3, 4): attention mass inside the prior's "
+               "object over its share of the image (1 = none), pointing game, and the Fig. 4 decoder's MSE of "
+               "decode(x0\\_bu + x0\\_td) inside / outside the prior's object.")
+    _write_table(Path(out_dir), "figures", spread, {r: r for r in spread.mean.index}, FIG_HEAD, tex_first,
+                 caption=caption, ref="tab:figures", column_format="lllccccc", label=label,
+                 tex_heads={"pointing": "Pointing game (\\%)"})
+    md = _markdown(spread.cells(tex=False).assign(n=spread.seeds().astype(int)).rename(columns=FIG_HEAD)
+                   .rename_axis(index="Model", columns=None))
+    return "\n".join(["## Top-down attention (appendix Figs. 1, 3, 4)", "",
+                      f"Over {len(score_files)} seed(s) of the AbSViT and ViT runs (mean ± sample std where n > 1): "
+                      "selectivity = attention mass inside the prior's object / the object's share of the image (1 = no "
+                      "selectivity; on the displayed map and on the raw map), pointing game = % of (scene, prior) pairs "
+                      "whose map peaks inside the prior's object, and the Fig. 4 decoder's MSE (normalised pixels) of "
+                      "decode(x0_bu + x0_td) inside / outside the prior's object (bottom-up rows: decode(x0_bu)). The "
+                      "figures of each seed are in `figures/s<seed>/`.", "", md, ""])
 
 
 def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
@@ -180,13 +296,13 @@ def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
 
 
 def segmentation_frame(result_files) -> pd.DataFrame:
-    """Table 1's long form (backbone kind, model, checkpoint, dataset, miou) from `absvit segment` result files."""
+    """Table 1's long form (backbone kind, model, checkpoint, dataset, miou, seed) from `absvit segment` result files."""
     rows = []
     for path in result_files:
         r = json.loads(Path(path).read_text())
         rows.append({"backbone": r["backbone"], "model": r["model"], "checkpoint": str(r.get("checkpoint")),
-                     "dataset": r["dataset"], "miou": float(r["miou"])})
-    return pd.DataFrame(rows, columns=["backbone", "model", "checkpoint", "dataset", "miou"])
+                     "dataset": r["dataset"], "miou": float(r["miou"]), "seed": int(r.get("seed", 0))})
+    return pd.DataFrame(rows, columns=["backbone", "model", "checkpoint", "dataset", "miou", "seed"])
 
 
 def _finished_runs(uri: str, preset: str, where: str, max_results: int = 1000) -> list:
@@ -203,14 +319,16 @@ def _finished_runs(uri: str, preset: str, where: str, max_results: int = 1000) -
 
 
 def segmentation_from_mlflow(uri: str, preset: str) -> pd.DataFrame | None:
-    """The newest finished segmentation run of each (backbone, dataset) of ``preset``; None if there are none."""
+    """The newest finished segmentation run of each (backbone, dataset, seed) of ``preset``; None if there are none."""
     latest = {}
     for run in _finished_runs(uri, preset, "tags.`absvit.stage` = 'segment'"):
-        latest.setdefault((run.data.tags["absvit.backbone"], run.data.tags["absvit.dataset"]), run)
+        tags = run.data.tags
+        latest.setdefault((tags["absvit.backbone"], tags["absvit.dataset"], int(tags.get("absvit.seed", 0))), run)
     if not latest:
         return None
     return pd.DataFrame([{"backbone": b, "model": run.data.params["model"], "checkpoint": run.data.params["checkpoint"],
-                          "dataset": d, "miou": run.data.metrics["miou"]} for (b, d), run in latest.items()])
+                          "dataset": d, "miou": run.data.metrics["miou"], "seed": seed}
+                         for (b, d, seed), run in sorted(latest.items(), key=lambda kv: kv[0][2])])
 
 
 def ablation_from_mlflow(uri: str, preset: str, name: str = "lvar", *, required: bool = True) -> tuple[pd.DataFrame, str] | None:
@@ -223,6 +341,7 @@ def ablation_from_mlflow(uri: str, preset: str, name: str = "lvar", *, required:
         raise TrackingError(f"no finished ablation run for preset {preset!r} in the MLflow store {uri} "
                             f"(tags absvit.stage=ablation, absvit.run={name})")
     p, m = runs[0].data.params, runs[0].data.metrics
-    rows = [{"arm": arm, "run": p[f"run.{arm}"], "model": p[f"model.{arm}"], **{c: m[f"{arm}.{c}"] for c in COLUMNS}}
-            for arm in COMPARISONS[name]]
+    rows = [{"arm": arm, "run": p[f"run.{arm}"], "model": p[f"model.{arm}"], "seed": int(seed),
+             **{c: m[f"{arm}.s{seed}.{c}"] for c in COLUMNS}}
+            for arm in COMPARISONS[name] for seed in p[f"seeds.{arm}"].split(",")]
     return pd.DataFrame(rows), p["label"]

@@ -1,10 +1,11 @@
 """Pieces every training loop shares: resuming only the same run, RNG state for exact resume,
-the non-finite-loss stop."""
+augmentation draws that do not depend on the loader's workers, the non-finite-loss stop."""
 from __future__ import annotations
 
 import json
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,102 @@ from absvit.io import atomic_path
 
 class NonFiniteLoss(FloatingPointError):
     """The loss became inf/NaN; the message names the step and the last good checkpoint."""
+
+
+class FiniteCheck:
+    """Stops a run whose loss became inf/NaN without a host sync per step.
+
+    Call it with each step's loss (a device tensor) and where it happened; the losses stay on the
+    device and are looked at together every ``every`` steps and by ``check()`` (call it at the end
+    of an epoch, before the checkpoint is written). The error names the first bad step. Steps after
+    it have run by then, so the weights in memory are spoilt, but the checkpoint on disk is the last
+    good one. With several processes every process checks at the same steps and all of them stop.
+    """
+
+    def __init__(self, ckpt_path, *, every: int = 50, dist=None):
+        self.ckpt_path, self.every, self.dist = ckpt_path, every, dist
+        self.pending: list[tuple[torch.Tensor, str]] = []
+
+    def __call__(self, loss: torch.Tensor, where: str) -> None:
+        self.pending.append((loss.detach(), where))
+        if len(self.pending) >= self.every:
+            self.check()
+
+    def check(self) -> None:
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        losses = torch.stack([loss.float() for loss, _ in pending])
+        bad = ~torch.isfinite(losses)
+        flag = bad.any().to(torch.int32)
+        if self.dist is not None and self.dist.enabled:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if not flag.item():  # the one host sync, every `every` steps
+            return
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            what = f"non-finite loss ({losses[i].item()}) at {pending[i][1]}"
+        else:
+            what = f"non-finite loss on another process, by {pending[-1][1]}"
+        raise NonFiniteLoss(f"{what}; stopping. The last good checkpoint is kept at {self.ckpt_path}")
+
+
+class SampleSeeds(torch.utils.data.Sampler):
+    """Wraps a sampler to yield ``(index, seed)``: each sample is augmented under its own seed, a
+    function of (run seed, epoch, rank, position in the epoch).
+
+    So the augmentations do not depend on the loader's workers: their number, or their RNG history
+    (persistent workers carry it from epoch to epoch; a resumed run starts fresh ones). ``workers``
+    stays a resource key and a resumed run draws what the uninterrupted one drew.
+    """
+
+    def __init__(self, sampler, *, seed: int, rank: int = 0):
+        self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        entropy = np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(2, np.uint64)[0]
+        g = torch.Generator().manual_seed(int(entropy) >> 1)
+        seeds = torch.randint(0, 2**62, (len(self.sampler),), generator=g).tolist()
+        return zip(self.sampler, seeds)
+
+
+class Seeded:
+    """A map-style dataset read with ``(index, seed)`` items (``SampleSeeds``): ``dataset[index]``
+    under that seed (torch's CPU generator, ``random`` and numpy's global RNG, as torchvision's and
+    timm's transforms use them), the process's own RNG state put back afterwards."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        with seeded(seed):
+            return self.dataset[index]
+
+
+@contextmanager
+def seeded(seed: int):
+    saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.random.default_generator.manual_seed(seed)  # the CPU generator only: CUDA's stays untouched
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        random.setstate(saved[1])
+        np.random.set_state(saved[2])
 
 
 def rng_state() -> dict:

@@ -53,7 +53,9 @@ class SlurmCluster:
         for d in ("etc", "log", "run", "state", "spool", "mysql/data"):
             (self.base / d).mkdir(parents=True, exist_ok=True)
         self.conf = self.base / "etc" / "slurm.conf"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": os.environ["PATH"] + ":/usr/sbin:/sbin"}
+        # not a store an earlier test pointed MLflow at (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI)
+        inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        self.env = {**inherited, "SLURM_CONF": str(self.conf), "PATH": os.environ["PATH"] + ":/usr/sbin:/sbin"}
 
     # -- daemons ---------------------------------------------------------------------------
 

@@ -55,6 +55,24 @@ def test_evaluate_takes_model_size_and_classes_from_the_checkpoint(tmp_path, emb
     assert result["model"] == "absvit_pico_patch8_64" and result["img_size"] == 64 and result["classes"] == 10
 
 
+def test_evaluate_runs_several_suites_with_one_model_each_to_its_file(capsys, tmp_path, embedded, pico):
+    suites = ("clean", "imagenet-a", "imagenet-sketch")
+    assert main(["evaluate", "--checkpoint", str(pico), "--suite", *suites,
+                 "--data", *(str(embedded / s) for s in ("val", "imagenet-a", "imagenet-sketch")),
+                 "--out", *(str(tmp_path / f"{s}.json") for s in suites), "--crop-pct", "1.0", "--workers", "0",
+                 "--no-mlflow"]) == 0
+    alone = tmp_path / "alone.json"
+    assert main(["evaluate", "--checkpoint", str(pico), "--suite", "imagenet-a", "--data", str(embedded / "imagenet-a"),
+                 "--out", str(alone), "--crop-pct", "1.0", "--workers", "0", "--no-mlflow"]) == 0
+    results = {s: json.loads((tmp_path / f"{s}.json").read_text()) for s in suites}
+    assert [r["suite"] for r in results.values()] == list(suites) and results["imagenet-a"]["data"].endswith("imagenet-a")
+    assert results["imagenet-a"]["top1"] == json.loads(alone.read_text())["top1"]  # the same as evaluated alone
+    assert results["clean"]["seed"] == 0  # the training seed the checkpoint records
+    err = _error(capsys, ["evaluate", "--checkpoint", str(pico), "--suite", "clean", "imagenet-a", "--data", str(embedded),
+                          "--out", str(tmp_path / "x.json"), "--no-mlflow"])
+    assert "give one --data and one --out per --suite (got 2 suites, 1 --data, 1 --out)" in err
+
+
 def test_flags_that_disagree_with_the_checkpoint_name_both(capsys, tmp_path, embedded, pico):
     base = ["evaluate", "--checkpoint", str(pico), "--suite", "clean", "--data", str(embedded / "val"),
             "--out", str(tmp_path / "r.json"), "--workers", "0", "--no-mlflow"]

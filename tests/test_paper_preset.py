@@ -15,6 +15,7 @@ from torchvision.transforms import functional as TF
 from absvit.cli import main
 from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
 from absvit.data.imagenet_c import make_shard
+from absvit.data.scenes import generate_scenes
 from absvit.data.synthetic import generate
 from absvit.data.synthetic_seg import generate_segmentation
 from absvit.evaluate import suite_transform
@@ -31,6 +32,7 @@ def paper_data(tmp_path_factory):
         for s in SEVERITIES:
             make_shard(root / "imagenet" / "val", root / "imagenet-c", c, s, resize=64, crop=64)
     generate_segmentation(root / "seg", per_split={"train": 2, "val": 1})
+    generate_scenes(root / "scenes", count=2)  # stands in for a folder of real multi-object images + manifest.csv
     ckpts = root / "checkpoints"
     ckpts.mkdir()
     for name in ("vit_base_patch16_224", "absvit_base_patch16_224"):  # planning reads no file's content
@@ -47,6 +49,7 @@ def _paper_config(config, root):
     seg = paper["segmentation"]
     for name, sub in (("voc", "voc"), ("cityscapes", "cityscapes"), ("ade20k", "ade20k")):
         seg["datasets"][name]["root"] = str(root / "seg" / sub)
+    paper["figures"]["scenes"] = str(root / "scenes")
     for name in ("vit", "absvit"):
         seg["backbones"][name]["checkpoint"] = str(root / "checkpoints" / f"{seg['backbones'][name]['model']}.pth")
 
@@ -58,11 +61,13 @@ def test_paper_preset_plans_every_stage_on_paper_layout_data(tmp_path, paper_dat
     paper = yaml.safe_load((wd / "config.yaml").read_text())["presets"]["paper"]
     runs, seg = len(paper["runs"]), paper["segmentation"]
     assert _job_counts(out.stdout) == {
-        "all": 1, "pretrain": runs, "evaluate": 5 * runs, "lvar_ablation": 1, "robustness_comparison": 1,
-        "segment": len(seg["backbones"]) * len(seg["datasets"]), "tables": 1}  # no data-prep jobs: the data exist
+        "all": 1, "pretrain": runs, "evaluate": runs, "lvar_ablation": 1, "robustness_comparison": 1,
+        "segment": len(seg["backbones"]) * len(seg["datasets"]), "decoder": 1, "figures": 1,
+        "tables": 1}  # no data-prep jobs (nor scenes): the data exist
     # every job reads the configured folders, and IN-C is evaluated at the paper's 224 px
     assert f"--data {paper_data / 'imagenet'} " in out.stdout
-    assert re.search(rf"--suite imagenet-c --data {paper_data / 'imagenet-c'} .*--img-size 224 --crop-pct 0.875", out.stdout)
+    assert re.search(rf"--suite clean imagenet-c \S+ \S+ \S+ --data \S+ {paper_data / 'imagenet-c'} .*--img-size 224 "
+                     r"--crop-pct 0.875", out.stdout)
     assert f"--data {paper_data / 'seg' / 'cityscapes'} " in out.stdout
 
 

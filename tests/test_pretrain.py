@@ -1,13 +1,17 @@
 import json
+import os
 
 import pytest
 import torch
 
+from absvit import engine
 from absvit.checkpoint import read_checkpoint
 from absvit.errors import StaleCheckpoint, UsageError
 from absvit.data.synthetic import generate
-from absvit.pretrain import NonFiniteLoss, pretrain
+from absvit.pretrain import NonFiniteLoss, pretrain, train_epoch
+from absvit.progress import Progress
 from absvit.recipe import PretrainRecipe
+from absvit.training import FiniteCheck
 from tests.conftest import tiny_recipe
 
 
@@ -66,6 +70,11 @@ def test_recipe_rejects_bad_keys():
     with pytest.raises(UsageError, match="recipe.epochs: expected int, got 'ten'"):
         PretrainRecipe.from_dict({"epochs": "ten"})
     assert PretrainRecipe.from_dict({"lr": 1}).lr == 1.0
+    with pytest.raises(UsageError, match="recipe key compile: expected one of 'auto', 'on', 'off', got 'yes'"):
+        PretrainRecipe.from_dict({"compile": "yes"})
+    # YAML 1.1 reads on/off as booleans (`--set compile=on`); compile is a resource key: a resume may change it
+    assert PretrainRecipe.from_dict({"compile": True}).compile == "on" and PretrainRecipe.from_dict({"compile": False}).compile == "off"
+    assert "compile" not in PretrainRecipe().identity() and "workers" not in PretrainRecipe().identity()
     assert PretrainRecipe().scaled_lr == 5e-4 and PretrainRecipe(batch_size=1024).scaled_lr == 1e-3
 
 
@@ -103,3 +112,104 @@ def test_checkpoints_describe_themselves_and_a_finished_run_resumes_to_its_resul
     again = pretrain("absvit_pico_patch8_64", embedded, out, tiny_recipe(epochs=1, workers=1), track=False)
     assert {k: v for k, v in again.items() if k != "epoch_seconds"} == {k: v for k, v in first.items() if k != "epoch_seconds"}
     assert json.loads((out / "result.json").read_text())["val_top1"] == first["val_top1"]
+
+
+def _weights(path):
+    ckpt = read_checkpoint(path)
+    return {f"{key}.{name}": t for key in ("model", "model_ema") for name, t in ckpt[key].items()}
+
+
+@pytest.mark.slow
+def test_workers_change_nothing_and_persistent_workers_resume_exactly(tmp_path, embedded):
+    """Each sample is augmented under its own seed: no workers, or two persistent workers stopped after an
+    epoch and resumed in a new process's worth of workers, train the very same weights."""
+    pretrain("absvit_pico_patch8_64", embedded, tmp_path / "w0", tiny_recipe(epochs=2, workers=0), track=False)
+    part = tmp_path / "w2"
+    pretrain("absvit_pico_patch8_64", embedded, part, tiny_recipe(epochs=2, workers=2), track=False, stop_after_epoch=1)
+    pretrain("absvit_pico_patch8_64", embedded, part, tiny_recipe(epochs=2, workers=2), track=False)
+    a, b = _weights(tmp_path / "w0" / "checkpoint.pth"), _weights(part / "checkpoint.pth")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert _epochs(tmp_path / "w0") == _epochs(part)
+
+
+@pytest.mark.parametrize("backend", [
+    "aot_eager",  # dynamo's capture and AOT autograd of the objective, without a C++ build
+    pytest.param("inductor", marks=pytest.mark.skipif(
+        os.environ.get("ABSVIT_TEST_INDUCTOR") != "1",
+        reason="inductor builds C++ kernels on CPU: about 110 s cold on the 2-core CI machine (ABSVIT_TEST_INDUCTOR=1 runs it)")),
+])
+def test_compile_on_trains_like_eager(tmp_path, embedded, monkeypatch, backend):
+    compiled = []
+    real = torch.compile
+
+    def compile_with(module, **kwargs):
+        compiled.append(type(module).__name__)
+        return real(module, backend=backend, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_with)
+    recipe = dict(epochs=1, drop_path=0.0, model_ema=False)  # no randomness inside the compiled graph
+    eager = pretrain("absvit_pico_patch8_64", embedded, tmp_path / "eager", tiny_recipe(**recipe, compile="off"), track=False)
+    assert compiled == []  # "off" and, on CPU, "auto" run eagerly
+    on = pretrain("absvit_pico_patch8_64", embedded, tmp_path / "on", tiny_recipe(**recipe, compile="on"), track=False)
+    assert compiled == ["TrainingLoss"]
+    assert on["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-4)
+    objective = torch.nn.Linear(2, 2)
+    assert engine.compiled(objective, "auto", torch.device("cpu")) is objective
+    assert engine.compiled(objective, "auto", torch.device("cuda")) is not objective
+
+
+class _Objective(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y):
+        return torch.nn.functional.cross_entropy(self.model(x), y)
+
+
+def test_the_training_loop_waits_for_the_device_only_every_few_steps(monkeypatch):
+    """120 steps: the loss is read for the inf/NaN check every 50 steps and at the end, and for the progress
+    line at the end; never once per step."""
+    reads = []
+    for name in ("item", "__float__", "__bool__", "tolist"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _real=real, _name=name: reads.append(_name) or _real(t, *a))
+    model = torch.nn.Linear(4, 3)
+    objective = _Objective(model)
+    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(120)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    progress = Progress("Epoch: [1/1]", len(batches), every_s=1e9)
+    train_epoch(objective, model, batches, None, optimizer, None, torch.device("cpu"), progress,
+                FiniteCheck("ckpt.pth", every=50), epoch=1)
+    assert progress.done == 120 and len(reads) <= 6, reads
+
+
+def test_a_non_finite_loss_is_found_at_its_step():
+    check = FiniteCheck("/x/checkpoint.pth", every=3)
+    for step, value in enumerate([1.0, 2.0, 3.0, 4.0], 1):
+        check(torch.tensor(value), f"epoch 1, step {step}")
+    check(torch.tensor(float("inf")), "epoch 1, step 5")  # found when 3 are pending (step 6) or at check()
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss \(inf\) at epoch 1, step 5; stopping\. "
+                                            r"The last good checkpoint is kept at /x/checkpoint\.pth"):
+        check.check()
+
+
+def test_the_prefetcher_path_gives_the_batches_of_the_cpu_path(embedded):
+    """CUDA's input pipeline (uint8 batches, normalised where the model runs: timm's prefetcher), run on CPU:
+    the same crops and augmentations as the CPU path's (each sample under its own seed), the same values."""
+    from absvit.data.readers import label_space
+    from absvit.pretrain import loaders
+
+    recipe = tiny_recipe(reprob=0.0, workers=0)  # random erasing draws on the device in one, on the workers in the other
+    classes = label_space(str(embedded / "train"))
+    batches = {}
+    for prefetch in (False, True):
+        train, _ = loaders(embedded, classes, recipe, engine.DistInfo(), torch.device("cpu"), prefetch=prefetch)
+        train.sampler.set_epoch(1)
+        batches[prefetch] = next(iter(train))
+    (a, labels_a), (b, labels_b) = batches[False], batches[True]
+    assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape == (32, 3, 64, 64)
+    assert torch.equal(labels_a, labels_b)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

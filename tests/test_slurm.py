@@ -30,12 +30,13 @@ def _env(cluster) -> dict:
 
 def _workflow_copy(tmp_path: Path) -> Path:
     """The repository's workflow with the embedded preset shrunk to seconds, data made in-process."""
-    for name in ("Snakefile", "workflow", "profiles"):
+    for name in ("Snakefile", "workflow", "profiles", "envs"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     (tmp_path / "slurm").symlink_to("profiles/slurm")
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     p = config["presets"]["embedded"]
+    p["seeds"] = [0]
     p["data"]["generate"]["per_class"] = PER_CLASS
     p["data"]["make_imagenet_c"]["per_class"] = 1
     p["recipe"].update(epochs=1, batch_size=16, workers=0)
@@ -66,7 +67,7 @@ def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_
                          env=_env(slurm_cluster), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 
-    # Pretraining (3 runs: Table 2's two arms and Table 3's ViT), evaluation (5 suites each) and segmentation (1)
+    # Pretraining (3 runs: Table 2's two arms and Table 3's ViT), evaluation (5 suites each, one job) and segmentation (1)
     # went to SLURM; the data existed.
     assert "rule embedded_dataset" not in out.stdout and "rule imagenet_c_shard" not in out.stdout
     assert "rule segmentation_dataset" not in out.stdout
@@ -76,11 +77,11 @@ def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_
     while set((jobs := {j: s for j, s in slurm_cluster.job_states().items() if j not in before}).values()) != {"COMPLETED"}:
         assert time.monotonic() < deadline, jobs
         time.sleep(0.5)
-    assert len(jobs) == 19, jobs
+    assert len(jobs) == 3 + 3 + 1, jobs  # pretrain, evaluate (a job per run: five suites each), segment
     table1 = (wd / "results" / "embedded" / "tables" / "table1.tex").read_text()
     assert re.search(r"^absvit\\_pico\\_patch8\\_64 & \d+\.\d & -- & -- \\\\$", table1, re.M), table1
     for run in ("absvit", "absvit_novar"):
-        log = (wd / "results" / "embedded" / "logs" / "pretrain" / f"{run}.log").read_text()
+        log = (wd / "results" / "embedded" / "logs" / "pretrain" / f"{run}-s0.log").read_text()
         assert "as slurm job" in log and "Job completed successfully" in log
 
     # Every MLflow run of the DAG carries the pipeline's tags; each evaluation names the pretraining run it read.
@@ -90,7 +91,10 @@ def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_
     experiment = client.get_experiment_by_name("absvit-bench").experiment_id
     runs = client.search_runs([experiment])
     stages = sorted(f"{r.data.tags.get('absvit.stage')}/{r.data.tags.get('absvit.run')}" for r in runs)
-    assert len(runs) == 3 + 15 + 1 + 2, stages  # pretrain, evaluate, segment, the two comparisons
+    assert len(runs) == 3 + 15 + 1 + 2 + 1 + 1, stages  # pretrain, evaluate, segment, the comparisons, figures, cost
+    (bill,) = [r for r in runs if r.data.tags["absvit.stage"] == "cost"]  # priced by sacct: 7 jobs, 1 CPU each
+    assert bill.data.metrics["cost.total.jobs"] >= 7 and bill.data.metrics["cost.pretrain.cpu_core_hours"] > 0
+    assert "sacct" in (wd / "results" / "embedded" / "tables" / "report.md").read_text()
     assert len(client.search_runs([experiment], "tags.`absvit.preset` = 'embedded'")) == len(runs)
     pretrained = {r.data.tags["absvit.run"]: r.info.run_id for r in runs if r.data.tags["absvit.stage"] == "pretrain"}
     assert set(pretrained) == {"absvit", "absvit_novar", "vit"}

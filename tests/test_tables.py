@@ -91,7 +91,7 @@ def test_table2_and_report_set_each_number_beside_the_papers(tmp_path):
     tex = (tmp_path / "table2.tex").read_text()
     lines = [l for l in tex.splitlines() if l.startswith("AbSViT")]
     assert lines == [r"AbSViT-Ti & $\times$ & 73.1 & 69.0 & 9.5 & 33.5 & 20.8 \\",
-                     r"AbSViT-Ti & \checkmark & 75.0 & 60.0 & 10.0 & 35.0 & 22.0 \\"]
+                     r"AbSViT-Ti & $\surd$ & 75.0 & 60.0 & 10.0 & 35.0 & 22.0 \\"]
     assert r" & $\mathcal{L}_{var}$ & Clean & IN-C ($\downarrow$) & IN-A & IN-R & IN-SK \\" in tex
     assert list(pd.read_csv(tmp_path / "table2.csv", index_col=0).index) == ["AbSViT-Ti w/o L_var", "AbSViT-Ti w/ L_var"]
     tables.report(tmp_path, t2=t2, t1=tables.table1(_table1_long(BASE), tmp_path))
@@ -105,7 +105,7 @@ def test_table2_and_report_set_each_number_beside_the_papers(tmp_path):
 def test_table2_of_pico_models_is_labelled_so_and_not_compared(tmp_path):
     frame = _arms("lvar", ("absvit_pico_patch8_64",) * 2, ((1, 2, 3, 4, 5), (6, 7, 8, 9, 10)))
     tables.report(tmp_path, t2=tables.table2(frame, tmp_path))
-    assert r"absvit\_pico\_patch8\_64 & \checkmark & 6.0 & 7.0" in (tmp_path / "table2.tex").read_text()
+    assert r"absvit\_pico\_patch8\_64 & $\surd$ & 6.0 & 7.0" in (tmp_path / "table2.tex").read_text()
     assert "| absvit_pico_patch8_64 w/ L_var | Clean | 6.0 | -- | -- |" in (tmp_path / "report.md").read_text()
 
 
@@ -147,3 +147,56 @@ def test_each_preset_writes_its_own_tables():
     for n in (1, 2, 3):
         assert f"results/embedded/tables/table{n}.tex" in out.stdout
     assert "results/tables/" not in out.stdout
+
+
+def _seeded_arms(name: str, models: tuple[str, str], per_seed: dict[str, list[tuple]]) -> pd.DataFrame:
+    """`absvit ablation` rows over seeds: per_seed[arm] = one 5-tuple per seed."""
+    from absvit.ablation import COLUMNS
+
+    return pd.DataFrame([{"arm": arm, "run": arm, "model": m, "seed": seed, **dict(zip(COLUMNS, n))}
+                         for arm, m in zip(per_seed, models) for seed, n in enumerate(per_seed[arm])])
+
+
+def test_welch_test_matches_the_hand_computed_value():
+    from absvit import stats
+
+    # means 2 and 5, both sample variances 1: t = 3 / sqrt(1/3 + 1/3) = 3.674, df = 4, two-sided p = 0.0213
+    r = stats.welch([1, 2, 3], [4, 5, 6])
+    assert r["difference"] == 3.0 and r["t"] == pytest.approx(3.6742, abs=1e-4) and r["p"] == pytest.approx(0.0213, abs=1e-4)
+    assert r["verdict"] == "exceeds the seed spread"
+    assert stats.welch([1, 2, 3], [1.5, 2.5, 3.5])["verdict"] == "within the seed spread"
+    assert stats.welch([1], [4])["verdict"] == "one seed: no spread to compare"
+
+
+def test_seeded_tables_show_mean_std_and_n_and_the_report_tests_each_pair(tmp_path):
+    frame = _seeded_arms("robustness", ("vit_pico_patch8_64", "absvit_pico_patch8_64"), {
+        "vit": [(70.0, 80.0, 10.0, 20.0, 30.0), (70.2, 80.5, 14.0, 20.0, 30.0), (69.8, 79.5, 12.0, 20.0, 30.0)],
+        "absvit": [(75.0, 70.0, 11.0, 20.0, 30.0), (75.2, 70.5, 16.0, 20.0, 30.0), (74.8, 69.5, 9.0, 20.0, 30.0)]})
+    tables.report(tmp_path, t3=tables.table3(frame, tmp_path))
+    tex = (tmp_path / "table3.tex").read_text()
+    assert r"vit\_pico\_patch8\_64 & 70.0$\pm$0.2 & 80.0$\pm$0.5 & 12.0$\pm$2.0 & 20.0$\pm$0.0 & 30.0$\pm$0.0 & 3 \\" in tex
+    assert "| absvit_pico_patch8_64 | 75.0 ± 0.2 | 70.0 ± 0.5 | 12.0 ± 3.6 | 20.0 ± 0.0 | 30.0 ± 0.0 | 3 |" in (tmp_path / "table3.md").read_text()
+    csv = pd.read_csv(tmp_path / "table3.csv", index_col=0)
+    assert csv.loc["vit_pico_patch8_64", "Clean"] == 70.0 and csv.loc["vit_pico_patch8_64", "Clean std"] == 0.2
+    assert (csv["n"] == 3).all()
+    report = (tmp_path / "report.md").read_text()
+    section = report.split("## Differences against the seed spread")[1]
+    rows = {line.split(" | ")[1]: line for line in section.splitlines() if line.startswith("| absvit_pico")}
+    assert "exceeds the seed spread" in rows["Clean"] and "exceeds the seed spread" in rows["IN-C ($\\downarrow$)"]
+    assert "within the seed spread" in rows["IN-A"] and "identical across seeds" in rows["IN-R"]
+    assert "Welch" in section
+
+
+def test_tables_compile_with_booktabs_alone(tmp_path):
+    from tests.latex import compile_tables
+
+    seeded = _seeded_arms("lvar", ("absvit_tiny_patch16_224",) * 2, {
+        "without_lvar": [(73.1, 69.0, 9.5, 33.5, 20.8), (73.3, 68.0, 9.7, 33.1, 20.2)],
+        "with_lvar": [(74.1, 66.7, 10.1, 34.9, 22.6), (74.5, 66.1, 10.3, 34.1, 22.0)]})
+    tables.table1(_table1_long(PICO, {"resnet": None, "vit": "v.pth", "absvit": "a.pth"}), tmp_path, label="Embedded_default & 50%.")
+    tables.table2(seeded, tmp_path)
+    tables.table3(_arms("robustness", ("vit_tiny_patch16_224", "absvit_tiny_patch16_224"), ((1, 2, 3, 4, 5), (6, 7, 8, 9, 10))),
+                  tmp_path)
+    for n in (1, 2, 3):
+        assert (tmp_path / f"table{n}.tex").read_text().startswith("% table")  # names the one package it needs
+    compile_tables([tmp_path / f"table{n}.tex" for n in (1, 2, 3)], tmp_path / "latex")

@@ -96,20 +96,27 @@ def test_unreachable_store_warns_and_training_continues(tmp_path, embedded, monk
     assert result["epoch"] == 1 and (tmp_path / "run" / "result.json").exists()
 
 
-def _eval_dirs(root: Path) -> dict[str, Path]:
-    """Robustness results of the L_var arms and of a ViT, as `absvit evaluate` writes them (numbers chosen to round
-    awkwardly)."""
+def _eval_dirs(root: Path, seeds=(0, 1)) -> dict[str, list[Path]]:
+    """Robustness results of the L_var arms and of a ViT, one folder per seed, as `absvit evaluate` writes them
+    (numbers chosen to round awkwardly; seed s adds 2 s to each)."""
     numbers = {"without_lvar": ("absvit_tiny_patch16_224", (71.25, 69.049999, 9.45, 33.55, 20.849)),
                "with_lvar": ("absvit_tiny_patch16_224", (74.15, 66.75, 10.05, 34.95, 22.65)),
                "vit": ("vit_tiny_patch16_224", (72.45, 71.15, 7.85, 32.05, 19.95))}
     dirs = {}
-    for arm, (model, (clean, mce, a, r, sk)) in numbers.items():
-        d = dirs[arm] = root / arm
-        d.mkdir(parents=True)
-        for suite, value in (("clean", clean), ("imagenet-a", a), ("imagenet-r", r), ("imagenet-sketch", sk)):
-            (d / f"{suite}.json").write_text(json.dumps({"model": model, "suite": suite, "top1": value, "top5": 99.0}))
-        (d / "imagenet-c.json").write_text(json.dumps({"model": model, "suite": "imagenet-c", "mce": mce}))
+    for arm, (model, values) in numbers.items():
+        for seed in seeds:
+            d = root / arm / f"s{seed}"
+            dirs.setdefault(arm, []).append(d)
+            d.mkdir(parents=True)
+            clean, mce, a, r, sk = (v + 2 * seed for v in values)
+            for suite, value in (("clean", clean), ("imagenet-a", a), ("imagenet-r", r), ("imagenet-sketch", sk)):
+                (d / f"{suite}.json").write_text(json.dumps({"model": model, "suite": suite, "top1": value, "seed": seed}))
+            (d / "imagenet-c.json").write_text(json.dumps({"model": model, "suite": "imagenet-c", "mce": mce, "seed": seed}))
     return dirs
+
+
+def _arm_args(arm: str, run: str, dirs: list[Path]) -> list[str]:
+    return ["--arm", *(f"{arm}={run}:{d}" for d in dirs)]
 
 
 def tables_regenerate_from_the_store_alone(uri: str, tmp_path: Path, segmentation: list[Path] = ()) -> None:
@@ -119,10 +126,10 @@ def tables_regenerate_from_the_store_alone(uri: str, tmp_path: Path, segmentatio
     csv = {name: tmp_path / "ablation" / f"{name}.csv" for name in ("lvar", "robustness")}
     label = "Embedded default: a caption sentence"
     common = ["--label", label, "--preset", "embedded", "--tracking-uri", uri]
-    assert main(["ablation", "--name", "lvar", "--arm", f"without_lvar=a:{dirs['without_lvar']}",
-                 f"with_lvar=b:{dirs['with_lvar']}", "--out", str(csv["lvar"]), *common]) == 0
-    assert main(["ablation", "--name", "robustness", "--arm", f"vit=v:{dirs['vit']}", "--arm", f"absvit=b:{dirs['with_lvar']}",
-                 "--out", str(csv["robustness"]), *common]) == 0
+    assert main(["ablation", "--name", "lvar", *_arm_args("without_lvar", "a", dirs["without_lvar"]),
+                 *_arm_args("with_lvar", "b", dirs["with_lvar"]), "--out", str(csv["lvar"]), *common]) == 0
+    assert main(["ablation", "--name", "robustness", *_arm_args("vit", "v", dirs["vit"]),
+                 *_arm_args("absvit", "b", dirs["with_lvar"]), "--out", str(csv["robustness"]), *common]) == 0
     seg_args = ["--segmentation", *map(str, segmentation)] if segmentation else []
     assert main(["tables", "--ablation", str(csv["lvar"]), "--robustness", str(csv["robustness"]), *seg_args,
                  "--label", label, "--out-dir", str(tmp_path / "files")]) == 0
@@ -137,14 +144,19 @@ def tables_regenerate_from_the_store_alone(uri: str, tmp_path: Path, segmentatio
     assert names == ["report.md", *tables, "table2.csv", "table2.md", "table2.tex", "table3.csv", "table3.md", "table3.tex"]
     for name in names:
         assert (tmp_path / "store" / name).read_bytes() == (tmp_path / "files" / name).read_bytes(), name
-    assert r"AbSViT-Ti & $\times$ & 71.2 & 69.0 & 9.4 & 33.5 & 20.8 \\" in (tmp_path / "files" / "table2.tex").read_text()
+    # two seeds per arm, 2 apart: mean +- sample std 1.4, and n
+    assert r"AbSViT-Ti & $\times$ & 72.2$\pm$1.4 & 70.0$\pm$1.4 & 10.4$\pm$1.4 & 34.5$\pm$1.4 & 21.8$\pm$1.4 & 2 \\" in (
+        tmp_path / "files" / "table2.tex").read_text()
     table3 = (tmp_path / "files" / "table3.tex").read_text()
-    assert r"ViT-Ti & 72.5 & 71.2 & 7.8 & 32.0 & 19.9 \\" in table3 and r"AbSViT-Ti & 74.2 & 66.8 & 10.1 & 35.0 & 22.6" in table3
-    assert "| ViT-Ti | IN-C ($\\downarrow$) | 71.15 | 71.1 | 0.05 |" in (tmp_path / "files" / "report.md").read_text()
+    assert r"Model & Clean & IN-C ($\downarrow$) & IN-A & IN-R & IN-SK & n \\" in table3
+    assert r"ViT-Ti & 73.5$\pm$1.4 & 72.2$\pm$1.4 & " in table3
+    report = (tmp_path / "files" / "report.md").read_text()
+    assert "| ViT-Ti | IN-C ($\\downarrow$) | 72.15 | 1.41 | 2 | 71.1 | 1.05 |" in report
+    assert "## Differences against the seed spread" in report and "Welch" in report
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("absvit-bench").experiment_id
-    for name, models in (("lvar", {"model.without_lvar": "absvit_tiny_patch16_224"}),
+    for name, models in (("lvar", {"model.without_lvar": "absvit_tiny_patch16_224", "seeds.with_lvar": "0,1"}),
                          ("robustness", {"model.vit": "vit_tiny_patch16_224", "model.absvit": "absvit_tiny_patch16_224"})):
         run = client.search_runs([experiment], f"tags.`absvit.stage` = 'ablation' and tags.`absvit.run` = '{name}'")[0]
         assert run.data.tags["absvit.preset"] == "embedded" and models.items() <= run.data.params.items()

@@ -29,14 +29,45 @@ def test_dry_run_plans_the_whole_embedded_dag():
     out = _dry_run()
     assert out.returncode == 0, out.stderr
     counts = _job_counts(out.stdout)
-    assert counts == {"all": 1, "embedded_dataset": 1, "imagenet_c_shard": 75, "pretrain": 3, "evaluate": 15,
-                      "lvar_ablation": 1, "robustness_comparison": 1, "segmentation_dataset": 1, "segment": 9,
-                      "tables": 1}, counts
+    seeds = 3  # presets.embedded.seeds: every pretraining run and everything downstream, once per seed
+    assert counts == {"all": 1, "embedded_dataset": 1, "imagenet_c_shard": 75, "pretrain": 3 * seeds, "evaluate": 3 * seeds,
+                      "lvar_ablation": 1, "robustness_comparison": 1, "segmentation_dataset": 1, "segment": 9 * seeds,
+                      "scenes": 1, "decoder": seeds, "figures": seeds, "tables": 1}, counts
+    # `absvit plan` counts the same jobs without building the DAG
+    from absvit.plan import jobs_per_stage
+
+    planned = jobs_per_stage(yaml.safe_load((ROOT / "config.yaml").read_text())["presets"]["embedded"])
+    assert {k: v for k, v in planned.items() if v} == {k: v for k, v in counts.items() if k != "all"}
+    for seed in range(seeds):
+        assert f"results/embedded/pretrain/absvit/s{seed}/model.pth" in out.stdout
+        assert f"results/embedded/segment/absvit/voc/s{seed}/result.json" in out.stdout
+
+
+def test_one_seed_runs_each_job_once(tmp_path):
+    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"].update(seeds=[7]))
+    out = _dry_run("--printshellcmds", cwd=wd)
+    assert out.returncode == 0, out.stderr
+    counts = _job_counts(out.stdout)
+    assert (counts["pretrain"], counts["evaluate"], counts["segment"]) == (3, 3, 9)
+    assert "results/embedded/pretrain/vit/s7/model.pth" in out.stdout and " seed=7" in out.stdout
+
+
+def test_a_seed_in_the_recipe_is_refused_naming_seeds(tmp_path):
+    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"]["recipe"].update(seed=3))
+    out = _dry_run(cwd=wd)
+    assert out.returncode != 0 and "presets.embedded.recipe.seed" in out.stderr and "presets.embedded.seeds" in out.stderr
+
+
+def test_lint_is_clean():
+    """`snakemake --lint`: a conda environment per rule, non-file values through params:, helpers in common.smk."""
+    out = subprocess.run([SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True)
+    text = out.stdout + out.stderr  # with a lint: "Lints for rule X (line N, file):" and exit status 1
+    assert out.returncode == 0 and "Lints for" not in text and "good condition" in text, text[-4000:]
 
 
 def _workdir_with(tmp_path, edit) -> Path:
     """A copy of the workflow whose config.yaml was changed by `edit(config)`."""
-    for name in ("Snakefile", "workflow", "profiles"):
+    for name in ("Snakefile", "workflow", "profiles", "envs"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -51,7 +82,9 @@ def test_released_checkpoint_skips_pretraining(tmp_path):
     wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"]["checkpoints"].update(vit=str(ckpt)))
     out = _dry_run(cwd=wd)
     assert out.returncode == 0, out.stderr
-    assert _job_counts(out.stdout)["pretrain"] == 2
+    counts = _job_counts(out.stdout)
+    assert counts["pretrain"] == 2 * 3  # the other two runs, each seed
+    assert counts["evaluate"] == 2 * 3 + 1  # the released file: evaluated once, not once per seed
 
 
 def test_schema_rejects_a_misspelt_key_before_any_job(tmp_path):
@@ -80,7 +113,7 @@ def test_paper_preset_names_every_missing_dataset_path():
     assert out.returncode != 0
     for key in ("data.imagenet", "data.imagenet_c", "data.imagenet_a", "data.imagenet_r", "data.imagenet_sketch",
                 "segmentation.datasets.voc.root", "segmentation.datasets.cityscapes.root",
-                "segmentation.datasets.ade20k.root", "segmentation.backbones.absvit.checkpoint"):
+                "segmentation.datasets.ade20k.root", "segmentation.backbones.absvit.checkpoint", "figures.scenes"):
         assert f"presets.paper.{key}: /" in out.stderr, (key, out.stderr)
 
 
@@ -108,7 +141,7 @@ def test_jobs_run_in_snakemakes_environment_and_a_changed_recipe_starts_fresh(tm
     wd = _workdir_with(tmp_path, _tiny_embedded)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["PATH"] = "/usr/bin:/bin"  # here `python` is missing, and `python3` has no torch
-    target = "results/embedded/pretrain/vit/model.pth"
+    target = "results/embedded/pretrain/vit/s0/model.pth"
 
     def run():
         out = subprocess.run([SNAKEMAKE, "--cores", "2", target], cwd=wd, env=env, capture_output=True, text=True)
@@ -126,4 +159,15 @@ def test_jobs_run_in_snakemakes_environment_and_a_changed_recipe_starts_fresh(tm
     assert second["args"]["lr"] == 0.004
     (stale,) = folder.glob("stale-*")
     assert torch.load(stale / "checkpoint.pth", weights_only=True)["args"]["lr"] == 0.008
-    assert "moved it aside" in (wd / "results/embedded/logs/pretrain/vit.log").read_text()
+    assert "moved it aside" in (wd / "results/embedded/logs/pretrain/vit-s0.log").read_text()
+
+
+def test_the_conda_environment_pins_what_ci_installs():
+    """Every rule's `conda:` environment lists requirements.lock's pins inline (Snakemake copies the file, so a
+    relative `-r requirements.lock` would not resolve)."""
+    env = yaml.safe_load((ROOT / "envs" / "environment.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    lock = [line.strip() for line in (ROOT / "envs" / "requirements.lock").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert pip == lock
+    assert "python=3.11" in env["dependencies"]

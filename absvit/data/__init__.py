@@ -14,6 +14,7 @@ LAYOUTS = {
     "voc": "VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation}",
     "cityscapes": "leftImg8bit/{train,val}/<city>/ and gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png",
     "ade20k": "ADEChallengeData2016/{images,annotations}/{training,validation}/",
+    "scenes": "a folder with manifest.csv (image, object, class_index[, mask]) and the files it names",
     "checkpoint": "a checkpoint file (official layout with 'model', or absvit pretrain's model.pth)",
     "resnet_weights": "timm ImageNet weights (.safetensors or .pth state dict)",
 }

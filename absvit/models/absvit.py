@@ -265,6 +265,18 @@ class AbSViT(VisionTransformer):
         tokens = self.run_blocks(x0, tds, depth=depth)[0][:, self.num_prefix_tokens:]
         return tokens.norm(dim=-1).reshape(x.shape[0], *self.patch_embed.grid_size)
 
+    @torch.no_grad()
+    def first_layer_inputs(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None, *,
+                           top_down: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(x0_bu, x0_td)``, each (B, N, D): what block 0's attention values receive (appendix Fig. 4).
+
+        x0_bu is the first block's layer-normed input, x0_td the top-down signal pass 2 adds to it
+        (``v = W_v (x0_bu + x0_td) + 2 b_v``), so ``x0_bu + x0_td`` is what the values see. x0_td is
+        None with ``top_down=False`` (pass 1 is then not run)."""
+        x0 = self.embed(x)
+        td = self.top_down(self.norm(self.run_blocks(x0)[0]), prior, alpha)[0] if top_down else None
+        return self.blocks[0].norm1(x0), td
+
     def load_checkpoint(self, path, *, ema: bool = False) -> "AbSViT":
         from absvit.checkpoint import load_checkpoint
 

@@ -1,17 +1,6 @@
-# Two-arm robustness comparisons from the runs' eval JSONs: the L_var ablation (Table 2) and
-# ViT vs AbSViT (Table 3). Both run `absvit ablation`; the arms come from presets.<preset>.table2 / table3.
-
-EVAL_DIR = Path(rules.evaluate.output.json).parent  # results/<preset>/eval/{run}
-
-
-def comparison_inputs(table):
-    """Every eval JSON of the runs presets.<preset>.<table> compares."""
-    return expand(rules.evaluate.output.json, run=list(P[table].values()), suite=SUITES)
-
-
-def comparison_arms(table):
-    """`--arm ARM=RUN:EVAL_DIR ...` of the runs named by presets.<preset>.<table>."""
-    return " ".join(f"{arm}={run}:{expand(EVAL_DIR, run=run)[0]}" for arm, run in P[table].items())
+# Two-arm robustness comparisons from the runs' eval JSONs, over all seeds: the L_var ablation
+# (Table 2) and ViT vs AbSViT (Table 3). Both run `absvit ablation`; the arms come from
+# presets.<preset>.table2 / table3.
 
 
 rule lvar_ablation:
@@ -21,17 +10,21 @@ rule lvar_ablation:
     output:
         csv=OUT / "ablation" / "lvar.csv",
     params:
+        python=PYTHON,
         arms=comparison_arms("table2"),
         label=P["label"],
         tracking=tracking(),
+        preset=PRESET,
     log:
         LOGS / "lvar_ablation.log",
     benchmark:
         BENCH / "lvar_ablation.tsv"
     threads: 1
+    conda:
+        ENV
     shell:
-        "{PYTHON} -m absvit ablation --name lvar --arm {params.arms} --label {params.label:q}"
-        " --preset {PRESET} --out {output} {params.tracking} > {log} 2>&1"
+        "{params.python} -m absvit ablation --name lvar --arm {params.arms} --label {params.label:q}"
+        " --preset {params.preset} --out {output} {params.tracking} > {log} 2>&1"
 
 
 rule robustness_comparison:
@@ -41,14 +34,18 @@ rule robustness_comparison:
     output:
         csv=OUT / "ablation" / "robustness.csv",
     params:
+        python=PYTHON,
         arms=comparison_arms("table3"),
         label=P["label"],
         tracking=tracking(),
+        preset=PRESET,
     log:
         LOGS / "robustness_comparison.log",
     benchmark:
         BENCH / "robustness_comparison.tsv"
     threads: 1
+    conda:
+        ENV
     shell:
-        "{PYTHON} -m absvit ablation --name robustness --arm {params.arms} --label {params.label:q}"
-        " --preset {PRESET} --out {output} {params.tracking} > {log} 2>&1"
+        "{params.python} -m absvit ablation --name robustness --arm {params.arms} --label {params.label:q}"
+        " --preset {params.preset} --out {output} {params.tracking} > {log} 2>&1"

@@ -1,12 +1,15 @@
-# Config validation and the paths every stage shares.
+# Config validation, the paths every stage shares, and every helper function the rules call (the
+# rule files hold rules only).
 import shlex
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from absvit.data import LAYOUTS, SUITES  # dataset layouts; the robustness suites (`absvit evaluate --suite`)
+from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
 
 
 def _validate(config):
@@ -32,6 +35,8 @@ TABLES = OUT / "tables"
 LOGS = OUT / "logs"
 BENCH = OUT / "benchmarks"
 RUNS = P["runs"]
+SEEDS = P["seeds"]  # every pretraining run, and every job downstream of it, runs once per seed
+ENV = "../../envs/environment.yaml"  # each rule's conda environment (relative to workflow/rules/)
 
 
 def _check_config():
@@ -47,6 +52,14 @@ def _check_config():
         if not RUNS[P["table3"][key]]["model"].startswith(f"{key}_"):
             raise WorkflowError(f"config key '{where}.table3.{key}': run {P['table3'][key]!r} is a "
                                 f"{RUNS[P['table3'][key]]['model']}, not a {key}_* model")
+    for key, recipe in (("recipe", P["recipe"]), ("segmentation.recipe", P["segmentation"]["recipe"]),
+                        *((f"segmentation.datasets.{d}.recipe", v["recipe"]) for d, v in P["segmentation"]["datasets"].items())):
+        if "seed" in recipe:
+            raise WorkflowError(f"config key '{where}.{key}.seed': set the seeds with '{where}.seeds' (a list)")
+    fig = P.get("figures")
+    for key, kind in (("absvit_run", "absvit_"), ("vit_run", "vit_")) if fig else ():
+        if fig[key] not in RUNS or not RUNS[fig[key]]["model"].startswith(kind):
+            raise WorkflowError(f"config key '{where}.figures.{key}': {fig[key]!r} is not a {kind}* run of {where}.runs")
     for run in P["checkpoints"]:
         if run not in RUNS:
             raise WorkflowError(f"config key '{where}.checkpoints.{run}': no such run in {where}.runs")
@@ -71,8 +84,9 @@ def _check_config():
 _check_config()
 
 # Every verb runs with the Python that runs Snakemake (the project's environment), not whatever
-# `python` is first on PATH.
-PYTHON = shlex.quote(sys.executable)
+# `python` is first on PATH; with --software-deployment-method conda, with the rule's environment's.
+CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+PYTHON = "python" if CONDA else shlex.quote(sys.executable)
 
 # Dataset roots: generated under results/data/embedded, or the real paths from the preset.
 if "generate" in P["data"]:
@@ -98,6 +112,8 @@ def _configured_paths():
             yield f"{where}.data.{key}", Path(P["data"][key]), LAYOUTS[key]
     for run, path in P["checkpoints"].items():
         yield f"{where}.checkpoints.{run}", Path(path), LAYOUTS["checkpoint"]
+    if P.get("figures") and not isinstance(P["figures"]["scenes"], dict):
+        yield f"{where}.figures.scenes", Path(P["figures"]["scenes"]) / "manifest.csv", LAYOUTS["scenes"]
     seg = P["segmentation"]
     if "generate" not in seg:
         for name, d in seg["datasets"].items():
@@ -133,3 +149,90 @@ def submit(stage, wildcards_name):
 
 def tracking():
     return f"--tracking-uri {config['mlflow_uri']}" if config["mlflow_uri"] else ""
+
+
+def pretrained(run):
+    """Runs that `pretrain` makes (once per seed); a run with a released checkpoint is that one file."""
+    return run not in P["checkpoints"]
+
+
+def run_seeds(run):
+    """The seeds of a run's weights: every seed of a pretrained run, the first alone for a released file."""
+    return SEEDS if pretrained(run) else SEEDS[:1]
+
+
+def weights(run, seed):
+    """A run's weights: its configured released checkpoint, else what `pretrain` makes for ``seed``."""
+    return P["checkpoints"].get(run) or expand(rules.pretrain.output.model, run=run, seed=seed)[0]
+
+
+def recipe_args(run, seed):
+    values = {**P["recipe"], "seed": int(seed)}
+    if "var_weight" in RUNS[run]:
+        values["var_weight"] = RUNS[run]["var_weight"]
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
+EVAL_DIR = OUT / "eval" / "{run}" / "s{seed}"  # `evaluate` writes <suite>.json here
+
+
+def eval_outputs(runs):
+    """Every eval JSON of ``runs``: each run x its seeds x suite."""
+    return [path for run in runs for path in expand(EVAL_DIR / "{suite}.json", run=run, seed=run_seeds(run), suite=SUITES)]
+
+
+def comparison_inputs(table):
+    """Every eval JSON of the runs presets.<preset>.<table> compares."""
+    return eval_outputs(P[table].values())
+
+
+def comparison_arms(table):
+    """`ARM=RUN:EVAL_DIR ...`, one per arm and seed, of the runs named by presets.<preset>.<table>."""
+    return " ".join(f"{arm}={run}:{expand(EVAL_DIR, run=run, seed=seed)[0]}"
+                    for arm, run in P[table].items() for seed in run_seeds(run))
+
+
+def imagenet_c_input():
+    """The ImageNet-C root for evaluation: generated shards, or the configured tree."""
+    if GENERATED:
+        return expand(rules.imagenet_c_shard.output.shard, corruption=CORRUPTIONS, severity=SEVERITIES)
+    return [DATA["imagenet-c"]]
+
+
+# Segmentation (Table 1)
+SEG = P["segmentation"]
+SEG_BACKBONES = SEG["backbones"]
+SEG_DATASETS = SEG["datasets"]
+SEG_GENERATED = "generate" in SEG
+SEG_DATA_ROOT = Path("results") / "data" / PRESET / "segmentation"
+
+
+def seg_root(dataset):
+    return SEG_DATA_ROOT / dataset if SEG_GENERATED else Path(SEG_DATASETS[dataset]["root"])
+
+
+def seg_weights(name, seed):
+    """The backbone's starting weights: a pretraining run's model.pth of ``seed``, a configured file, or none."""
+    b = SEG_BACKBONES[name]
+    if b.get("run"):
+        return [weights(b["run"], seed)]
+    return [b["checkpoint"]] if b.get("checkpoint") else []
+
+
+# The appendix figures (figures.smk), when the preset has a `figures:` key
+FIG = P.get("figures")
+FIGURES = OUT / "figures"
+SCENES_GENERATED = bool(FIG) and isinstance(FIG["scenes"], dict)
+SCENES = Path("results") / "data" / PRESET / "scenes" if SCENES_GENERATED else Path(FIG["scenes"]) if FIG else None
+
+
+def figure_outputs():
+    """The figures' score tables of every seed of the AbSViT run (none without `figures:`)."""
+    if not FIG:
+        return []
+    return expand(FIGURES / "s{seed}" / "figures.json", seed=run_seeds(FIG["absvit_run"]))
+
+
+def seg_recipe_args(dataset, seed):
+    values = {**SEG["recipe"], **SEG_DATASETS[dataset]["recipe"], "seed": int(seed)}
+    return " ".join(f"{k}={v}" for k, v in values.items())

@@ -1,7 +1,6 @@
 # Data prep of the embedded default: the generated dataset, and ImageNet-C shards made from its
 # val split. A preset with real datasets (`data.imagenet`, ...) has no data-prep jobs: its
 # configured folders are the inputs, checked to exist before the DAG is built (common.smk).
-from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
 
 if GENERATED:
 
@@ -10,6 +9,7 @@ if GENERATED:
         output:
             [directory(DATA[s]) for s in ("train", "val", "imagenet-a", "imagenet-r", "imagenet-sketch")],
         params:
+            python=PYTHON,
             g=P["data"]["generate"],
             root=DATA["train"].parent,
             per_class=" ".join(f"{k}={v}" for k, v in P["data"]["generate"]["per_class"].items()),
@@ -20,8 +20,10 @@ if GENERATED:
         threads: 1
         resources:
             mem_mb=1000,
+        conda:
+            ENV
         shell:
-            "{PYTHON} -m absvit data embedded --out {params.root} --seed {params.g[seed]} --size {params.g[size]}"
+            "{params.python} -m absvit data embedded --out {params.root} --seed {params.g[seed]} --size {params.g[size]}"
             " --per-class {params.per_class} > {log} 2>&1"
 
     rule imagenet_c_shard:
@@ -45,14 +47,9 @@ if GENERATED:
         threads: P["resources"]["imagenet_c"]["threads"]
         resources:
             mem_mb=1000,
+        conda:
+            ENV
         shell:
             "{params.submit} data make-imagenet-c --src {input} --out {params.root}"
             " --corruption {wildcards.corruption} --severity {wildcards.severity}"
             " --resize {params.c[resize]} --crop {params.c[crop]} {params.per_class} > {log} 2>&1"
-
-
-def imagenet_c_input():
-    """The ImageNet-C root for evaluation: generated shards, or the configured tree."""
-    if GENERATED:
-        return expand(rules.imagenet_c_shard.output.shard, corruption=CORRUPTIONS, severity=SEVERITIES)
-    return [DATA["imagenet-c"]]

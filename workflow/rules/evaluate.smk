@@ -1,33 +1,37 @@
-# Robustness evaluation: every run x suite, one JSON each.
+# Robustness evaluation: every run x seed, all five suites in one job (one model load), one JSON each.
 
 
 rule evaluate:
-    """Evaluate one run's weights on one robustness suite into one JSON file."""
+    """Evaluate one run's weights of one seed on every robustness suite, one JSON file per suite."""
     input:
-        weights=lambda wc: weights(wc.run),
-        data=lambda wc: imagenet_c_input() if wc.suite == "imagenet-c" else [SUITE_DATA[wc.suite]],
+        weights=lambda wc: weights(wc.run, wc.seed),
+        data=[SUITE_DATA[s] for s in SUITES if s != "imagenet-c"] + imagenet_c_input(),
     output:
-        json=OUT / "eval" / "{run}" / "{suite}.json",
+        [EVAL_DIR / f"{suite}.json" for suite in SUITES],
     wildcard_constraints:
-        suite="|".join(SUITES),
+        seed=r"\d+",
     params:
         model=lambda wc: RUNS[wc.run]["model"],
-        root=lambda wc: SUITE_DATA[wc.suite],
+        suites=" ".join(SUITES),
+        roots=" ".join(str(SUITE_DATA[s]) for s in SUITES),
         e=P["evaluate"],
         ema="--ema" if P["evaluate"]["ema"] else "",
         classes="" if GENERATED else "--classes imagenet-1k",
-        submit=lambda wc: submit("evaluate", f"{wc.run}-{wc.suite}"),
+        submit=lambda wc: submit("evaluate", f"{wc.run}-s{wc.seed}"),
         tracking=tracking(),
+        preset=PRESET,
     log:
-        LOGS / "evaluate" / "{run}-{suite}.log",
+        LOGS / "evaluate" / "{run}-s{seed}.log",
     benchmark:
-        BENCH / "evaluate" / "{run}-{suite}.tsv"
+        BENCH / "evaluate" / "{run}-s{seed}.tsv"
     threads: P["resources"]["evaluate"]["threads"]
     resources:
         mem_mb=2000,
+    conda:
+        ENV
     shell:
-        "{params.submit} evaluate --model {params.model} --checkpoint {input.weights} --suite {wildcards.suite}"
-        " --data {params.root} --out {output} {params.ema} {params.classes} --img-size {params.e[img_size]}"
+        "{params.submit} evaluate --model {params.model} --checkpoint {input.weights} --suite {params.suites}"
+        " --data {params.roots} --out {output} {params.ema} {params.classes} --img-size {params.e[img_size]}"
         " --crop-pct {params.e[crop_pct]} --batch-size {params.e[batch_size]} --workers {params.e[workers]}"
-        " --run-name evaluate/{PRESET}/{wildcards.run}/{wildcards.suite} {params.tracking}"
-        " --preset {PRESET} --run {wildcards.run} > {log} 2>&1"
+        " --run-name evaluate/{params.preset}/{wildcards.run}/s{wildcards.seed} {params.tracking}"
+        " --preset {params.preset} --run {wildcards.run} > {log} 2>&1"

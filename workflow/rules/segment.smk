@@ -1,28 +1,5 @@
-# Segmentation (Table 1): the embedded default's generated sets, and UperNet fine-tuning of every backbone on
-# every dataset (`absvit segment`).
-SEG = P["segmentation"]
-SEG_BACKBONES = SEG["backbones"]
-SEG_DATASETS = SEG["datasets"]
-SEG_GENERATED = "generate" in SEG
-SEG_DATA_ROOT = Path("results") / "data" / PRESET / "segmentation"
-
-
-def seg_root(dataset):
-    return SEG_DATA_ROOT / dataset if SEG_GENERATED else Path(SEG_DATASETS[dataset]["root"])
-
-
-def seg_weights(name):
-    """The backbone's starting weights: a pretraining run's model.pth, a configured file, or none."""
-    b = SEG_BACKBONES[name]
-    if b.get("run"):
-        return [weights(b["run"])]
-    return [b["checkpoint"]] if b.get("checkpoint") else []
-
-
-def seg_recipe_args(dataset):
-    values = {**SEG["recipe"], **SEG_DATASETS[dataset]["recipe"]}
-    return " ".join(f"{k}={v}" for k, v in values.items())
-
+# Segmentation (Table 1): the embedded default's generated sets, and UperNet fine-tuning of every
+# backbone on every dataset, once per seed (`absvit segment`).
 
 if SEG_GENERATED:
 
@@ -31,45 +8,53 @@ if SEG_GENERATED:
         output:
             [directory(SEG_DATA_ROOT / d) for d in ("voc", "cityscapes", "ade20k")],
         params:
+            python=PYTHON,
             g=SEG["generate"],
+            root=SEG_DATA_ROOT,
             per_split=" ".join(f"{k}={v}" for k, v in SEG["generate"]["per_split"].items()),
         log:
             LOGS / "segmentation_dataset.log",
         benchmark:
             BENCH / "segmentation_dataset.tsv"
         threads: 1
+        conda:
+            ENV
         shell:
-            "{PYTHON} -m absvit data embedded-segmentation --out {SEG_DATA_ROOT} --seed {params.g[seed]}"
+            "{params.python} -m absvit data embedded-segmentation --out {params.root} --seed {params.g[seed]}"
             " --per-split {params.per_split} > {log} 2>&1"
 
 
 rule segment:
-    """Fine-tune one backbone on one dataset, then evaluate it (mIoU, per-class IoU)."""
+    """Fine-tune one backbone on one dataset with one seed, then evaluate it (mIoU, per-class IoU)."""
     input:
         data=lambda wc: seg_root(wc.dataset),
-        weights=lambda wc: seg_weights(wc.backbone),
+        weights=lambda wc: seg_weights(wc.backbone, wc.seed),
     output:
-        result=OUT / "segment" / "{backbone}" / "{dataset}" / "result.json",
+        result=OUT / "segment" / "{backbone}" / "{dataset}" / "s{seed}" / "result.json",
     wildcard_constraints:
         backbone="|".join(SEG_BACKBONES),
         dataset="|".join(SEG_DATASETS),
+        seed=r"\d+",
     params:
         b=lambda wc: SEG_BACKBONES[wc.backbone],
         ckpt=lambda wc, input: f"--checkpoint {input.weights[0]}" if input.weights else "",
         ema=lambda wc: "--ema" if SEG_BACKBONES[wc.backbone].get("ema") else "",
-        recipe=lambda wc: seg_recipe_args(wc.dataset),
-        submit=lambda wc: submit("segment", f"{wc.backbone}-{wc.dataset}"),
+        recipe=lambda wc: seg_recipe_args(wc.dataset, wc.seed),
+        submit=lambda wc: submit("segment", f"{wc.backbone}-{wc.dataset}-s{wc.seed}"),
         out=lambda wc, output: Path(output.result).parent,
         tracking=tracking(),
+        preset=PRESET,
     log:
-        LOGS / "segment" / "{backbone}-{dataset}.log",
+        LOGS / "segment" / "{backbone}-{dataset}-s{seed}.log",
     benchmark:
-        BENCH / "segment" / "{backbone}-{dataset}.tsv"
+        BENCH / "segment" / "{backbone}-{dataset}-s{seed}.tsv"
     threads: P["resources"]["segment"]["threads"]
     resources:
         mem_mb=4000,
+    conda:
+        ENV
     shell:
         "{params.submit} segment --backbone {params.b[kind]} --model {params.b[model]} --dataset {wildcards.dataset}"
-        " --data {input.data} --out {params.out} {params.ckpt} {params.ema} --preset {PRESET} --run {wildcards.backbone}"
-        " --run-name segment/{PRESET}/{wildcards.backbone}/{wildcards.dataset} {params.tracking}"
+        " --data {input.data} --out {params.out} {params.ckpt} {params.ema} --preset {params.preset} --run {wildcards.backbone}"
+        " --run-name segment/{params.preset}/{wildcards.backbone}/{wildcards.dataset}/s{wildcards.seed} {params.tracking}"
         " --fresh-on-change --set {params.recipe} > {log} 2>&1"

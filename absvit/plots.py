@@ -1,0 +1,86 @@
+"""Panel grids for the appendix figures: images, attention maps overlaid on them, decoded images.
+
+A grid is rows of panels; a panel is a dict with ``image`` (H, W, 3 RGB in [0, 1]), optionally ``map``
+(a display-normalised attention map in [0, 1] on any grid, drawn over the image with a colour bar
+for the figure) and ``title`` (else the column's title, on the first row); None leaves the cell blank. Each grid is written as PNG and vector
+PDF, 7 in wide by default (a two-column paper's \\textwidth).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from absvit.io import atomic_path
+
+CMAP = "jet"
+OVERLAY_ALPHA = 0.5
+DPI = 200
+
+
+def _upsample(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize((size[1], size[0]), Image.BILINEAR))
+
+
+def save_grid(stem, rows: list[list[dict | None]], *, width: float = 7.0, row_labels: list[str] | None = None,
+              col_titles: list[str] | None = None, colorbar_label: str | None = None, suptitle: str | None = None) -> dict:
+    """Write ``<stem>.png`` and ``<stem>.pdf``; returns their paths and the layout (rows, cols, panels, axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    nrows, ncols = len(rows), max(len(r) for r in rows)
+    has_map = any(p is not None and p.get("map") is not None for r in rows for p in r)
+    per_panel = any(p is not None and p.get("title") for r in rows for p in r)  # titles on every row
+    # a fixed layout (inches), cheaper than matplotlib's constrained layout and the same for every run
+    left, right, gap = (0.22 if row_labels else 0.02), (0.6 if has_map else 0.02), 0.03
+    title_h = 0.17 if per_panel else 0.0
+    top = (0.28 if suptitle else 0.02) + (0.17 if col_titles and not per_panel else 0.0)
+    cell = (width - left - right - (ncols - 1) * gap) / ncols
+    height = top + nrows * (title_h + cell) + (nrows - 1) * gap + 0.03
+    fig = plt.figure(figsize=(width, height))
+    panels = 0
+    for i, row in enumerate(rows):
+        y = height - top - (i + 1) * (title_h + cell) - i * gap
+        for j, p in enumerate(row):
+            if p is None:
+                continue
+            ax = fig.add_axes([(left + j * (cell + gap)) / width, y / height, cell / width, cell / height])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            panels += 1
+            ax.imshow(p["image"], interpolation="nearest")
+            if p.get("map") is not None:
+                up = _upsample(p["map"], p["image"].shape[:2])
+                ax.imshow(np.ma.masked_less_equal(up, 0), cmap=CMAP, vmin=0, vmax=1, alpha=OVERLAY_ALPHA,
+                          interpolation="nearest")
+            title = p.get("title") or (col_titles[j] if col_titles and i == 0 and j < len(col_titles) else None)
+            if title:
+                ax.set_title(title, fontsize=7, pad=2)
+            if row_labels and j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=7, labelpad=2)
+    if has_map:
+        span = min(height - top - title_h - 0.05, 2.6)
+        bar_ax = fig.add_axes([(width - right + 0.08) / width, (height - top - title_h - span) / height,
+                               0.1 / width, span / height])
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=CMAP), cax=bar_ax)
+        bar.set_label(colorbar_label or "attention", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=8, y=1 - 0.05 / height, va="top")
+    stem = Path(stem)
+    out = {"rows": nrows, "cols": ncols, "panels": panels, "axes": len(fig.axes), "width_in": width,
+           "height_in": round(height, 3)}
+    for ext, kw in (("png", {"dpi": DPI}), ("pdf", {})):
+        with atomic_path(stem.with_suffix(f".{ext}")) as tmp:
+            fig.savefig(tmp, format=ext, **kw)
+        out[ext] = str(stem.with_suffix(f".{ext}"))
+    plt.close(fig)
+    return out

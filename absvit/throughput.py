@@ -1,0 +1,363 @@
+"""Throughputs and dataset sizes behind ``absvit plan``'s expected times, each with where it comes from.
+
+- GPU rates: the GPU benchmark's JSON when given (``load_gpu_bench``, read by ``Throughputs``), else the
+  H200 measurements quoted in issue 10 (``DEFAULT_STEP``, ``DEFAULT_LOOP``, ``DEFAULT_SEG_STEP``), plus two
+  stated factors (``EVAL_SPEEDUP``, an assumption; ``DECODE_PER_CPU``, a lower bound from issue 10's loop).
+- CPU presets: per-job times measured on a reference run of the embedded DAG on a 2-core machine
+  (``CPU_*``).
+- Dataset sizes: counted in the configured folders when they exist, else the published sizes
+  (``PUBLISHED``); a generated preset's sizes follow from its config (``dataset_sizes``).
+
+``estimate_*`` turn these into the seconds of each job of a stage (work / throughput, or a previous
+run's mean per-job time), each with the formula and numbers used as its source; ``absvit.plan`` sums
+them into the plan.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from absvit.errors import UsageError
+
+SUITES = ("clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch")  # absvit.data.SUITES
+IMAGENET_C_SHARDS = 15 * 5  # corruptions x severities
+
+# Published sizes (images) of the datasets, used when the configured folder does not exist.
+PUBLISHED = {"train": 1_281_167, "clean": 50_000, "imagenet-c": IMAGENET_C_SHARDS * 50_000, "imagenet-a": 7_500,
+             "imagenet-r": 30_000, "imagenet-sketch": 50_889}
+DATA_KEYS = {"clean": "imagenet", "imagenet-c": "imagenet_c", "imagenet-a": "imagenet_a", "imagenet-r": "imagenet_r",
+             "imagenet-sketch": "imagenet_sketch"}
+
+# Issue 10: one H200, bf16 autocast, channels-last, fused AdamW, code at 0b0db1f.
+H200 = "issue 10, one H200 (0b0db1f)"
+DEFAULT_STEP = {  # bare training step, img/s at 224 px (batch 256 for Ti/S, 128 for B), eager
+    "vit_tiny_patch16_224": 8459, "absvit_tiny_patch16_224": 3998, "vit_small_patch16_224": 5757,
+    "absvit_small_patch16_224": 2608, "vit_base_patch16_224": 2656, "absvit_base_patch16_224": 1184}
+DEFAULT_LOOP = {"absvit_base_patch16_224": 1077, "vit_base_patch16_224": 2093}  # the real pretraining loop, batch 128
+# The real loop's share of the bare step, measured at base size (EMA, mixup and the per-step sync make the
+# difference); applied to the sizes whose loop was not measured.
+LOOP_SHARE = {"absvit": 1077 / 1184, "vit": 2093 / 2656}
+DEFAULT_SEG_STEP = {"absvit_base_patch16_224": 0.344, "vit_base_patch16_224": 0.301}  # UperNet, batch 16, 512x512
+SEG_STANDIN = "vit_base_patch16_224"  # the stand-in for a backbone without a measured step (ResNet-101)
+EVAL_SPEEDUP = 3.0  # inference (no backward, no optimizer) ~3x the training step: an assumption
+DECODE_PER_CPU = 150.0  # img/s one loader CPU delivers: issue 10's loop got >= 2,093 img/s from 14 workers
+# CPU presets: measured on the embedded DAG (config at eba624c, 2 cores, local launcher), per job.
+CPU_REF = "embedded DAG on a 2-core machine (eba624c)"
+CPU_PRETRAIN = {"absvit": 127.0, "vit": 223.0}  # img/s: 8 epochs x 2,400 images in 151 s / 86 s, validation included
+CPU_EVAL = (10.0, 300.0)  # start-up s, img/s: 200 images in 12.4 s, 3,000 in 21.7 s
+CPU_SEGMENT = (8.0, 0.042)  # start-up s, s per 64x64 crop trained: 60 iterations x batch 8 in ~28 s
+CPU_SHARD = (0.8, 0.005)  # start-up s, s per image
+CPU_FIXED = {"embedded_dataset": 5.9, "segmentation_dataset": 1.9, "lvar_ablation": 3.9, "robustness_comparison": 3.2,
+             "tables": 0.8}  # s per job (the local stages, any preset)
+DEFAULT_GPU_BENCH = Path("results") / "benchmarks" / "gpu.json"
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def load_gpu_bench(path) -> dict:
+    """The GPU benchmark's JSON, checked: ``{"card": str, "rows": [{"kind": "step"|"loop", "model", "batch",
+    "img_size", "compiled", "img_s"}, {"kind": "segment", "model", "batch", "crop": [h, w], "step_s"}]}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--gpu-bench {path}: no such file (the GPU benchmark writes it; leave the flag out to use "
+                         "the stated default throughputs)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"--gpu-bench {path}: not a JSON file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise UsageError(f"--gpu-bench {path}: expected an object with `card` and a `rows` list")
+
+    def number(row, key):
+        return isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool) and row[key] > 0
+
+    for i, row in enumerate(data["rows"]):
+        kind = row.get("kind") if isinstance(row, dict) else None
+        if kind not in ("step", "loop", "segment") or not isinstance(row.get("model"), str):
+            raise UsageError(f"--gpu-bench {path}: rows[{i}]: expected a `kind` of step / loop / segment and a `model`, "
+                             f"got {row!r}")
+        if kind == "segment":
+            crop = row.get("crop")
+            ok = number(row, "step_s") and number(row, "batch") and isinstance(crop, list) and len(crop) == 2 \
+                and all(isinstance(c, int) and c > 0 for c in crop)
+            if not ok:
+                raise UsageError(f"--gpu-bench {path}: rows[{i}] (segment, {row['model']}): expected step_s > 0, "
+                                 f"batch and crop [h, w], got {row!r}")
+        elif not number(row, "img_s"):
+            raise UsageError(f"--gpu-bench {path}: rows[{i}] ({kind}, {row['model']}): expected img_s > 0, got {row!r}")
+    data.setdefault("card", "unknown card")
+    return data
+
+
+def _count_images(folder: Path) -> int:
+    n = 0
+    for _, _, files in os.walk(folder):
+        n += sum(1 for f in files if f.lower().endswith((".jpeg", ".jpg", ".png")))
+    return n
+
+
+def dataset_sizes(preset_cfg: dict, *, count: bool = True) -> dict[str, tuple[int, str]]:
+    """split -> (images, where the number comes from) for train and the five suites."""
+    data = preset_cfg["data"]
+    if "generate" in data:
+        from absvit.data.synthetic import classes_of
+
+        per = data["generate"]["per_class"]
+        out = {s: (per.get(k, 0) * len(classes_of(k)), f"generated: {per.get(k, 0)} per class (config)")
+               for s, k in (("train", "train"), ("clean", "val"), ("imagenet-a", "imagenet-a"),
+                            ("imagenet-r", "imagenet-r"), ("imagenet-sketch", "imagenet-sketch"))}
+        c = min(data["make_imagenet_c"].get("per_class") or per["val"], per["val"])
+        out["imagenet-c"] = (c * len(classes_of("val")) * IMAGENET_C_SHARDS, f"generated: {c} per class x 75 shards")
+        return out
+    folders = {"train": Path(data["imagenet"]) / "train", "clean": Path(data["imagenet"]) / "val",
+               **{s: Path(data[DATA_KEYS[s]]) for s in SUITES if s != "clean"}}
+    out = {}
+    for split, folder in folders.items():
+        if count and folder.is_dir():
+            out[split] = (_count_images(folder), f"counted in {folder}")
+        else:
+            why = "not counted" if folder.is_dir() else "folder absent"
+            out[split] = (PUBLISHED[split], f"published size ({why}: {folder})")
+    return out
+
+
+# -- throughputs -------------------------------------------------------------------------------
+
+def _kind(model: str) -> str:
+    return "absvit" if model.startswith("absvit_") else "vit"
+
+
+class Throughputs:
+    """Per-GPU rates from the GPU benchmark's JSON, else the stated defaults."""
+
+    def __init__(self, bench: dict | None = None, path=None):
+        self.bench, self.where = bench, f"{path} ({bench['card']})" if bench else None
+
+    def _rows(self, kind: str, model: str, img_size: int | None = None) -> list[dict]:
+        rows = (self.bench or {}).get("rows", [])
+        return [r for r in rows if r["kind"] == kind and r["model"] == model
+                and (img_size is None or r.get("img_size", img_size) == img_size)]
+
+    def _scaled(self, rate: float, img_size: int) -> tuple[float, str]:
+        return (rate, "") if img_size == 224 else (rate * (224 / img_size) ** 2, f", x (224/{img_size})^2 pixels")
+
+    def step(self, model: str, img_size: int) -> tuple[float, str]:
+        """The bare training step's img/s on one GPU."""
+        rows = self._rows("step", model, img_size)
+        if rows:
+            r = max(rows, key=lambda r: r["img_s"])
+            return r["img_s"], f"{self.where}: step {model} batch {r.get('batch')}{' compiled' if r.get('compiled') else ''}"
+        if model in DEFAULT_STEP:
+            rate, scale = self._scaled(DEFAULT_STEP[model], img_size)
+            return rate, f"default step {DEFAULT_STEP[model]} img/s ({H200}{scale})" + self._absent()
+        return math.nan, f"no measured step for {model}"
+
+    def train(self, model: str, img_size: int) -> tuple[float, str]:
+        """The real pretraining loop's img/s on one GPU."""
+        rows = self._rows("loop", model, img_size)
+        if rows:
+            r = max(rows, key=lambda r: r["img_s"])
+            return r["img_s"], f"{self.where}: loop {model} batch {r.get('batch')}{' compiled' if r.get('compiled') else ''}"
+        if not self._rows("step", model, img_size) and model in DEFAULT_LOOP:
+            rate, scale = self._scaled(DEFAULT_LOOP[model], img_size)
+            return rate, f"default loop {DEFAULT_LOOP[model]} img/s ({H200}{scale})" + self._absent()
+        step, source = self.step(model, img_size)
+        share = LOOP_SHARE[_kind(model)]
+        return step * share, f"{source} x {share:.2f} (the real loop's share of the step, measured at base size)"
+
+    def segment(self, model: str, batch: int, crop: tuple[int, int]) -> tuple[float, str, str]:
+        """Seconds per training step of UperNet on ``model`` on one GPU at this batch and crop, the source
+        of the measurement, and how it was scaled to this batch and crop."""
+        standin = ""
+        if not self._rows("segment", model) and model not in DEFAULT_SEG_STEP:
+            standin, model = f" ({model} not measured: {SEG_STANDIN}'s step stands in)", SEG_STANDIN
+        rows = self._rows("segment", model)
+        if rows:  # the measured crop closest in pixels
+            r = min(rows, key=lambda r: abs(r["crop"][0] * r["crop"][1] - crop[0] * crop[1]))
+            base, (b, h, w), src = r["step_s"], (r["batch"], *r["crop"]), f"{self.where}: segment {model}"
+        else:
+            base, (b, h, w) = DEFAULT_SEG_STEP[model], (16, 512, 512)
+            src = f"default {model} {base * 1000:.0f} ms/step ({H200}, before the matmul upsampling)" + self._absent()
+        scale = batch / b * crop[0] * crop[1] / (h * w)
+        note = "" if scale == 1 else f" (x {scale:g}: batch {batch}/{b}, crop {crop[0]}x{crop[1]} / {h}x{w})"
+        return base * scale, f"{src} at batch {b} {h}x{w}{standin}", note
+
+    def _absent(self) -> str:
+        return "; not in the GPU benchmark" if self.bench else ""
+
+
+# -- one job's time, per stage -----------------------------------------------------------------
+
+def gpus_of(request: dict | None) -> int:
+    """The GPUs of one job of a SLURM request (None: a local stage, none)."""
+    return int(request["gpus_per_node"]) * int(request.get("nodes", 1)) if request else 0
+
+
+def cpus_of(request: dict | None) -> int:
+    """The CPUs of one job of a SLURM request (None: a local stage, one)."""
+    if not request:
+        return 1
+    return int(request["cpus_per_task"]) * max(int(request["gpus_per_node"]), 1) * int(request.get("nodes", 1))
+
+
+@dataclass
+class StageInputs:
+    """What every stage's estimate reads: the preset's config, each stage's SLURM request, the rates, the
+    dataset sizes and a previous run's per-job times."""
+    preset: str
+    p: dict  # cfg["presets"][preset]
+    requests: dict[str, dict | None]  # stage -> its SLURM request (None: it runs on this machine)
+    cpu_preset: bool  # no SLURM stage asks for a GPU
+    rates: Throughputs
+    sizes: dict[str, tuple[int, str]]  # dataset_sizes()
+    seeds: list
+    results: Path | None
+    previous: dict[str, tuple[float, int]]  # stage -> (mean s/job, benchmark files) of a previous run
+
+    @property
+    def released(self) -> dict:
+        return self.p.get("checkpoints") or {}
+
+    def gpus(self, stage: str) -> int:
+        return gpus_of(self.requests[stage])
+
+    def cpus(self, stage: str) -> int:
+        return cpus_of(self.requests[stage])
+
+    def prev_of(self, stage: str) -> tuple[float, int] | None:
+        """A previous run's times: for CPU presets, and for stages that never leave this machine."""
+        return self.previous.get(stage) if (self.cpu_preset or not self.requests[stage]) else None
+
+    def prev_src(self, prev: tuple[float, int]) -> str:
+        return f"previous run: mean {prev[0]:.1f} s/job of {prev[1]} benchmark file(s) in {self.results}"
+
+
+Estimate = tuple[list[float], str]  # (seconds of each job, source)
+
+
+def estimate_local(inp: StageInputs, jobs: dict[str, int]) -> dict[str, Estimate]:
+    """The stages without a throughput model: a previous run's times, the reference run's fixed per-job
+    times, or (ImageNet-C shards) a per-image rate; else not estimated."""
+    estimates = {}
+    for stage in ("embedded_dataset", "segmentation_dataset", "lvar_ablation", "robustness_comparison", "tables",
+                  "scenes", "decoder", "figures", "imagenet_c_shard"):
+        n = jobs[stage]
+        prev = inp.prev_of(stage)
+        if prev:
+            estimates[stage] = ([prev[0]] * n, inp.prev_src(prev))
+        elif stage in CPU_FIXED:
+            estimates[stage] = ([CPU_FIXED[stage]] * n, f"{CPU_FIXED[stage]} s/job measured on the {CPU_REF}")
+        elif stage == "imagenet_c_shard" and n:
+            per_shard = inp.sizes["imagenet-c"][0] / IMAGENET_C_SHARDS
+            estimates[stage] = ([CPU_SHARD[0] + per_shard * CPU_SHARD[1]] * n,
+                                f"{CPU_SHARD[0]} s + {CPU_SHARD[1]} s/image ({CPU_REF}) x {per_shard:.0f} images/shard")
+        else:
+            estimates[stage] = ([math.nan] * n, "not estimated: no measured throughput for this stage yet"
+                                + ("" if inp.cpu_preset else " (a CPU preset's previous run gives one)"))
+    return estimates
+
+
+def estimate_pretrain(inp: StageInputs, notes: list[str]) -> Estimate:
+    """One job per trained run x seed; notes the runs whose GPUs would outpace the loader CPUs."""
+    from absvit.recipe import PretrainRecipe
+
+    p = inp.p
+    secs, formulas, used, hungry = [], {}, {}, {}
+    prev = inp.prev_of("pretrain")
+    g, c = inp.gpus("pretrain"), inp.cpus("pretrain")
+    n_train, n_val = inp.sizes["train"][0], inp.sizes["clean"][0]
+    for run, spec in p["runs"].items():
+        if run in inp.released:
+            continue
+        values = {**p.get("recipe", {}), **({"var_weight": spec["var_weight"]} if "var_weight" in spec else {})}
+        recipe = PretrainRecipe.from_dict(values, where=f"presets.{inp.preset}.recipe")
+        model = spec["model"]
+        if prev:
+            t = prev[0]
+            formulas[inp.prev_src(prev)] = None
+        elif g == 0:
+            rate = CPU_PRETRAIN[_kind(model)]
+            t = recipe.epochs * n_train / rate
+            formulas[f"{recipe.epochs} epochs x {n_train:,} images / img/s of the job ({CPU_REF}, validation "
+                      "included)"] = None
+            used[model] = f"{model} {rate:g} img/s"
+        else:
+            rate, rsrc = inp.rates.train(model, recipe.img_size)
+            step, _ = inp.rates.step(model, recipe.img_size)
+            passes = 2 if recipe.model_ema else 1
+            eval_rate = min(EVAL_SPEEDUP * step * g, DECODE_PER_CPU * c)
+            t = recipe.epochs * n_train / (rate * g) + recipe.epochs * passes * n_val / eval_rate
+            formulas[f"{recipe.epochs} epochs x {n_train:,} images / (loop img/s per GPU x {g} GPUs) + {recipe.epochs} x "
+                      f"{passes} validation pass(es) x {n_val:,} images / min({EVAL_SPEEDUP:g} x step x {g}, {c} CPUs x "
+                      f"{DECODE_PER_CPU:g}) img/s"] = None
+            used[model] = f"{model} {rate:.0f} img/s per GPU [{rsrc}]"
+            if rate * g / c > DECODE_PER_CPU:
+                hungry[run] = f"{run} {rate * g / c:.0f}"
+        secs += [t] * len(inp.seeds)
+    if hungry:
+        notes.append(f"pretrain: the GPUs would take img/s per loader CPU ({c} per job) of {', '.join(hungry.values())}; "
+                     f"issue 10 measured the loader only to >= {DECODE_PER_CPU:g} per worker, so these jobs may be "
+                     "loader-bound (GPU-side augmentation, or more CPUs per task)")
+    return secs, "; ".join([*formulas, *used.values()]) + f"; x {len(inp.seeds)} seed(s)"
+
+
+def estimate_evaluate(inp: StageInputs) -> Estimate:
+    """One job per run (x seed for trained runs) evaluating all five suites with one loaded model."""
+    secs, formulas, used = [], {}, {}
+    prev = inp.prev_of("evaluate")
+    g, c = inp.gpus("evaluate"), inp.cpus("evaluate")
+    img_size = inp.p.get("evaluate", {}).get("img_size", 224)
+    for run, spec in inp.p["runs"].items():
+        copies = 1 if run in inp.released else len(inp.seeds)
+        images = sum(inp.sizes[suite][0] for suite in SUITES)
+        if prev:
+            t = prev[0]
+            formulas[inp.prev_src(prev)] = None
+        elif g == 0:
+            t = CPU_EVAL[0] + images / CPU_EVAL[1]
+            formulas[f"{CPU_EVAL[0]:g} s + the five suites' images / {CPU_EVAL[1]:g} img/s ({CPU_REF})"] = None
+        else:
+            step, ssrc = inp.rates.step(spec["model"], img_size)
+            gpu_rate, loader = EVAL_SPEEDUP * step * g, DECODE_PER_CPU * c
+            t = images / min(gpu_rate, loader)
+            formulas[f"the five suites' images / min({EVAL_SPEEDUP:g} x step img/s x {g} GPU, {c} CPUs x "
+                     f"{DECODE_PER_CPU:g} img/s)"] = None
+            used[spec["model"]] = f"{spec['model']} [{ssrc}]: {'loader' if loader <= gpu_rate else 'GPU'}-bound"
+        secs += [t] * copies
+    sizes_src = ", ".join(f"{s} {n:,} ({src})" for s, (n, src) in inp.sizes.items())
+    return secs, "; ".join([*formulas, *used.values()]) + f". Images: {sizes_src}"
+
+
+def estimate_segment(inp: StageInputs) -> Estimate:
+    """Backbone x dataset x seed."""
+    from absvit.recipe import SegmentRecipe
+
+    seg = inp.p["segmentation"]
+    secs, formulas, used, per_job = [], {}, {}, []
+    prev = inp.prev_of("segment")
+    g = inp.gpus("segment")
+    for name, b in seg["backbones"].items():
+        for dataset, d in seg["datasets"].items():
+            r = SegmentRecipe.from_dict({**seg.get("recipe", {}), **d.get("recipe", {})},
+                                        where=f"presets.{inp.preset}.segmentation.datasets.{dataset}.recipe")
+            crop = (r.crop_height, r.crop_width)
+            if prev:
+                t = prev[0]
+                formulas[inp.prev_src(prev)] = None
+            elif g == 0:
+                t = CPU_SEGMENT[0] + r.iterations * CPU_SEGMENT[1] * r.batch_size * crop[0] * crop[1] / 64 ** 2
+                formulas[f"{CPU_SEGMENT[0]:g} s + iterations x batch x {CPU_SEGMENT[1]} s per 64x64 crop "
+                          f"({CPU_REF})"] = None
+            else:
+                step, ssrc, scaled = inp.rates.segment(b["model"], r.batch_size, crop)
+                t = r.iterations * step / g
+                formulas[f"iterations x step s / {g} GPUs (whole-image evaluation not included: under 1% of "
+                          "training)"] = None
+                used[ssrc] = None
+                per_job.append(f"{name}/{dataset} {r.iterations:,} x {step:.3f} s{scaled}")
+            secs += [t] * len(inp.seeds)
+    return secs, ("; ".join([*formulas, ", ".join(per_job), *used]).strip("; ") + f"; x {len(inp.seeds)} seed(s)")
+

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from absvit.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # numpy, torch, matplotlib and pandas are imported where they are used: absvit.cli imports this module to
 # register its verbs, and every verb, `absvit submit` of each pipeline job included, must start light.

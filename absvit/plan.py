@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from absvit.errors import UsageError, did_you_mean
-from absvit.throughput import (DECODE_PER_CPU, DEFAULT_GPU_BENCH, EVAL_SPEEDUP, IMAGENET_C_SHARDS, SUITES, Estimate,
+from absvit.throughput import (DECODE_PER_CPU, DEFAULT_GPU_BENCH, EVAL_SPEEDUP, IMAGENET_C_SHARDS, Estimate,
                                StageInputs, Throughputs, dataset_sizes, estimate_evaluate, estimate_local,
                                estimate_pretrain, estimate_segment, gpus_of, load_gpu_bench)
 

@@ -4,7 +4,7 @@
 - ``robustness`` (Table 3): ViT vs AbSViT (arms ``vit``, ``absvit``).
 
 ``absvit ablation --name NAME`` writes ``NAME.csv`` (one row per arm and seed: arm, run, seed, model,
-the five numbers; an arm has one eval folder per seed) and mirrors the same numbers into one MLflow run tagged ``absvit.stage=ablation``, ``absvit.preset``,
+the five numbers, the label space's size and whether a set's folders of other classes were skipped; an arm has one eval folder per seed) and mirrors the same numbers into one MLflow run tagged ``absvit.stage=ablation``, ``absvit.preset``,
 ``absvit.run=NAME``, from which ``absvit tables --from-mlflow`` rebuilds the table.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def arm_row(eval_dir) -> dict:
     """The model (timm name, from the `absvit evaluate` JSONs), its training seed (the checkpoint's; 0 for
     a released file that records none) and the five numbers of one eval folder."""
     eval_dir = Path(eval_dir)
-    row, models, seeds = {}, set(), set()
+    row, models, seeds, spaces, skipped = {}, set(), set(), set(), False
     for column, (suite, key) in COLUMNS.items():
         path = eval_dir / f"{suite}.json"
         if not path.is_file():
@@ -38,12 +38,15 @@ def arm_row(eval_dir) -> dict:
         row[column] = float(result[key])
         models.add(result.get("model"))
         seeds.add(result.get("seed") or 0)
+        spaces.add(result.get("label_space", 0))
+        skipped = skipped or bool(result.get("skipped_classes"))
     if len(models) != 1 or None in models:
         raise DatasetError(f"{eval_dir}: expected the results of one model (the `model` field of each <suite>.json), "
                            f"found {sorted(map(str, models))}")
     if len(seeds) != 1:
         raise DatasetError(f"{eval_dir}: expected the results of one training seed, found seeds {sorted(seeds)}")
-    return {"seed": int(seeds.pop()), "model": models.pop(), **row}
+    # label_space: the classes the model was evaluated in (0: not recorded); skipped: some set held other classes
+    return {"seed": int(seeds.pop()), "model": models.pop(), **row, "label_space": max(spaces), "skipped": skipped}
 
 
 def summarize(name: str, arms: dict[str, list[tuple[str, Path]]], out_csv, *, label: str, preset: str,
@@ -63,7 +66,9 @@ def summarize(name: str, arms: dict[str, list[tuple[str, Path]]], out_csv, *, la
     params = {"name": name, "label": label, "preset": preset,
               **{f"run.{arm}": " / ".join(sorted(set(rows.run))) for arm, rows in per_arm},
               **{f"model.{arm}": " / ".join(sorted(set(rows.model))) for arm, rows in per_arm},
-              **{f"seeds.{arm}": ",".join(map(str, rows.seed)) for arm, rows in per_arm}}
+              **{f"seeds.{arm}": ",".join(map(str, rows.seed)) for arm, rows in per_arm},
+              **{f"label_space.{arm}": int(rows.label_space.max()) for arm, rows in per_arm},
+              **{f"skipped.{arm}": bool(rows.skipped.any()) for arm, rows in per_arm}}
     tracker = Tracker(f"ablation/{preset}/{name}", uri=tracking_uri, enabled=track, params=params,
                       tags=run_tags("ablation", preset, name))
     tracker.log_metrics({f"{row.arm}.s{row.seed}.{c}": getattr(row, c) for row in frame.itertuples() for c in COLUMNS})

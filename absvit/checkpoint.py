@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from absvit.errors import CheckpointError, UsageError
-from absvit.io import atomic_path
+from absvit.io import save_torch
 
 SAFE_GLOBALS = [argparse.Namespace]
 WEIGHT_KEYS = ("model", "model_ema")
@@ -149,5 +149,4 @@ def load_checkpoint(model: nn.Module, path, *, ema: bool = False) -> nn.Module:
 
 def save_checkpoint(path, model: nn.Module, **extra) -> None:
     """Write ``{'model': state_dict, **extra}`` atomically (official layout)."""
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), **extra}, tmp)
+    save_torch(path, {"model": model.state_dict(), **extra})

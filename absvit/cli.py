@@ -369,13 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from absvit import tracking
-    from absvit.errors import CheckpointError, DatasetError, JobFailed, TrackingError, UsageError
+    from absvit.errors import CheckpointError, DatasetError, DiskFull, JobFailed, TrackingError, UsageError
 
     args = build_parser().parse_args(argv)
     tracking.COMMAND = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
-    except (CheckpointError, DatasetError, JobFailed, TrackingError, UsageError) as e:
+    except (CheckpointError, DatasetError, DiskFull, JobFailed, TrackingError, UsageError) as e:
         print(f"absvit {args.verb}: error: {e}", file=sys.stderr)
         return 2
 

@@ -19,7 +19,8 @@ import torch
 import torch.distributed
 
 from absvit.distributed import DistInfo, init_distributed
-from absvit.io import atomic_path
+from absvit.errors import DiskFull
+from absvit.io import save_torch
 from absvit.progress import LOG_EVERY_S, Progress, duration, timed  # noqa: F401  (the verbs use them through here)
 from absvit.training import NonFiniteLoss
 
@@ -81,22 +82,32 @@ def train_step(objective, inputs, targets, optimizer, *, amp, where: str, ckpt_p
 def accuracy(model, loader, device, *, restrict: list[int] | None = None, every_s: float = LOG_EVERY_S,
              progress: Progress | None = None, header: str = "Test:") -> dict:
     """Top-1 / top-5 (%) over ``loader``; with ``restrict``, only those classes' logits compete.
-    ``progress``: count the batches in a larger loop's progress (ImageNet-C's 75 folders)."""
-    index = torch.tensor(restrict) if restrict is not None else None
+    ``progress``: count the batches in a larger loop's progress (ImageNet-C's 75 folders).
+
+    As training runs: bf16 autocast and channels-last on CUDA, non-blocking copies; the counts stay on the
+    device and are read once at the end (no host sync per batch; on CPU all of it is plain fp32)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    index = torch.tensor(restrict, device=device) if restrict is not None else None
     model.eval()
-    top1 = top5 = total = 0
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    counts = torch.zeros(3, dtype=torch.int64, device=device)  # top-1 hits, top-5 hits, images
     progress = progress or Progress(header, len(loader), every_s=every_s, device=device)
     for data, (images, labels) in timed(loader):
-        logits = model(images.to(device)).float().cpu()
-        if index is not None:
-            logits = logits[:, index]
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            logits = model(images)
+        logits = logits.float() if index is None else logits.float()[:, index]
         pred = logits.topk(min(5, logits.shape[1]), dim=-1).indices
         if index is not None:
             pred = index[pred]
-        top1 += (pred[:, 0] == labels).sum().item()
-        top5 += (pred == labels[:, None]).any(-1).sum().item()
-        total += labels.numel()
+        counts += torch.stack([(pred[:, 0] == labels).sum(), (pred == labels[:, None]).any(-1).sum(),
+                               torch.tensor(labels.numel(), device=device)])
         progress.step(images=labels.numel(), data=data)
+    top1, top5, total = counts.tolist()  # the one host sync
     return {"top1": 100.0 * top1 / max(total, 1), "top5": 100.0 * top5 / max(total, 1), "images": total}
 
 
@@ -124,6 +135,19 @@ def save_state(path: Path, model, described: dict, run_id, *, ema=None, **state)
     state = {"model": model.state_dict(), "args": described["run"]["recipe"], **described, "mlflow_run_id": run_id, **state}
     if ema is not None:
         state["model_ema"] = ema.module.state_dict()
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(path, state)
+
+
+@contextmanager
+def resumable(ckpt_path: Path, kept: str | None):
+    """A full disk while writing training state (``DiskFull``) also says what is kept and that a rerun resumes.
+
+    ``kept``: the checkpoint ``ckpt_path`` holds, e.g. ``"epoch 3"``; None where none was written yet.
+    """
+    try:
+        yield
+    except DiskFull as e:
+        raise e.noted(f"the last good checkpoint ({kept}) is kept at {ckpt_path}; free space and rerun: the run resumes "
+                      "from it" if kept else f"nothing is lost, but no checkpoint exists yet at {ckpt_path}; free space "
+                      "and rerun: the run starts from the beginning") from e
 

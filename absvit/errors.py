@@ -1,4 +1,5 @@
 """The errors the CLI reports as one line (exit status 2) instead of a traceback."""
+import errno
 
 
 class CheckpointError(ValueError):
@@ -19,6 +20,20 @@ class JobFailed(RuntimeError):
 
 class UsageError(ValueError):
     """A wrong flag or value on the command line; the message names it and the valid choices."""
+
+
+class DiskFull(OSError):
+    """No space left to write a file (errno ENOSPC). Writes are atomic (``absvit.io.atomic_path``): the file
+    already there is kept. The message names the file, its device, the bytes needed and the bytes free."""
+
+    def __init__(self, message: str, *, path=None, needed: int | None = None, free: int | None = None,
+                 kept: str = ""):
+        super().__init__(f"{message}; {kept}" if kept else message)  # one argument: no "[Errno 28]" prefix
+        self.errno, self.path, self.needed, self.free, self.base = errno.ENOSPC, path, needed, free, message
+
+    def noted(self, kept: str) -> "DiskFull":
+        """The same error saying ``kept`` (what is kept, what a rerun does) instead of its generic note."""
+        return DiskFull(self.base, path=self.path, needed=self.needed, free=self.free, kept=kept)
 
 
 class StaleCheckpoint(UsageError):

@@ -22,19 +22,18 @@ from absvit import engine
 from absvit.checkpoint import agree, check_state_dict, extract_state_dict, read_checkpoint, recorded_setup
 from absvit.data import SUITES
 from absvit.data.corruptions import ALEXNET_ERR, CORRUPTIONS, SEVERITIES
-from absvit.data.readers import ClassFolder, DatasetError, imagenet_c_folders, label_space
+from absvit.data.readers import SUBSET_SUITES, ClassFolder, DatasetError, imagenet_c_folders, label_space
 from absvit.errors import UsageError
 from absvit.io import write_json
 from absvit.models import require_model
 from absvit.tracking import Tracker, run_tags
 
-SUBSET_SUITES = {"imagenet-a", "imagenet-r"}  # 200 of the 1000 classes
-
 
 def accuracy(model, dataset: ClassFolder, *, restrict: list[int] | None, batch_size: int, workers: int, device,
              progress: engine.Progress | None = None) -> dict:
     """Top-1 / top-5 (%) over ``dataset``; with ``restrict``, only those classes' logits compete."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
+                                         pin_memory=torch.device(device).type == "cuda")
     return engine.accuracy(model, loader, device, restrict=restrict, progress=progress)
 
 
@@ -133,6 +132,7 @@ def _evaluate_suite(model, ckpt: dict, checkpoint, suite: str, data, out_json, *
                     "seed": seed}
     if suite == "imagenet-c":  # 75 folders, one progress count over all of them
         sets = {key: ClassFolder(folder, classes, tf) for key, folder in imagenet_c_folders(data).items()}
+        evaluated, skipped = len(classes), set().union(*(d.skipped for d in sets.values()))
         progress = engine.Progress("Test: [imagenet-c]", sum(-(-len(d) // batch_size) for d in sets.values()),
                                    every_s=log_every_s, device=device)
         top1 = {key: accuracy(model, d, restrict=None, progress=progress, **run_args)["top1"] for key, d in sets.items()}
@@ -146,8 +146,13 @@ def _evaluate_suite(model, ckpt: dict, checkpoint, suite: str, data, out_json, *
         restrict = dataset.class_indices if suite in SUBSET_SUITES else None
         progress = engine.Progress(f"Test: [{suite}]", -(-len(dataset) // batch_size), every_s=log_every_s, device=device)
         result.update(accuracy(model, dataset, restrict=restrict, progress=progress, **run_args))
-        result["classes"] = len(dataset.class_indices)
+        evaluated, skipped = len(dataset.class_indices), set(dataset.skipped)
         metrics = {"top1": result["top1"], "top5": result["top5"]}
+    # a label space smaller than the set's (a model of some of ImageNet's classes): said in the result
+    result.update(classes=evaluated, label_space=len(classes), skipped_classes=len(skipped))
+    if skipped:
+        print(f"{suite}: evaluated on the {evaluated} class folders of the {len(classes)}-class label space the model "
+              f"was trained on; {len(skipped)} folders of other classes skipped", flush=True)
 
     write_json(out_json, result)
     tracker = Tracker(run_name or f"evaluate/{model_name}/{suite}", uri=tracking_uri, enabled=track,

@@ -7,11 +7,12 @@ PDF, 7 in wide by default (a two-column paper's \\textwidth).
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
-from absvit.io import atomic_path
+from absvit.io import write_bytes
 
 CMAP = "jet"
 OVERLAY_ALPHA = 0.5
@@ -79,8 +80,9 @@ def save_grid(stem, rows: list[list[dict | None]], *, width: float = 7.0, row_la
     out = {"rows": nrows, "cols": ncols, "panels": panels, "axes": len(fig.axes), "width_in": width,
            "height_in": round(height, 3)}
     for ext, kw in (("png", {"dpi": DPI}), ("pdf", {})):
-        with atomic_path(stem.with_suffix(f".{ext}")) as tmp:
-            fig.savefig(tmp, format=ext, **kw)
+        buffer = io.BytesIO()  # in memory first: the size is checked against the free space before writing
+        fig.savefig(buffer, format=ext, **kw)
+        write_bytes(stem.with_suffix(f".{ext}"), buffer.getbuffer())
         out[ext] = str(stem.with_suffix(f".{ext}"))
     plt.close(fig)
     return out

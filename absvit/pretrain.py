@@ -40,7 +40,7 @@ from absvit.engine import LOG_EVERY_S
 from absvit.errors import UsageError
 from absvit.io import write_json
 from absvit.models import require_model
-from absvit.recipe import PretrainRecipe
+from absvit.recipe import PretrainRecipe, check_patch_multiple
 from absvit.tracking import Tracker, run_tags
 from absvit.training import (  # noqa: F401  (NonFiniteLoss: the verb's error, imported from here)
     FiniteCheck,
@@ -83,6 +83,7 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     ``fresh_on_change``: a checkpoint of a different run in ``out_dir`` is moved aside instead of refused.
     """
     require_model(model_name)
+    check_patch_multiple(recipe.img_size, model_name, patch=patch_size(model_name))  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dist, device = engine.setup(recipe.seed)
@@ -132,8 +133,9 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
             metrics["epoch_seconds"] = time.perf_counter() - progress.t0  # validation included
             rng = rng_states(dist)
             if dist.is_main:
-                engine.save_state(ckpt_path, model, described, tracker.run_id, ema=ema, optimizer=optimizer.state_dict(),
-                                  lr_scheduler=scheduler.state_dict(), epoch=epoch + 1, rng=rng)
+                with engine.resumable(ckpt_path, f"epoch {epoch}" if epoch else None):  # the one on disk: the last epoch's
+                    engine.save_state(ckpt_path, model, described, tracker.run_id, ema=ema, optimizer=optimizer.state_dict(),
+                                      lr_scheduler=scheduler.state_dict(), epoch=epoch + 1, rng=rng)
                 engine.append_row(log_path, metrics)
                 speed = {"images_per_s": train["images_per_s"], "data_wait": train["data_wait"]}  # timings: MLflow and log only
                 tracker.log_metrics({**{k: v for k, v in metrics.items() if k != "epoch"}, **speed}, step=epoch + 1)
@@ -146,11 +148,23 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
                 return metrics
         result = {"model": model_name, "classes": len(classes), "epochs": recipe.epochs, **metrics}
         if dist.is_main:
-            engine.save_state(out / "model.pth", model, described, tracker.run_id, ema=ema, epoch=recipe.epochs)
+            with engine.resumable(ckpt_path, f"epoch {recipe.epochs}"):
+                engine.save_state(out / "model.pth", model, described, tracker.run_id, ema=ema, epoch=recipe.epochs)
             write_json(out / "result.json", result)
             for path in (out / "result.json", log_path):
                 tracker.log_artifact(path)
     return result
+
+
+def patch_size(model_name: str) -> int | None:
+    """The model's (square) patch size, from a build on the meta device (shapes, no storage: milliseconds);
+    None for a model without a patch embedding."""
+    with torch.device("meta"):
+        size = getattr(getattr(timm.create_model(model_name), "patch_embed", None), "patch_size", None)
+    if size is None:
+        return None
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    return size[0] if size[0] == size[1] else None  # a non-square patch: not checked
 
 
 def build(model_name: str, num_classes: int, recipe: PretrainRecipe, device):

@@ -72,8 +72,9 @@ def evaluate_segmenter(model: Segmenter, dataset: SegmentationFolder, device, ev
     confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE, sync_on_compute=False).to(device)
     progress = engine.Progress("Test:", len(dataset), every_s=every_s, device=device)
     for data, (image, label) in engine.timed(dataset[i] for i in range(len(dataset))):
-        logits = model.predict(image[None].to(device), label.shape[-2:])
-        confusion.update(logits.argmax(1), label[None].to(device))
+        with engine.autocast(device):  # as training runs: bf16 on CUDA
+            logits = model.predict(image[None].to(device, non_blocking=True), label.shape[-2:])
+        confusion.update(logits.float().argmax(1), label[None].to(device, non_blocking=True))
         progress.step(images=1, data=data)
     scores = iou_from_confusion(confusion.compute().cpu())
     names = class_names(dataset.dataset)
@@ -183,8 +184,10 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
             if done % recipe.checkpoint_every == 0 or done == recipe.iterations:
                 rng = rng_states(dist)
                 if dist.is_main:
-                    engine.save_state(ckpt_path, model, described, tracker.run_id, optimizer=optimizer.state_dict(),
-                                      iteration=done, rng=rng)
+                    kept = max(start, (done - 1) // recipe.checkpoint_every * recipe.checkpoint_every)  # the one on disk
+                    with engine.resumable(ckpt_path, f"iteration {kept}" if kept else None):
+                        engine.save_state(ckpt_path, model, described, tracker.run_id, optimizer=optimizer.state_dict(),
+                                          iteration=done, rng=rng)
             if stop_after is not None and done >= stop_after and done < recipe.iterations:
                 tracker.finish("KILLED")
                 return {"iteration": done}

@@ -23,7 +23,7 @@ import pandas as pd
 from absvit import stats
 from absvit.ablation import COLUMNS, COMPARISONS
 from absvit.errors import TrackingError
-from absvit.io import atomic_path
+from absvit.io import write_text
 
 SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
 RANDOM_INIT = " (random init)"
@@ -68,8 +68,7 @@ def _tex(text: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_text(path, text)
 
 
 def _caption(base: str, label: str | None) -> str:
@@ -198,6 +197,14 @@ def _arms(frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, Spread, pd.Seri
     return frame, Spread.of(frame, "arm", list(COLUMNS)), models
 
 
+def _label_space_note(frame: pd.DataFrame) -> str:
+    """The caption's sentence for runs of fewer classes than the sets hold (else nothing)."""
+    if "skipped" not in frame or not frame.skipped.astype(bool).any():
+        return ""
+    return (f" Evaluated in the runs' label space of {int(frame.label_space.max())} classes: the clean, IN-C and "
+            "IN-Sketch images of those classes, and IN-A / IN-R on the classes they share with it.")
+
+
 def table2(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reported:
     """``frame``: `absvit ablation --name lvar` rows: arm (without_lvar / with_lvar), run, model, seed and COLUMNS."""
     long, spread, models = _arms(frame, "lvar")
@@ -205,7 +212,7 @@ def table2(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
     # $\times$ / $\surd$: the paper's cross and tick in base LaTeX (\checkmark would need amssymb)
     first = {"": [_tex(display_name(m)) for m in models], r"$\mathcal{L}_{var}$": [r"$\times$", r"$\surd$"]}
     _write_table(Path(out_dir), "table2", spread, labels, ROBUST_HEAD, first,
-                 caption=r"Ablation on the variational loss $\mathcal{L}_{var}$.", ref="tab:lvar",
+                 caption=r"Ablation on the variational loss $\mathcal{L}_{var}$." + _label_space_note(long), ref="tab:lvar",
                  column_format="llccccc", label=label)
     paper = {arm: PAPER_TABLE2.loc[arm] if models[arm] == PAPER_TABLE2_MODEL else None for arm in spread.mean.index}
     significance = stats.compare(long, "arm", "without_lvar", "with_lvar", ROBUST_HEAD,
@@ -219,7 +226,7 @@ def table3(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
     labels = {arm: display_name(models[arm]) for arm in spread.mean.index}
     _write_table(Path(out_dir), "table3", spread, labels, ROBUST_HEAD, {"Model": [_tex(labels[a]) for a in spread.mean.index]},
                  caption="Robustness of ViT and AbSViT: ImageNet top-1 (Clean), ImageNet-C mCE (IN-C, lower is better), "
-                         "ImageNet-A, -R and -Sketch top-1.",
+                         "ImageNet-A, -R and -Sketch top-1." + _label_space_note(long),
                  ref="tab:robustness", column_format="lccccc", label=label)
     paper = {arm: PAPER_ROBUSTNESS.loc[models[arm]] if models[arm] in PAPER_ROBUSTNESS.index else None
              for arm in spread.mean.index}
@@ -342,6 +349,7 @@ def ablation_from_mlflow(uri: str, preset: str, name: str = "lvar", *, required:
                             f"(tags absvit.stage=ablation, absvit.run={name})")
     p, m = runs[0].data.params, runs[0].data.metrics
     rows = [{"arm": arm, "run": p[f"run.{arm}"], "model": p[f"model.{arm}"], "seed": int(seed),
-             **{c: m[f"{arm}.s{seed}.{c}"] for c in COLUMNS}}
+             **{c: m[f"{arm}.s{seed}.{c}"] for c in COLUMNS}, "label_space": int(p.get(f"label_space.{arm}", 0)),
+             "skipped": p.get(f"skipped.{arm}") == "True"}
             for arm in COMPARISONS[name] for seed in p[f"seeds.{arm}"].split(",")]
     return pd.DataFrame(rows), p["label"]

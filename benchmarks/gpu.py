@@ -14,6 +14,8 @@ It prints one table and writes it as JSON (``results/benchmarks/gpu.json``, atom
   prefetcher, compiled as ``compile: auto`` does on CUDA) on generated 224-px JPEGs, img/s of one
   epoch after a warm-up epoch, against ``bare_step_img_s``: the same objective and optimizer on one
   cached batch, timed right after (no loader, mixup, EMA nor progress).
+- ``eval``: inference img/s of the same ViT / AbSViT Ti/S/B through ``engine.accuracy`` (the evaluation and
+  per-epoch validation loop: bf16 autocast, channels-last, counts kept on the device), batch 256, cached batches.
 - ``segment``: one UperNet fine-tuning step (``absvit.segment``'s loss and parameter groups, AdamW,
   bf16) on AbSViT-B and ViT-B, batch 16, 512x512 crops, 150 classes; seconds per step, peak memory.
 
@@ -38,6 +40,7 @@ import time
 import warnings
 from pathlib import Path
 
+import timm
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,6 +214,24 @@ def segment_row(kind: str, name: str, *, batch: int, crop: tuple[int, int], devi
             "peak_mem_gib": peak_gib(device)}
 
 
+def eval_row(name: str, *, batch: int, img_size: int, device, args) -> dict:
+    """Inference img/s through ``engine.accuracy`` itself (bf16 autocast, channels-last, counts on the device) on
+    cached batches: the evaluation's model cost, without the loader."""
+    model = timm.create_model(name, img_size=img_size).to(device)
+    batches = [(torch.randn(batch, 3, img_size, img_size, device=device),
+                torch.randint(0, model.num_classes, (batch,), device=device))] * args.iters
+    quiet = dict(every_s=1e9)
+    engine.accuracy(model, batches[:args.warmup], device, **quiet)  # warm-up (and cuDNN / allocator set-up)
+    reset_peak(device)
+    sync(device)
+    start = time.perf_counter()
+    engine.accuracy(model, batches, device, **quiet)
+    sync(device)
+    seconds = time.perf_counter() - start
+    return {"kind": "eval", "model": name, "batch": batch, "img_size": img_size, "img_s": batch * args.iters / seconds,
+            "peak_mem_gib": peak_gib(device)}
+
+
 def _importable(module: str, note) -> bool:
     try:
         __import__(module)
@@ -232,6 +253,9 @@ def table(result: dict) -> str:
             lines.append(f"loop     {row['model']:<28} b{row['batch']:<4} {'compiled' if row['compiled'] else 'eager   '}"
                          f" {row['img_s']:9.1f} img/s  bare step {row['bare_step_img_s']:.1f} img/s "
                          f"({100 * row['img_s'] / row['bare_step_img_s']:.0f}%)")
+        elif row["kind"] == "eval":
+            lines.append(f"eval     {row['model']:<28} b{row['batch']:<4} bf16 CL  {row['img_s']:9.1f} img/s  "
+                         f"{row['peak_mem_gib']:6.2f} GiB")
         else:
             lines.append(f"segment  {row['model']:<28} b{row['batch']:<4} {row['crop'][0]}x{row['crop'][1]}  "
                          f"{1000 * row['step_s']:9.1f} ms/step  {row['peak_mem_gib']:6.2f} GiB")
@@ -242,7 +266,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--smoke", action="store_true", help="toy sizes (pico models, 64 px, a few steps): the code paths, not a speed")
-    ap.add_argument("--only", nargs="+", choices=["step", "loop", "segment"], default=["step", "loop", "segment"])
+    ap.add_argument("--only", nargs="+", choices=["step", "loop", "eval", "segment"],
+                    default=["step", "loop", "eval", "segment"])
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "gpu.json")
     ap.add_argument("--data", type=Path, default=None, help="where the loop's generated images go (default: a temporary folder)")
     ap.add_argument("--workers", type=int, default=min(14, max(1, (os.cpu_count() or 2) - 2)), help="loop loader workers")
@@ -271,6 +296,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.seg_batch, args.crop, args.head_channels = 16, (512, 512), 512
         args.warmup, args.iters = args.warmup or 5, args.iters or 20
     args.seg_iters = args.iters if args.smoke else max(args.iters // 2, 1)
+    args.eval_batch = 4 if args.smoke else 256
     args.compile_loop = not args.no_compile
     args.loop_recipe = dict(crop_pct=1.0, warmup_epochs=0) if args.smoke else {}  # else the paper recipe
     return args
@@ -304,6 +330,11 @@ def main(argv=None) -> int:
                 note(f"loop: {name}")
                 rows.append(loop_row(name, data=data, batch=args.loop_batch[name], img_size=args.img_size,
                                      device=device, args=args))
+    if "eval" in args.only:
+        for pair in args.models:
+            for name in pair:
+                note(f"eval: {name}")
+                rows.append(eval_row(name, batch=args.eval_batch, img_size=args.img_size, device=device, args=args))
     if "segment" in args.only and _importable("absvit.segment", note):
         for kind, name in args.segment:
             note(f"segment: {name}")

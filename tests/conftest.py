@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import absvit.models  # noqa: F401  (registers the models)
+from absvit.data.synthetic import WNIDS
 
 
 @pytest.fixture(autouse=True)
@@ -67,3 +68,53 @@ def _no_leaked_tracking_uri(monkeypatch):
     """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: one test's store (or stopped server)
     must not reach the next test's subprocesses."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+PAPER_CLASSES = WNIDS[:3]  # the label space of the paper-layout sets: 3 classes
+
+
+def _keep_classes(folder):
+    for d in folder.iterdir():
+        if d.name not in PAPER_CLASSES:
+            shutil.rmtree(d)
+
+
+@pytest.fixture(scope="session")
+def paper_datasets(tmp_path_factory):
+    """Small sets in every published layout the paper preset reads (ImageNet at 224 px, a 75-folder ImageNet-C, A/R/Sketch,
+    VOC / Cityscapes / ADE20K, scenes with a manifest) and official-layout base-size checkpoints; 3 classes."""
+    import argparse
+    import csv
+
+    import timm
+
+    from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
+    from absvit.data.imagenet_c import make_shard
+    from absvit.data.scenes import generate_scenes
+    from absvit.data.synthetic import generate
+    from absvit.data.synthetic_seg import generate_segmentation
+
+    root = tmp_path_factory.mktemp("paper-data")
+    generate(root / "imagenet", size=224, per_class={"train": 3, "val": 1})
+    generate(root / "robustness", size=224, per_class={"imagenet-a": 1, "imagenet-r": 1, "imagenet-sketch": 1})
+    for split in ("imagenet/train", "imagenet/val", "robustness/imagenet-a", "robustness/imagenet-r",
+                  "robustness/imagenet-sketch"):
+        _keep_classes(root / split)
+    for c in CORRUPTIONS:  # ImageNet-C's images are 224x224 already
+        for s in SEVERITIES:
+            make_shard(root / "imagenet" / "val", root / "imagenet-c", c, s, resize=224, crop=224)
+    generate_segmentation(root / "seg", per_split={"train": 2, "val": 1})
+    generate_scenes(root / "scenes", count=3)
+    manifest = root / "scenes" / "manifest.csv"  # a folder of scenes names objects of the model's classes
+    rows = [r for r in csv.DictReader(manifest.open()) if int(r["class_index"]) < len(PAPER_CLASSES)]
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    ckpts = root / "checkpoints"
+    ckpts.mkdir()
+    for name in ("vit_base_patch16_224", "absvit_base_patch16_224"):  # the official release's layout
+        model = timm.create_model(name)
+        torch.save({"model": model.state_dict(), "epoch": 299, "args": argparse.Namespace(model=name, input_size=224)},
+                   ckpts / f"{name}.pth")
+    return root

@@ -21,6 +21,7 @@ STEP = {"kind": str, "model": str, "batch": int, "img_size": int, "compiled": bo
         "peak_mem_gib": float, "flops_per_img": float, "mfu": type(None)}
 LOOP = {"kind": str, "model": str, "batch": int, "img_size": int, "compiled": bool, "img_s": float,
         "bare_step_img_s": float}
+EVAL = {"kind": str, "model": str, "batch": int, "img_size": int, "img_s": float, "peak_mem_gib": float}
 SEGMENT = {"kind": str, "model": str, "batch": int, "crop": list, "step_s": float, "peak_mem_gib": float}
 
 
@@ -33,13 +34,15 @@ def test_smoke_run_measures_every_row_and_writes_the_json(gpu_bench, tmp_path, c
     result = json.loads(out.read_text())
     assert set(result) == {"card", "torch", "measured_at", "rows"}
     assert result["card"] == "cpu" and result["torch"] == torch.__version__
-    rows = {kind: [r for r in result["rows"] if r["kind"] == kind] for kind in ("step", "loop", "segment")}
+    rows = {kind: [r for r in result["rows"] if r["kind"] == kind] for kind in ("step", "loop", "eval", "segment")}
     assert [(r["model"], r["compiled"]) for r in rows["step"]] == [
         ("vit_pico_patch8_64", False), ("vit_pico_patch8_64", True),
         ("absvit_pico_patch8_64", False), ("absvit_pico_patch8_64", True)]
     assert [r["model"] for r in rows["loop"]] == ["absvit_pico_patch8_64"]
     assert [r["model"] for r in rows["segment"]] == ["absvit_pico_patch8_64", "vit_pico_patch8_64"]
-    for kind, schema in (("step", STEP), ("loop", LOOP), ("segment", SEGMENT)):
+    assert [r["model"] for r in rows["eval"]] == ["vit_pico_patch8_64", "absvit_pico_patch8_64"]
+    assert all(r["img_s"] > 0 for r in rows["eval"])
+    for kind, schema in (("step", STEP), ("loop", LOOP), ("eval", EVAL), ("segment", SEGMENT)):
         for row in rows[kind]:
             assert {k: type(v) for k, v in row.items()} == schema, row
     for row in rows["step"]:
@@ -49,7 +52,7 @@ def test_smoke_run_measures_every_row_and_writes_the_json(gpu_bench, tmp_path, c
     assert rows["loop"][0]["img_s"] > 0 and rows["loop"][0]["bare_step_img_s"] > 0
     assert rows["segment"][0]["crop"] == [64, 64] and rows["segment"][0]["step_s"] > 0
     printed = capsys.readouterr().out
-    assert "step     absvit_pico_patch8_64" in printed and "bare step" in printed and "ms/step" in printed
+    assert "step     absvit_pico_patch8_64" in printed and "eval     absvit_pico_patch8_64" in printed and "bare step" in printed and "ms/step" in printed
 
 
 def test_without_cuda_it_says_so_and_writes_nothing(gpu_bench, tmp_path, capsys, monkeypatch):

@@ -19,6 +19,7 @@ from absvit.data.scenes import generate_scenes
 from absvit.data.synthetic import generate
 from absvit.data.synthetic_seg import generate_segmentation
 from absvit.evaluate import suite_transform
+from tests.test_paper_run import paper_config
 from tests.test_workflow import ROOT, _dry_run, _job_counts, _workdir_with
 
 
@@ -40,22 +41,8 @@ def paper_data(tmp_path_factory):
     return root
 
 
-def _paper_config(config, root):
-    paper = config["presets"]["paper"]
-    paper["data"] = {"imagenet": str(root / "imagenet"), "imagenet_c": str(root / "imagenet-c"),
-                     "imagenet_a": str(root / "robustness" / "imagenet-a"),
-                     "imagenet_r": str(root / "robustness" / "imagenet-r"),
-                     "imagenet_sketch": str(root / "robustness" / "imagenet-sketch")}
-    seg = paper["segmentation"]
-    for name, sub in (("voc", "voc"), ("cityscapes", "cityscapes"), ("ade20k", "ade20k")):
-        seg["datasets"][name]["root"] = str(root / "seg" / sub)
-    paper["figures"]["scenes"] = str(root / "scenes")
-    for name in ("vit", "absvit"):
-        seg["backbones"][name]["checkpoint"] = str(root / "checkpoints" / f"{seg['backbones'][name]['model']}.pth")
-
-
 def test_paper_preset_plans_every_stage_on_paper_layout_data(tmp_path, paper_data):
-    wd = _workdir_with(tmp_path, lambda c: _paper_config(c, paper_data))
+    wd = _workdir_with(tmp_path, lambda c: paper_config(c, paper_data, small=False))
     out = _dry_run("--config", "preset=paper", "--printshellcmds", cwd=wd)
     assert out.returncode == 0, out.stderr
     paper = yaml.safe_load((wd / "config.yaml").read_text())["presets"]["paper"]
@@ -73,7 +60,7 @@ def test_paper_preset_plans_every_stage_on_paper_layout_data(tmp_path, paper_dat
 
 def test_missing_paths_fail_before_the_dag_one_line_each(tmp_path, paper_data):
     def edit(config):
-        _paper_config(config, paper_data)
+        paper_config(config, paper_data, small=False)
         paper = config["presets"]["paper"]
         paper["data"]["imagenet_c"] = "/nonexistent/imagenet-c"
         paper["segmentation"]["datasets"]["ade20k"]["root"] = "/nonexistent/ade"

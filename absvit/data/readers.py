@@ -5,6 +5,12 @@ order (``imagenet-1k``, from timm's copy of the list), or the sorted class folde
 training set (the embedded default). A folder of an evaluation set maps each ``<wnid>/``
 into that space; ImageNet-A and -R hold 200 of the 1000 classes, and their logits are
 restricted to those classes' indices before the argmax.
+
+A label space smaller than ImageNet's (an ImageNet-100 study, a subset to try the pipeline) is
+evaluated on the folders of its own classes: a set's folders of other ImageNet classes are
+skipped and counted (``ClassFolder.skipped``), so that IN-C / IN-Sketch (all 1000 classes) and
+IN-A / IN-R (200) still evaluate such a model; ``select_classes`` is the one rule, used by the
+readers and by the pipeline before it builds the DAG.
 """
 from __future__ import annotations
 
@@ -36,6 +42,45 @@ def _class_dirs(root: Path) -> list[Path]:
     return dirs
 
 
+def imagenet_wnids() -> frozenset[str]:
+    """The 1000 ImageNet-1k wnids (timm's copy of the list)."""
+    return frozenset(label_space("imagenet-1k"))
+
+
+def select_classes(names, classes: list[str], *, subset: bool, where) -> tuple[list[str], list[str]]:
+    """Which class folders ``names`` of the evaluation set ``where`` are evaluated in the label space
+    ``classes``, and which are skipped: ``(evaluated, skipped)``.
+
+    A folder outside the label space is skipped only when the label space is part of ImageNet-1k and
+    the folder is another ImageNet class (a model trained on some of ImageNet's classes); any other is
+    an error. ``subset=False`` (val, IN-C, IN-Sketch): every class of the label space must be there;
+    ``subset=True`` (IN-A, IN-R): at least one."""
+    space = set(classes)
+    evaluated = sorted(n for n in names if n in space)
+    others = sorted(n for n in names if n not in space)
+    if others:
+        wnids = imagenet_wnids()
+        if not (space < wnids and set(others) <= wnids):
+            bad = next(n for n in others if n not in wnids or not space < wnids)
+            raise DatasetError(
+                f"{Path(where) / bad}: class '{bad}' is not in the label space of {len(classes)} classes "
+                f"(expected one of {sorted(classes)[:3]}...; does the checkpoint's head match this dataset?)")
+    if subset and not evaluated:
+        raise DatasetError(f"{where}: none of its {len(names)} class folders is a class of the label space of "
+                           f"{len(classes)} classes (e.g. {sorted(classes)[:3]}); nothing to evaluate")
+    missing = sorted(space - set(evaluated))
+    if missing and not subset:
+        raise DatasetError(
+            f"{where}: {len(missing)} of the {len(classes)} classes are missing (e.g. {missing[:3]}); "
+            "this set must hold every class of the label space")
+    return evaluated, others
+
+
+def class_folder_names(root) -> list[str]:
+    """The class folders' names of an evaluation set (``<root>/<wnid>/``)."""
+    return [p.name for p in _class_dirs(Path(root))]
+
+
 class ClassFolder:
     """``<root>/<wnid>/<image>`` with labels in ``classes``: a map-style dataset for torch's DataLoader.
 
@@ -50,24 +95,15 @@ class ClassFolder:
     def __init__(self, root, classes: list[str], transform=None, *, subset: bool = False):
         self.root, self.transform = Path(root), transform
         index = {wnid: i for i, wnid in enumerate(classes)}
+        folders = {p.name: p for p in _class_dirs(self.root)}
+        evaluated, self.skipped = select_classes(list(folders), classes, subset=subset, where=self.root)
         self.samples: list[tuple[Path, int]] = []
-        present = []
-        for folder in _class_dirs(self.root):
-            if folder.name not in index:
-                raise DatasetError(
-                    f"{folder}: class '{folder.name}' is not in the label space of {len(classes)} classes "
-                    f"(expected one of {classes[:3]}...; does the checkpoint's head match this dataset?)")
-            files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        for name in evaluated:
+            files = sorted(f for f in folders[name].iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise DatasetError(f"{folder}: empty class folder (expected image files such as *.JPEG)")
-            present.append(index[folder.name])
-            self.samples += [(f, index[folder.name]) for f in files]
-        missing = sorted(set(classes) - {classes[i] for i in present})
-        if missing and not subset:
-            raise DatasetError(
-                f"{self.root}: {len(missing)} of the {len(classes)} classes are missing (e.g. {missing[:3]}); "
-                "this set must hold every class of the label space")
-        self.class_indices = sorted(present)
+                raise DatasetError(f"{folders[name]}: empty class folder (expected image files such as *.JPEG)")
+            self.samples += [(f, index[name]) for f in files]
+        self.class_indices = sorted(index[name] for name in evaluated)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -101,3 +137,21 @@ def imagenet_c_folders(root) -> dict[tuple[str, int], Path]:
             f"{root}: ImageNet-C tree incomplete, missing {missing[:5]}{'...' if len(missing) > 5 else ''} "
             f"(expected <root>/<corruption>/<1-5>/ or <root>/<noise|blur|weather|digital>/<corruption>/<1-5>/)")
     return folders
+
+
+SUBSET_SUITES = ("imagenet-a", "imagenet-r")  # 200 of the 1000 classes; logits restricted to those present
+
+
+def suite_problems(suite: str, root, classes: list[str]) -> list[str]:
+    """Why ``root`` cannot be evaluated as ``suite`` in the label space ``classes`` (empty: it can).
+
+    Reads folder names only (no image, no torch): the pipeline calls it for every evaluated run before it
+    builds the DAG, so that a label-space mismatch is one line at planning time, not an error after
+    pretraining."""
+    try:
+        folders = imagenet_c_folders(root).values() if suite == "imagenet-c" else [Path(root)]
+        for folder in folders:
+            select_classes(class_folder_names(folder), classes, subset=suite in SUBSET_SUITES, where=folder)
+    except DatasetError as e:
+        return [str(e)]
+    return []

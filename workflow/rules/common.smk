@@ -41,7 +41,7 @@ ENV = "../../envs/environment.yaml"  # each rule's conda environment (relative t
 
 def _check_config():
     from absvit.errors import UsageError
-    from absvit.recipe import PretrainRecipe, SegmentRecipe
+    from absvit.recipe import PretrainRecipe, SegmentRecipe, check_patch_multiple
 
     where = f"presets.{PRESET}"
     for table, keys in (("table2", ("without_lvar", "with_lvar")), ("table3", ("vit", "absvit"))):
@@ -74,7 +74,10 @@ def _check_config():
         if "generate" not in seg and "root" not in d:
             raise WorkflowError(f"config key '{where}.segmentation.datasets.{name}.root': required (the dataset's folder)")
     try:
-        PretrainRecipe.from_dict(P["recipe"], where=f"{where}.recipe")
+        recipe = PretrainRecipe.from_dict(P["recipe"], where=f"{where}.recipe")  # types and ranges of every key
+        for run in RUNS:  # the img_size each pretraining run trains at: a multiple of its model's patch size
+            if run not in P["checkpoints"]:
+                check_patch_multiple(recipe.img_size, RUNS[run]["model"], where=f"{where}.recipe")
         for name, d in seg["datasets"].items():
             SegmentRecipe.from_dict({**seg["recipe"], **d["recipe"]}, where=f"{where}.segmentation.datasets.{name}.recipe")
     except UsageError as e:
@@ -99,6 +102,8 @@ else:
             "imagenet-a": Path(P["data"]["imagenet_a"]), "imagenet-r": Path(P["data"]["imagenet_r"]),
             "imagenet-sketch": Path(P["data"]["imagenet_sketch"])}
 SUITE_DATA = {"clean": DATA["val"], **{s: DATA[s] for s in SUITES if s != "clean"}}
+SUITE_KEYS = {"clean": "imagenet", "imagenet-c": "imagenet_c", "imagenet-a": "imagenet_a", "imagenet-r": "imagenet_r",
+              "imagenet-sketch": "imagenet_sketch"}  # each suite's key under presets.<preset>.data
 GENERATED = "generate" in P["data"]
 
 
@@ -134,6 +139,45 @@ def _check_paths():
 
 
 _check_paths()
+
+
+def _label_space(run):
+    """The classes a run's model has: its training set's class folders, or what its released file records
+    (ImageNet-1k for an official file, which records none)."""
+    from absvit.data.readers import class_folder_names, label_space
+
+    if run not in P["checkpoints"]:
+        return class_folder_names(DATA["train"])
+    from absvit.checkpoint import read_checkpoint, recorded_setup
+
+    return recorded_setup(read_checkpoint(P["checkpoints"][run]))["classes"] or label_space("imagenet-1k")
+
+
+def _check_label_spaces():
+    """Before any DAG is built: every evaluation set fits the label space of every run evaluated on it (which
+    classes val / IN-C / IN-Sketch must hold, which IN-A / IN-R classes map onto it), one line per problem."""
+    from absvit.data.readers import suite_problems
+    from absvit.errors import CheckpointError, DatasetError
+
+    problems = {}
+    for run in RUNS:
+        try:
+            classes = _label_space(run)
+        except (CheckpointError, DatasetError) as e:
+            problems[str(e)] = [run]
+            continue
+        for suite in SUITES:
+            for line in suite_problems(suite, SUITE_DATA[suite], classes):
+                problems.setdefault(f"presets.{PRESET}.data.{SUITE_KEYS[suite]} ({suite}): {line}", []).append(run)
+    if problems:
+        raise WorkflowError(f"config.yaml: preset {PRESET!r}: {len(problems)} evaluation set(s) do not fit the label "
+                            "space of the runs evaluated on them (their classes: the training set's class folders, or "
+                            "what a released checkpoint records):\n"
+                            + "\n".join(f"  {line} (runs: {', '.join(runs)})" for line, runs in problems.items()))
+
+
+if not GENERATED:  # the generated sets hold the classes the generator writes into train/
+    _check_label_spaces()
 
 
 def submit(stage, wildcards_name):

@@ -1,4 +1,6 @@
-# Robustness evaluation: every run x seed, all five suites in one job (one model load), one JSON each.
+# Robustness evaluation: every run x seed, all five suites in one job (one model load), one JSON each. The label
+# space is the checkpoint's own (its recorded classes; ImageNet-1k for an official file), checked against every set
+# before the DAG is built (common.smk).
 
 
 rule evaluate:
@@ -16,7 +18,6 @@ rule evaluate:
         roots=" ".join(str(SUITE_DATA[s]) for s in SUITES),
         e=P["evaluate"],
         ema="--ema" if P["evaluate"]["ema"] else "",
-        classes="" if GENERATED else "--classes imagenet-1k",
         submit=lambda wc: submit("evaluate", f"{wc.run}-s{wc.seed}"),
         tracking=tracking(),
         preset=PRESET,
@@ -31,7 +32,7 @@ rule evaluate:
         ENV
     shell:
         "{params.submit} evaluate --model {params.model} --checkpoint {input.weights} --suite {params.suites}"
-        " --data {params.roots} --out {output} {params.ema} {params.classes} --img-size {params.e[img_size]}"
+        " --data {params.roots} --out {output} {params.ema} --img-size {params.e[img_size]}"
         " --crop-pct {params.e[crop_pct]} --batch-size {params.e[batch_size]} --workers {params.e[workers]}"
         " --run-name evaluate/{params.preset}/{wildcards.run}/s{wildcards.seed} {params.tracking}"
         " --preset {params.preset} --run {wildcards.run} > {log} 2>&1"

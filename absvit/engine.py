@@ -78,22 +78,27 @@ def train_step(objective, inputs, targets, optimizer, *, amp, where: str, ckpt_p
     return value
 
 
-@torch.inference_mode()
 def accuracy(model, loader, device, *, restrict: list[int] | None = None, every_s: float = LOG_EVERY_S,
              progress: Progress | None = None, header: str = "Test:") -> dict:
     """Top-1 / top-5 (%) over ``loader``; with ``restrict``, only those classes' logits compete.
     ``progress``: count the batches in a larger loop's progress (ImageNet-C's 75 folders).
 
-    As training runs: bf16 autocast and channels-last on CUDA, non-blocking copies; the counts stay on the
+    As training runs: bf16 autocast and channels-last on CUDA, non-blocking copies; the hit counts stay on the
     device and are read once at the end (no host sync per batch; on CPU all of it is plain fp32)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
-    index = torch.tensor(restrict, device=device) if restrict is not None else None
     model.eval()
-    if cuda:
+    if cuda:  # outside inference mode: converted parameters (the EMA's) must stay usable by autograd and in-place updates
         model.to(memory_format=torch.channels_last)
-    counts = torch.zeros(3, dtype=torch.int64, device=device)  # top-1 hits, top-5 hits, images
-    progress = progress or Progress(header, len(loader), every_s=every_s, device=device)
+    with torch.inference_mode():
+        return _accuracy(model, loader, device, restrict, progress or Progress(header, len(loader), every_s=every_s, device=device))
+
+
+def _accuracy(model, loader, device: torch.device, restrict: list[int] | None, progress: Progress) -> dict:
+    cuda = device.type == "cuda"
+    index = torch.tensor(restrict, device=device) if restrict is not None else None  # one copy, before the loop
+    hits = torch.zeros(2, dtype=torch.int64, device=device)  # top-1, top-5
+    total = 0  # the batch size is known on the host: no tensor made from it per batch (a blocking copy on CUDA)
     for data, (images, labels) in timed(loader):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if cuda:
@@ -104,10 +109,10 @@ def accuracy(model, loader, device, *, restrict: list[int] | None = None, every_
         pred = logits.topk(min(5, logits.shape[1]), dim=-1).indices
         if index is not None:
             pred = index[pred]
-        counts += torch.stack([(pred[:, 0] == labels).sum(), (pred == labels[:, None]).any(-1).sum(),
-                               torch.tensor(labels.numel(), device=device)])
+        hits += torch.stack([(pred[:, 0] == labels).sum(), (pred == labels[:, None]).any(-1).sum()])
+        total += labels.numel()
         progress.step(images=labels.numel(), data=data)
-    top1, top5, total = counts.tolist()  # the one host sync
+    top1, top5 = hits.tolist()  # the one host sync
     return {"top1": 100.0 * top1 / max(total, 1), "top5": 100.0 * top5 / max(total, 1), "images": total}
 
 

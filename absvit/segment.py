@@ -71,9 +71,15 @@ def evaluate_segmenter(model: Segmenter, dataset: SegmentationFolder, device, ev
     # rank 0 alone evaluates the whole val split: no sync with the other processes
     confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE, sync_on_compute=False).to(device)
     progress = engine.Progress("Test:", len(dataset), every_s=every_s, device=device)
+    cuda = torch.device(device).type == "cuda"
+    if cuda:  # the head's convolutions in channels-last (after training: the training step is unchanged)
+        model.to(memory_format=torch.channels_last)
     for data, (image, label) in engine.timed(dataset[i] for i in range(len(dataset))):
+        image = image[None].to(device, non_blocking=True)
+        if cuda:
+            image = image.contiguous(memory_format=torch.channels_last)
         with engine.autocast(device):  # as training runs: bf16 on CUDA
-            logits = model.predict(image[None].to(device, non_blocking=True), label.shape[-2:])
+            logits = model.predict(image, label.shape[-2:])
         confusion.update(logits.float().argmax(1), label[None].to(device, non_blocking=True))
         progress.step(images=1, data=data)
     scores = iou_from_confusion(confusion.compute().cpu())

@@ -36,7 +36,8 @@ def test_accuracy_equals_the_plain_loop_on_cpu(name, restrict):
 
 
 def test_no_host_sync_per_batch(monkeypatch):
-    """Reading a tensor's value on the host (item, tolist, cpu, bool) happens a fixed number of times, not per batch."""
+    """Reading a tensor's value on the host (item, tolist, cpu, bool) or making one from host data (torch.tensor)
+    happens a fixed number of times, not per batch."""
     model = timm.create_model("vit_pico_patch8_64").eval()
     reads = {"n": 0}
     for method in ("item", "tolist", "cpu", "__bool__", "__int__", "__float__", "numpy"):
@@ -47,6 +48,13 @@ def test_no_host_sync_per_batch(monkeypatch):
             return _original(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, method, counted)
+    original_tensor = torch.tensor
+
+    def made(*a, **k):  # a tensor made from host data: on CUDA a blocking copy (a host sync) per call
+        reads["n"] += 1
+        return original_tensor(*a, **k)
+
+    monkeypatch.setattr(torch, "tensor", made)
 
     def count(batches):
         loader = _loader(4 * batches)

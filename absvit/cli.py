@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from absvit.arguments import job_arguments, job_kwargs, progress_arguments, recipe_arguments, tracking_arguments
+
 
 def _models(args: argparse.Namespace) -> None:
     """One line per model: parameters, input size, released weights (timm tags).
@@ -47,47 +49,20 @@ def _models(args: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {params:8.2f}M params  input {tuple(m.pretrained_cfg['input_size'])}  weights {weights}")
 
 
-def _parse_sets(pairs: list[str], flag: str = "--set") -> dict:
-    import yaml
-
-    from absvit.errors import UsageError
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        out[key] = yaml.safe_load(value)
-        if isinstance(out[key], str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-            try:
-                out[key] = float(out[key])
-            except ValueError:
-                pass
-    return out
-
-
 def _recipe(args: argparse.Namespace, recipe_class):
-    """``--recipe FILE`` (a YAML mapping) updated by ``--set KEY=VALUE ...``, checked key by key."""
-    import yaml
+    """The verb's recipe from ``--recipe`` / ``--set``, made (and so checked, key by key) once."""
+    from absvit.arguments import recipe_values
 
-    from absvit.errors import UsageError
-
-    values = {}
-    if args.recipe:
-        try:
-            values = yaml.safe_load(open(args.recipe)) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise UsageError(f"--recipe {args.recipe}: cannot read it ({e})") from None
-        if not isinstance(values, dict):
-            raise UsageError(f"--recipe {args.recipe}: expected a mapping of recipe keys")
-    values.update(_parse_sets(args.set))
-    return recipe_class.from_dict(values, where=args.recipe or "recipe")
+    values, where = recipe_values(args)
+    return recipe_class.from_dict(values, where=where)
 
 
 def _data_embedded(args: argparse.Namespace) -> None:
     from absvit.data.synthetic import generate
 
-    per_class = {k: int(v) for k, v in _parse_sets(args.per_class).items()}
+    from absvit.arguments import key_values
+
+    per_class = {k: int(v) for k, v in key_values(args.per_class, "--per-class").items()}
     generate(args.out, seed=args.seed, size=args.size, per_class=per_class)
 
 
@@ -101,7 +76,9 @@ def _data_imagenet_c(args: argparse.Namespace) -> None:
 def _data_segmentation(args: argparse.Namespace) -> None:
     from absvit.data.synthetic_seg import generate_segmentation
 
-    per_split = {k: int(v) for k, v in _parse_sets(args.per_split).items()}
+    from absvit.arguments import key_values
+
+    per_split = {k: int(v) for k, v in key_values(args.per_split, "--per-split").items()}
     generate_segmentation(args.out, seed=args.seed, per_split=per_split, layouts=args.layouts)
 
 
@@ -110,7 +87,7 @@ def _segment(args: argparse.Namespace) -> None:
     from absvit.segment import segment
 
     segment(args.backbone, args.model, args.dataset, args.data, args.out, _recipe(args, SegmentRecipe),
-            checkpoint=args.checkpoint, ema=args.ema, fresh_on_change=args.fresh_on_change, **_tracking(args))
+            checkpoint=args.checkpoint, ema=args.ema, fresh_on_change=args.fresh_on_change, **job_kwargs(args))
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -118,7 +95,7 @@ def _pretrain(args: argparse.Namespace) -> None:
     from absvit.recipe import PretrainRecipe
 
     pretrain(args.model, args.data, args.out, _recipe(args, PretrainRecipe), fresh_on_change=args.fresh_on_change,
-             **_tracking(args))
+             **job_kwargs(args))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -130,7 +107,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                          f"{len(args.data)} --data, {len(args.out)} --out)")
     evaluate_suites(args.model, args.checkpoint, list(zip(args.suite, args.data, args.out)), ema=args.ema,
                     classes_spec=args.classes, img_size=args.img_size, crop_pct=args.crop_pct,
-                    interpolation=args.interpolation, batch_size=args.batch_size, workers=args.workers, **_tracking(args))
+                    interpolation=args.interpolation, batch_size=args.batch_size, workers=args.workers, **job_kwargs(args))
 
 
 def _ablation(args: argparse.Namespace) -> None:
@@ -198,35 +175,7 @@ def _submit(args: argparse.Namespace) -> int:
                           tasks_per_node=args.tasks_per_node,
                           cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, partition=args.partition,
                           constraint=args.constraint, account=args.account, qos=args.qos)
-    return submit(argv, launcher=args.launcher, folder=args.folder, resources=resources, name=args.name)
-
-
-def _tracking_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite under results/)")
-    p.add_argument("--no-mlflow", action="store_true", help="write files only")
-    p.add_argument("--run-name", default=None)
-
-
-def _job_args(p: argparse.ArgumentParser) -> None:
-    """A training / evaluation job's place in the pipeline (MLflow tags) and its MLflow options."""
-    _tracking_args(p)
-    _progress_args(p)
-    p.add_argument("--preset", default=None, help="tag absvit.preset (default: adhoc)")
-    p.add_argument("--run", default=None, help="tag absvit.run: the config's run / backbone name (default: the output folder's)")
-
-
-def _progress_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
-                   help="a progress line about every SECONDS (default: %(default)s)")
-
-
-def _tracking(args: argparse.Namespace) -> dict:
-    return dict(tracking_uri=args.tracking_uri, track=not args.no_mlflow, run_name=args.run_name, preset=args.preset,
-                run=args.run, log_every_s=args.log_every)
-
-
-FRESH_HELP = ("if <out>/checkpoint.pth belongs to a different run (changed model, recipe, data, seed, world size), "
-              "move it aside to <out>/stale-<time>/ and start fresh; without this flag such a resume is refused")
+    return submit(argv, entry=main, launcher=args.launcher, folder=args.folder, resources=resources, name=args.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--per-class", type=int, default=None, help="corrupt only the first N images of each class")
     p.add_argument("--seed", type=int, default=0)
-    _progress_args(p)
+    progress_arguments(p)
     p.set_defaults(func=_data_imagenet_c)
 
     p = data.add_parser("embedded-segmentation", help="the embedded default's VOC / Cityscapes / ADE20K-layout sets")
@@ -270,10 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="timm name, e.g. absvit_small_patch16_224")
     p.add_argument("--data", required=True, help="root with train/<wnid>/ and val/<wnid>/")
     p.add_argument("--out", required=True)
-    p.add_argument("--recipe", default=None, help="YAML mapping of recipe keys (defaults: the paper's recipe)")
-    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="recipe overrides")
-    p.add_argument("--fresh-on-change", action="store_true", help=FRESH_HELP)
-    _job_args(p)
+    recipe_arguments(p, "pretraining")
+    job_arguments(p)
     p.set_defaults(func=_pretrain)
 
     from absvit.data import SUITES
@@ -291,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolation", default="bicubic")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=8)
-    _job_args(p)
+    job_arguments(p)
     p.set_defaults(func=_evaluate)
 
     p = verbs.add_parser("segment", help="UperNet fine-tuning + single-scale evaluation; resumes from <out>/checkpoint.pth")
@@ -304,10 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="backbone weights: pretraining output / released file (ViT, AbSViT) "
                    "or timm ImageNet weights (ResNet); none: random init, said loudly")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--recipe", default=None, help="YAML mapping of segmentation recipe keys (defaults: the paper's)")
-    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
-    p.add_argument("--fresh-on-change", action="store_true", help=FRESH_HELP)
-    _job_args(p)
+    recipe_arguments(p, "segmentation")
+    job_arguments(p)
     p.set_defaults(func=_segment)
 
     p = verbs.add_parser("ablation", help="two arms' robustness results side by side: Table 2 (lvar) or Table 3 (robustness)")
@@ -319,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="")
     p.add_argument("--preset", required=True)
     p.add_argument("--out", required=True, help="the comparison's CSV (lvar.csv, robustness.csv)")
-    _tracking_args(p)
+    tracking_arguments(p)
     p.set_defaults(func=_ablation)
 
     p = verbs.add_parser("tables", help="Tables 1-3 as LaTeX / CSV / Markdown and the reproduction report")
@@ -361,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- VERB [ARGS]")
     p.set_defaults(func=_submit)
 
-    from absvit.figures import add_arguments as figures_verbs  # the appendix figures' stage (absvit/figures.py)
+    from absvit.figures import add_verbs as figures_verbs
 
-    figures_verbs(verbs, data)  # `data embedded-scenes`, `decoder`, `figures`
+    figures_verbs(verbs, data)  # the appendix figures' stage: `data embedded-scenes`, `decoder`, `figures`
     return parser
 
 

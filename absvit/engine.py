@@ -1,62 +1,92 @@
-"""The training engine both loops share (DeiT's ``engine.py`` split): the verbs set up data, model
-and optimiser; here are the device and seeds, the training step (with its non-finite stop, or
-without a host sync for ``training.FiniteCheck`` to check later), torch.compile of the objective,
-the progress lines a cluster log shows while a job runs, evaluation top-1, the tracked-run context
-and the atomic training-state files.
+"""The loops every stage runs, and nothing else (DeiT's ``engine.py``): ``train_one_epoch`` for pretraining,
+segmentation and V&L fine-tuning, ``evaluate`` for every evaluation (top-1 through ``accuracy``, mIoU's
+confusion matrix, VQA scores).
 
-The progress lines are ``absvit.progress``'s.
+Both loops run as the GPU wants them, without a host sync per step: bf16 autocast, channels-last images and
+non-blocking copies on CUDA; the loss is checked for inf/NaN every few steps (``FiniteCheck``), the progress
+line reads it only when it prints, and evaluation metrics accumulate on the device. On CPU all of it is plain
+fp32.
 """
 from __future__ import annotations
 
-import json
-import math
-import random
-from contextlib import contextmanager, nullcontext
-from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed
 
-from absvit.distributed import DistInfo, init_distributed
-from absvit.errors import DiskFull
-from absvit.io import save_torch
-from absvit.progress import LOG_EVERY_S, Progress, duration, timed  # noqa: F401  (the verbs use them through here)
-from absvit.training import NonFiniteLoss
+from absvit.progress import Progress, timed
+from absvit.runtime import autocast
+
+FINITE_CHECK_EVERY = 50  # steps between the inf/NaN checks of the loss (and at the end of every loop)
 
 
-def setup(seed: int) -> tuple[DistInfo, torch.device]:
-    """Process group, this process's device, and every RNG seeded with ``seed + rank``."""
-    dist = init_distributed()
-    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    for seed_fn in (torch.manual_seed, np.random.seed, random.seed):
-        seed_fn(seed + dist.rank)
-    return dist, device
+class NonFiniteLoss(FloatingPointError):
+    """The loss became inf/NaN; the message names the step and the last good checkpoint."""
 
 
-def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+class FiniteCheck:
+    """Stops a run whose loss became inf/NaN without a host sync per step.
+
+    Call it with each step's loss (a device tensor) and where it happened; the losses stay on the
+    device and are looked at together every ``every`` steps and by ``check()`` (the loop calls it at its
+    end; call it before writing a checkpoint mid-loop). The error names the first bad step. Steps after
+    it have run by then, so the weights in memory are spoilt, but the checkpoint on disk is the last
+    good one. With several processes every process checks at the same steps and all of them stop.
+    """
+
+    def __init__(self, ckpt_path, *, every: int = FINITE_CHECK_EVERY, dist=None):
+        self.ckpt_path, self.every, self.dist = ckpt_path, every, dist
+        self.pending: list[tuple[torch.Tensor, str]] = []
+
+    def __call__(self, loss: torch.Tensor, where: str) -> None:
+        self.pending.append((loss.detach(), where))
+        if len(self.pending) >= self.every:
+            self.check()
+
+    def check(self) -> None:
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        losses = torch.stack([loss.float() for loss, _ in pending])
+        bad = ~torch.isfinite(losses)
+        flag = bad.any().to(torch.int32)
+        if self.dist is not None and self.dist.enabled:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if not flag.item():  # the one host sync, every `every` steps
+            return
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            what = f"non-finite loss ({losses[i].item()}) at {pending[i][1]}"
+        else:
+            what = f"non-finite loss on another process, by {pending[-1][1]}"
+        raise NonFiniteLoss(f"{what}; stopping. The last good checkpoint is kept at {self.ckpt_path}")
 
 
-def distributed(objective: torch.nn.Module, dist: DistInfo, device: torch.device) -> torch.nn.Module:
-    """The objective (a module computing the loss) under DDP when there are several processes."""
-    if not dist.enabled:
-        return objective
-    return torch.nn.parallel.DistributedDataParallel(objective, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+def to_device(batch, device: torch.device):
+    """Tensors (or tuples / lists / dicts of them) on ``device``, copied without blocking; images (4-d) in
+    channels-last on CUDA."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if device.type == "cuda" and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
-def compiled(objective: torch.nn.Module, setting: str, device: torch.device) -> torch.nn.Module:
-    """The objective under torch.compile when ``setting`` (recipe key ``compile``) is "on", or "auto" on CUDA.
-
-    Compile the DDP-wrapped module (torch's advice: DDP's optimizer splits the graph at its buckets)."""
-    if setting == "on" or (setting == "auto" and device.type == "cuda"):
-        return torch.compile(objective)
-    return objective
+def batch_size(batch) -> int:
+    """The number of samples in a batch: the first dimension of its (first) tensor."""
+    while not isinstance(batch, torch.Tensor):
+        batch = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
+    return batch.shape[0]
 
 
 def optimizer_step(objective, inputs, targets, optimizer, *, amp) -> torch.Tensor:
     """One optimiser step on ``objective(inputs, targets)``; returns the loss, detached, without waiting
-    for the device (no host sync: check it with ``training.FiniteCheck``)."""
+    for the device."""
     with amp:
         loss = objective(inputs, targets)
     optimizer.zero_grad(set_to_none=True)
@@ -65,94 +95,79 @@ def optimizer_step(objective, inputs, targets, optimizer, *, amp) -> torch.Tenso
     return loss.detach()
 
 
-def train_step(objective, inputs, targets, optimizer, *, amp, where: str, ckpt_path) -> float:
-    """One optimiser step on ``objective(inputs, targets)``; a non-finite loss stops the run before the step."""
-    with amp:
-        loss = objective(inputs, targets)
-    value = loss.item()
-    if not math.isfinite(value):
-        raise NonFiniteLoss(f"non-finite loss ({value}) at {where}; stopping. The last good checkpoint is kept at {ckpt_path}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return value
+def train_one_epoch(objective, loader, optimizer, device, *, progress: Progress, finite: FiniteCheck, where: str,
+                    mixup=None, on_step: Callable | None = None) -> None:
+    """One pass over ``loader`` (an epoch, or a fine-tuning run's iterations): an optimiser step per batch.
+
+    ``objective(inputs, targets)`` is the loss (a module: DDP and torch.compile wrap it whole). ``where``
+    names a step in messages, with ``{step}`` for its number (``"epoch 3, step {step}"``). ``mixup``: timm's
+    Mixup, applied on the device. ``on_step(step, loss, lr)`` runs after each step (the EMA, a per-step
+    schedule, metrics rows, mid-run checkpoints: call ``finite.check()`` before writing one); it returns True
+    to stop here (a test's stand-in for a killed job)."""
+    objective.train()
+    amp = autocast(device)
+    for data, (inputs, targets) in timed(loader):
+        inputs, targets = to_device(inputs, device), to_device(targets, device)
+        if mixup is not None:
+            inputs, targets = mixup(inputs, targets)
+        loss = optimizer_step(objective, inputs, targets, optimizer, amp=amp)
+        step = progress.done + 1
+        finite(loss, where.format(step=step))
+        lr = optimizer.param_groups[0]["lr"]
+        progress.step(images=batch_size(inputs), data=data, loss=loss, lr=lr)
+        if on_step is not None and on_step(step, loss, lr):
+            break
+    finite.check()
 
 
-def accuracy(model, loader, device, *, restrict: list[int] | None = None, every_s: float = LOG_EVERY_S,
-             progress: Progress | None = None, header: str = "Test:") -> dict:
-    """Top-1 / top-5 (%) over ``loader``; with ``restrict``, only those classes' logits compete.
-    ``progress``: count the batches in a larger loop's progress (ImageNet-C's 75 folders).
+def evaluate(model, loader, device, metric, *, progress: Progress, forward: Callable | None = None):
+    """One pass over ``loader`` in eval mode: ``metric.update(outputs, targets)`` per batch, ``outputs`` =
+    ``forward(model, inputs, targets)`` (default ``model(inputs)``) under autocast. Returns ``metric``.
 
-    As training runs: bf16 autocast and channels-last on CUDA, non-blocking copies; the hit counts stay on the
-    device and are read once at the end (no host sync per batch; on CPU all of it is plain fp32)."""
+    The model is put in channels-last on CUDA outside inference mode (converted parameters, an EMA's too, must
+    stay usable by autograd and in-place updates afterwards)."""
     device = torch.device(device)
-    cuda = device.type == "cuda"
     model.eval()
-    if cuda:  # outside inference mode: converted parameters (the EMA's) must stay usable by autograd and in-place updates
+    if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    amp = autocast(device)
     with torch.inference_mode():
-        return _accuracy(model, loader, device, restrict, progress or Progress(header, len(loader), every_s=every_s, device=device))
+        for data, (inputs, targets) in timed(loader):
+            inputs, targets = to_device(inputs, device), to_device(targets, device)
+            with amp:
+                outputs = model(inputs) if forward is None else forward(model, inputs, targets)
+            metric.update(outputs, targets)
+            progress.step(images=batch_size(inputs), data=data)
+    return metric
 
 
-def _accuracy(model, loader, device: torch.device, restrict: list[int] | None, progress: Progress) -> dict:
-    cuda = device.type == "cuda"
-    index = torch.tensor(restrict, device=device) if restrict is not None else None  # one copy, before the loop
-    hits = torch.zeros(2, dtype=torch.int64, device=device)  # top-1, top-5
-    total = 0  # the batch size is known on the host: no tensor made from it per batch (a blocking copy on CUDA)
-    for data, (images, labels) in timed(loader):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if cuda:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            logits = model(images)
-        logits = logits.float() if index is None else logits.float()[:, index]
+class TopK:
+    """Top-1 / top-5 hits of logits against labels, counted on the device (read once, by ``compute``).
+    ``restrict``: only those classes' logits compete (ImageNet-A / -R: 200 of the 1000 classes)."""
+
+    def __init__(self, device, restrict: list[int] | None = None):
+        self.index = torch.tensor(restrict, device=device) if restrict is not None else None  # one copy, up front
+        self.hits = torch.zeros(2, dtype=torch.int64, device=device)
+        self.total = 0  # known on the host: no tensor made from it per batch (a blocking copy on CUDA)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = logits.float() if self.index is None else logits.float()[:, self.index]
         pred = logits.topk(min(5, logits.shape[1]), dim=-1).indices
-        if index is not None:
-            pred = index[pred]
-        hits += torch.stack([(pred[:, 0] == labels).sum(), (pred == labels[:, None]).any(-1).sum()])
-        total += labels.numel()
-        progress.step(images=labels.numel(), data=data)
-    top1, top5 = hits.tolist()  # the one host sync
-    return {"top1": 100.0 * top1 / max(total, 1), "top5": 100.0 * top5 / max(total, 1), "images": total}
+        if self.index is not None:
+            pred = self.index[pred]
+        self.hits += torch.stack([(pred[:, 0] == labels).sum(), (pred == labels[:, None]).any(-1).sum()])
+        self.total += labels.numel()
+
+    def compute(self) -> dict:
+        top1, top5 = self.hits.tolist()  # the one host sync
+        return {"top1": 100.0 * top1 / max(self.total, 1), "top5": 100.0 * top5 / max(self.total, 1), "images": self.total}
 
 
-@contextmanager
-def tracked(tracker):
-    """Ends the MLflow run as FINISHED, or KILLED (preempted, timed out: the requeued job continues it), or FAILED."""
-    try:
-        yield tracker
-    except (SystemExit, KeyboardInterrupt):
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
-
-
-def append_row(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def save_state(path: Path, model, described: dict, run_id, *, ema=None, **state) -> None:
-    """A self-describing checkpoint in the official layout (``model``, ``model_ema``, ``args``, ...), atomically."""
-    state = {"model": model.state_dict(), "args": described["run"]["recipe"], **described, "mlflow_run_id": run_id, **state}
-    if ema is not None:
-        state["model_ema"] = ema.module.state_dict()
-    save_torch(path, state)
-
-
-@contextmanager
-def resumable(ckpt_path: Path, kept: str | None):
-    """A full disk while writing training state (``DiskFull``) also says what is kept and that a rerun resumes.
-
-    ``kept``: the checkpoint ``ckpt_path`` holds, e.g. ``"epoch 3"``; None where none was written yet.
-    """
-    try:
-        yield
-    except DiskFull as e:
-        raise e.noted(f"the last good checkpoint ({kept}) is kept at {ckpt_path}; free space and rerun: the run resumes "
-                      "from it" if kept else f"nothing is lost, but no checkpoint exists yet at {ckpt_path}; free space "
-                      "and rerun: the run starts from the beginning") from e
-
+def accuracy(model, loader, device, *, restrict: list[int] | None = None, progress: Progress | None = None,
+             every_s: float | None = None, header: str = "Test:") -> dict:
+    """Top-1 / top-5 (%) and the image count over ``loader``; ``progress``: count the batches in a larger
+    loop's progress (ImageNet-C's 75 folders)."""
+    device = torch.device(device)
+    if progress is None:
+        progress = Progress(header, len(loader), device=device, **({"every_s": every_s} if every_s else {}))
+    return evaluate(model, loader, device, TopK(device, restrict), progress=progress).compute()

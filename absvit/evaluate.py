@@ -19,6 +19,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from torchvision import transforms
 
 from absvit import engine
+from absvit.progress import LOG_EVERY_S, Progress
 from absvit.checkpoint import agree, check_state_dict, extract_state_dict, read_checkpoint, recorded_setup
 from absvit.data import SUITES
 from absvit.data.corruptions import ALEXNET_ERR, CORRUPTIONS, SEVERITIES
@@ -30,7 +31,7 @@ from absvit.tracking import Tracker, run_tags
 
 
 def accuracy(model, dataset: ClassFolder, *, restrict: list[int] | None, batch_size: int, workers: int, device,
-             progress: engine.Progress | None = None) -> dict:
+             progress: Progress | None = None) -> dict:
     """Top-1 / top-5 (%) over ``dataset``; with ``restrict``, only those classes' logits compete."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
                                          pin_memory=torch.device(device).type == "cuda")
@@ -97,7 +98,7 @@ def evaluate_suites(model_name: str | None, checkpoint, jobs, *, ema: bool = Fal
                     interpolation: str = "bicubic", batch_size: int = 128, workers: int = 8,
                     tracking_uri: str | None = None, track: bool = True, run_name: str | None = None,
                     preset: str | None = None, run: str | None = None,
-                    log_every_s: float = engine.LOG_EVERY_S) -> list[dict]:
+                    log_every_s: float = LOG_EVERY_S) -> list[dict]:
     """``jobs``: (suite, data root, result JSON) triples, evaluated with one loaded model (one JSON file and
     one MLflow run each; with several suites the MLflow run names get ``/<suite>``). ``model_name``,
     ``classes_spec`` and ``img_size`` default to what the checkpoint records."""
@@ -133,7 +134,7 @@ def _evaluate_suite(model, ckpt: dict, checkpoint, suite: str, data, out_json, *
     if suite == "imagenet-c":  # 75 folders, one progress count over all of them
         sets = {key: ClassFolder(folder, classes, tf) for key, folder in imagenet_c_folders(data).items()}
         evaluated, skipped = len(classes), set().union(*(d.skipped for d in sets.values()))
-        progress = engine.Progress("Test: [imagenet-c]", sum(-(-len(d) // batch_size) for d in sets.values()),
+        progress = Progress("Test: [imagenet-c]", sum(-(-len(d) // batch_size) for d in sets.values()),
                                    every_s=log_every_s, device=device)
         top1 = {key: accuracy(model, d, restrict=None, progress=progress, **run_args)["top1"] for key, d in sets.items()}
         result["top1"] = {c: {str(s): top1[(c, s)] for s in SEVERITIES} for c in CORRUPTIONS}
@@ -144,7 +145,7 @@ def _evaluate_suite(model, ckpt: dict, checkpoint, suite: str, data, out_json, *
     else:
         dataset = ClassFolder(data, classes, tf, subset=suite in SUBSET_SUITES)
         restrict = dataset.class_indices if suite in SUBSET_SUITES else None
-        progress = engine.Progress(f"Test: [{suite}]", -(-len(dataset) // batch_size), every_s=log_every_s, device=device)
+        progress = Progress(f"Test: [{suite}]", -(-len(dataset) // batch_size), every_s=log_every_s, device=device)
         result.update(accuracy(model, dataset, restrict=restrict, progress=progress, **run_args))
         evaluated, skipped = len(dataset.class_indices), set(dataset.skipped)
         metrics = {"top1": result["top1"], "top5": result["top5"]}

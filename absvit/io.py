@@ -112,3 +112,10 @@ def save_torch(path, obj) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_bytes(path, buffer.getbuffer())
+
+
+def append_jsonl(path, row: dict) -> None:
+    """One JSON line appended to a log such as metrics.jsonl (a resumed run first drops the rows past its
+    checkpoint: ``checkpoint.truncate_log``)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import submitit
 
@@ -24,10 +25,11 @@ from absvit.errors import JobFailed
 
 
 class Verb(submitit.helpers.Checkpointable):
-    """A picklable call of ``python -m absvit <argv>`` inside the job."""
+    """A picklable call of ``python -m absvit <argv>`` inside the job: ``entry(argv)``, the CLI's ``main``
+    (pickled by name)."""
 
-    def __init__(self, argv: list[str], cpus: int | None = None):
-        self.argv, self.cpus = list(argv), cpus
+    def __init__(self, argv: list[str], entry: Callable[[list[str]], int], cpus: int | None = None):
+        self.argv, self.entry, self.cpus = list(argv), entry, cpus
 
     def __call__(self) -> int:
         if self.cpus:  # stay inside the allocation: oversubscribed CPU threads slow torch down many times over
@@ -38,9 +40,7 @@ class Verb(submitit.helpers.Checkpointable):
         if env.num_tasks > 1:  # one task per GPU: torch.distributed from the job's environment
             dist = submitit.helpers.TorchDistributedEnvironment().export()
             os.environ.setdefault("LOCAL_RANK", str(dist.local_rank))
-        from absvit.cli import main
-
-        status = main(self.argv)
+        status = self.entry(self.argv)
         if status:  # a failed verb fails the job (submitit would otherwise report it as completed)
             raise JobFailed(f"absvit {' '.join(self.argv[:1])} exited with status {status}")
         return status
@@ -75,14 +75,17 @@ class Resources:
         return params
 
 
-def submit(argv: list[str], *, launcher: str, folder, resources: Resources, name: str = "absvit") -> int:
+def submit(argv: list[str], *, entry: Callable[[list[str]], int], launcher: str, folder, resources: Resources,
+           name: str = "absvit") -> int:
+    """Run ``entry(argv)`` (the CLI's ``main``) as a local or SLURM job with ``resources``; wait for it, copying
+    its output here; a failed job raises ``JobFailed`` naming its log."""
     if launcher not in ("local", "slurm"):
         raise ValueError(f"launcher must be 'local' or 'slurm', got {launcher!r}")
     folder = Path(folder)
     extra = {"slurm_max_num_timeout": resources.max_num_timeout} if launcher == "slurm" else {}
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=launcher, **extra)
     executor.update_parameters(name=name, **resources.executor_parameters(launcher))
-    job = executor.submit(Verb(argv, cpus=resources.cpus_per_task))
+    job = executor.submit(Verb(argv, entry, cpus=resources.cpus_per_task))
     print(f"submitted {' '.join(argv[:1])} as {launcher} job {job.job_id}; logs: {job.paths.stdout} {job.paths.stderr}",
           flush=True)
     output = _Output(job)

@@ -12,9 +12,8 @@ The input pipeline is timm's: on CUDA its prefetcher (uint8 batches through pinn
 on a side stream, normalised and randomly erased on the GPU; workers only decode, crop and
 RandAugment), persistent workers on every device. Mixup/CutMix runs on the device in the main
 process (timm's ``Mixup``; on a GPU it costs nothing and its draws are part of the checkpointed
-RNG state). Each sample is augmented under its own seed (``training.SampleSeeds``), so neither
-the number of workers nor their history changes what a run computes. The loss is checked for
-inf/NaN every few steps without stalling the device (``training.FiniteCheck``).
+RNG state). Each sample is augmented under its own seed (``data.sampling.SampleSeeds``), so neither
+the number of workers nor their history changes what a run computes. The loop is ``engine.train_one_epoch``.
 """
 from __future__ import annotations
 
@@ -32,28 +31,17 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from absvit import engine
-from absvit.checkpoint import extract_state_dict
+from absvit import engine, runtime
+from absvit.checkpoint import checkpoint_to_resume, resumable, resume, rng_states, save_state, truncate_log
 from absvit.data.readers import ClassFolder, label_space
-from absvit.distributed import DistInfo
-from absvit.engine import LOG_EVERY_S
+from absvit.data.sampling import SampleSeeds, Seeded
 from absvit.errors import UsageError
-from absvit.io import write_json
+from absvit.formats import hms
+from absvit.io import append_jsonl, write_json
 from absvit.models import require_model
+from absvit.progress import LOG_EVERY_S, Progress
 from absvit.recipe import PretrainRecipe, check_patch_multiple
 from absvit.tracking import Tracker, run_tags
-from absvit.training import (  # noqa: F401  (NonFiniteLoss: the verb's error, imported from here)
-    FiniteCheck,
-    NonFiniteLoss,
-    SampleSeeds,
-    Seeded,
-    checkpoint_to_resume,
-    restore_rng,
-    rng_states,
-    truncate_log,
-)
-
-FINITE_CHECK_EVERY = 50  # steps between the inf/NaN checks of the loss (and at the end of every epoch)
 
 
 class TrainingLoss(torch.nn.Module):
@@ -80,80 +68,94 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
              log_every_s: float = LOG_EVERY_S) -> dict:
     """Train ``model_name`` on ``<data_root>/train``, validate on ``<data_root>/val``.
 
-    ``fresh_on_change``: a checkpoint of a different run in ``out_dir`` is moved aside instead of refused.
-    """
+    ``fresh_on_change``: a checkpoint of a different run in ``out_dir`` is moved aside instead of refused;
+    ``stop_after_epoch``: end (as a killed job would) after that epoch."""
     require_model(model_name)
     check_patch_multiple(recipe.img_size, model_name, patch=patch_size(model_name))  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dist, device = engine.setup(recipe.seed)
+    dist, device = runtime.setup(recipe.seed)
 
     data_root = Path(data_root)
     classes = label_space(str(data_root / "train"))
     train_loader, val_loader = loaders(data_root, classes, recipe, dist, device, prefetch=device.type == "cuda")
     model, optimizer, scheduler, ema, mixup, criterion = build(model_name, len(classes), recipe, device)
 
-    ckpt_path, log_path = out / "checkpoint.pth", out / "metrics.jsonl"
+    ckpt_path = out / "checkpoint.pth"
     identity = {"model": model_name, "recipe": recipe.identity(), "data_root": str(data_root.resolve()),
                 "classes": list(classes), "world_size": dist.world_size}
     described = {"arch": model_name, "img_size": recipe.img_size, "classes": list(classes), "run": identity}
-    start_epoch, run_id = 0, None
+    start, run_id = 0, None
     ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
     if ckpt is not None:
-        start_epoch, run_id = _resume(ckpt, ckpt_path, model, ema, optimizer, scheduler, dist.rank)
-        truncate_log(log_path, "epoch", start_epoch)
-        print(f"resuming {model_name} from {ckpt_path} at epoch {start_epoch}", flush=True)
+        start, run_id = resume(ckpt, ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                               rank=dist.rank, counter="epoch")
+        truncate_log(out / "metrics.jsonl", "epoch", start)
+        print(f"resuming {model_name} from {ckpt_path} at epoch {start}", flush=True)
     else:
         scheduler.step(0)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    objective = engine.distributed(TrainingLoss(model, criterion, recipe.var_weight), dist, device)
-    objective = engine.compiled(objective, recipe.compile, device)
+    objective = runtime.distributed(TrainingLoss(model, criterion, recipe.var_weight), dist, device)
+    objective = runtime.compiled(objective, recipe.compile, device)
 
     params = {"model": model_name, "data_root": str(data_root), "num_classes": len(classes),
               "world_size": dist.world_size, "recipe": recipe.to_dict()}
-    tracker = Tracker(run_name or f"pretrain/{model_name}", uri=tracking_uri, run_id=run_id, params=params,
-                      tags=run_tags("pretrain", preset, run or out.name, seed=recipe.seed),
-                      enabled=track and dist.is_main)
-    metrics: dict = _last_row(log_path) if start_epoch >= recipe.epochs else {}  # resuming a finished run
-    with engine.tracked(tracker):
-        for epoch in range(start_epoch, recipe.epochs):
-            train_loader.sampler.set_epoch(epoch)
-            header = f"Epoch: [{epoch + 1}/{recipe.epochs}]"
-            progress = engine.Progress(header, len(train_loader), every_s=log_every_s, dist=dist, device=device)
-            finite = FiniteCheck(ckpt_path, every=FINITE_CHECK_EVERY, dist=dist)
-            train_epoch(objective, model, train_loader, mixup, optimizer, ema, device, progress, finite, epoch + 1)
-            scheduler.step(epoch + 1)
-            train = progress.summary()
-            metrics = {"epoch": epoch + 1, "train_loss": train["loss"], "lr": optimizer.param_groups[0]["lr"],
-                       "val_top1": engine.accuracy(model, val_loader, device, every_s=log_every_s, header="Val:")["top1"]}
-            if ema is not None:
-                metrics["val_top1_ema"] = engine.accuracy(ema.module, val_loader, device, every_s=log_every_s,
-                                                          header="Val (EMA):")["top1"]
-            metrics["epoch_seconds"] = time.perf_counter() - progress.t0  # validation included
+    with Tracker(run_name or f"pretrain/{model_name}", uri=tracking_uri, run_id=run_id, params=params,
+                 tags=run_tags("pretrain", preset, run or out.name, seed=recipe.seed),
+                 enabled=track and dist.is_main) as tracker:
+        metrics = _last_row(out / "metrics.jsonl") if start >= recipe.epochs else {}  # resuming a finished run
+        for epoch in range(start + 1, recipe.epochs + 1):
+            header = f"Epoch: [{epoch}/{recipe.epochs}]"
+            train_loader.sampler.set_epoch(epoch - 1)
+            progress = Progress(header, len(train_loader), every_s=log_every_s, dist=dist, device=device)
+            finite = engine.FiniteCheck(ckpt_path, dist=dist)
+            engine.train_one_epoch(objective, train_loader, optimizer, device, progress=progress, finite=finite,
+                                   where=f"epoch {epoch}, step {{step}}", mixup=mixup,
+                                   on_step=None if ema is None else lambda *_: ema.update(model))
+            scheduler.step(epoch)
+            train = progress.summary()  # a collective call with several processes
+            metrics = end_of_epoch(epoch, train, progress.t0, model, ema, optimizer, val_loader, device, log_every_s)
             rng = rng_states(dist)
             if dist.is_main:
-                with engine.resumable(ckpt_path, f"epoch {epoch}" if epoch else None):  # the one on disk: the last epoch's
-                    engine.save_state(ckpt_path, model, described, tracker.run_id, ema=ema, optimizer=optimizer.state_dict(),
-                                      lr_scheduler=scheduler.state_dict(), epoch=epoch + 1, rng=rng)
-                engine.append_row(log_path, metrics)
-                speed = {"images_per_s": train["images_per_s"], "data_wait": train["data_wait"]}  # timings: MLflow and log only
-                tracker.log_metrics({**{k: v for k, v in metrics.items() if k != "epoch"}, **speed}, step=epoch + 1)
-                ema_note = f" (EMA {metrics['val_top1_ema']:.2f})" if ema is not None else ""
-                print(f"{header} done in {engine.duration(metrics['epoch_seconds'])}: train loss {train['loss']:.4f}, "
-                      f"val top-1 {metrics['val_top1']:.2f}{ema_note}, {train['images_per_s']:.0f} img/s, "
-                      f"data wait {100 * train['data_wait']:.0f}%", flush=True)
-            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < recipe.epochs:
+                with resumable(ckpt_path, f"epoch {epoch - 1}" if epoch > 1 else None):  # the one on disk: the last epoch's
+                    save_state(ckpt_path, model, described, tracker.run_id, ema=ema, optimizer=optimizer.state_dict(),
+                               lr_scheduler=scheduler.state_dict(), epoch=epoch, rng=rng)
+                report_epoch(header, metrics, train, out, tracker)
+            if stop_after_epoch is not None and stop_after_epoch <= epoch < recipe.epochs:
                 tracker.finish("KILLED")
                 return metrics
         result = {"model": model_name, "classes": len(classes), "epochs": recipe.epochs, **metrics}
         if dist.is_main:
-            with engine.resumable(ckpt_path, f"epoch {recipe.epochs}"):
-                engine.save_state(out / "model.pth", model, described, tracker.run_id, ema=ema, epoch=recipe.epochs)
+            with resumable(ckpt_path, f"epoch {recipe.epochs}"):
+                save_state(out / "model.pth", model, described, tracker.run_id, ema=ema, epoch=recipe.epochs)
             write_json(out / "result.json", result)
-            for path in (out / "result.json", log_path):
+            for path in (out / "result.json", out / "metrics.jsonl"):
                 tracker.log_artifact(path)
     return result
+
+
+def end_of_epoch(epoch: int, train: dict, t0: float, model, ema, optimizer, val_loader, device, log_every_s) -> dict:
+    """The epoch's row of metrics.jsonl: train loss (``train``: the epoch's ``Progress.summary()``) and lr,
+    validation top-1 of the model (and of its EMA), and the seconds since ``t0`` (validation included)."""
+    metrics = {"epoch": epoch, "train_loss": train["loss"], "lr": optimizer.param_groups[0]["lr"],
+               "val_top1": engine.accuracy(model, val_loader, device, every_s=log_every_s, header="Val:")["top1"]}
+    if ema is not None:
+        metrics["val_top1_ema"] = engine.accuracy(ema.module, val_loader, device, every_s=log_every_s,
+                                                  header="Val (EMA):")["top1"]
+    metrics["epoch_seconds"] = time.perf_counter() - t0
+    return metrics
+
+
+def report_epoch(header: str, metrics: dict, train: dict, out: Path, tracker: Tracker) -> None:
+    """The epoch's row in metrics.jsonl and MLflow (timings: MLflow and the log only), and its summary line."""
+    append_jsonl(out / "metrics.jsonl", metrics)
+    speed = {"images_per_s": train["images_per_s"], "data_wait": train["data_wait"]}
+    tracker.log_metrics({**{k: v for k, v in metrics.items() if k != "epoch"}, **speed}, step=metrics["epoch"])
+    ema_note = f" (EMA {metrics['val_top1_ema']:.2f})" if "val_top1_ema" in metrics else ""
+    print(f"{header} done in {hms(metrics['epoch_seconds'])}: train loss {train['loss']:.4f}, "
+          f"val top-1 {metrics['val_top1']:.2f}{ema_note}, {train['images_per_s']:.0f} img/s, "
+          f"data wait {100 * train['data_wait']:.0f}%", flush=True)
 
 
 def patch_size(model_name: str) -> int | None:
@@ -182,7 +184,7 @@ def build(model_name: str, num_classes: int, recipe: PretrainRecipe, device):
     return model, optimizer, scheduler, ema, mixup, criterion
 
 
-def loaders(root: Path, classes, recipe: PretrainRecipe, dist: DistInfo, device, *, prefetch: bool):
+def loaders(root: Path, classes, recipe: PretrainRecipe, dist: runtime.DistInfo, device, *, prefetch: bool):
     """The training loader (shuffled, repeated-augmentation or distributed sampler, per-sample seeds;
     with ``prefetch``, timm's CUDA prefetcher) and the validation loader (normalised on the workers).
 
@@ -216,34 +218,6 @@ def loaders(root: Path, classes, recipe: PretrainRecipe, dist: DistInfo, device,
     return train, val
 
 
-def train_epoch(objective, model, loader, mixup, optimizer, ema, device, progress, finite, epoch: int) -> None:
-    """One pass over ``loader``; no host sync but the progress lines' and ``finite``'s, which checks
-    the losses every few steps and at the end (before the epoch's checkpoint is written)."""
-    objective.train()
-    for data, (images, targets) in engine.timed(loader):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if mixup is not None:
-            images, targets = mixup(images, targets)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        loss = engine.optimizer_step(objective, images, targets, optimizer, amp=engine.autocast(device))
-        finite(loss, f"epoch {epoch}, step {progress.done + 1}")
-        if ema is not None:
-            ema.update(model)
-        progress.step(images=images.shape[0], data=data, loss=loss, lr=optimizer.param_groups[0]["lr"])
-    finite.check()
-
-
 def _last_row(log_path: Path) -> dict:
     lines = log_path.read_text().splitlines() if log_path.exists() else []
     return json.loads(lines[-1]) if lines else {}
-
-
-def _resume(ckpt: dict, path, model, ema, optimizer, scheduler, rank: int) -> tuple[int, str | None]:
-    model.load_state_dict(extract_state_dict(ckpt, path))
-    if ema is not None:
-        ema.module.load_state_dict(extract_state_dict(ckpt, path, ema=True))
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["lr_scheduler"])
-    restore_rng(ckpt["rng"], rank)
-    return int(ckpt["epoch"]), ckpt.get("mlflow_run_id")

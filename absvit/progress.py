@@ -12,18 +12,15 @@ jobs start without it.
 """
 from __future__ import annotations
 
-import datetime
 import time
 from typing import TYPE_CHECKING
 
+from absvit.formats import hms
+
 if TYPE_CHECKING:
-    from absvit.distributed import DistInfo
+    from absvit.runtime import DistInfo
 
 LOG_EVERY_S = 30.0
-
-
-def duration(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
 
 class Progress:
@@ -106,7 +103,7 @@ class Progress:
             return
         width = len(str(self.total))
         parts = [f"{self.header} [{self.done:>{width}}/{self.total}]",
-                 f"eta: {duration(avg['step_s'] * (self.total - self.done))}"]
+                 f"eta: {hms(avg['step_s'] * (self.total - self.done))}"]
         if lr is not None:
             parts.append(f"lr: {lr:.6f}")
         if self.recent:

@@ -20,25 +20,18 @@ import torch.nn.functional as F
 from timm.scheduler import PolyLRScheduler
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from absvit import engine
-from absvit.checkpoint import agree, check_state_dict, read_checkpoint, recorded_setup
-from absvit.data.segmentation import (
-    DATASETS,
-    IGNORE,
-    IterationSampler,
-    SegmentationFolder,
-    TestTransform,
-    TrainTransform,
-    class_names,
-)
-from absvit.engine import LOG_EVERY_S
+from absvit import engine, runtime
+from absvit.checkpoint import (agree, checkpoint_to_resume, read_checkpoint, recorded_setup, resumable, resume,
+                               rng_states, save_state, truncate_log)
+from absvit.data.sampling import IterationSampler
+from absvit.data.segmentation import DATASETS, IGNORE, SegmentationFolder, TestTransform, TrainTransform, class_names
 from absvit.errors import UsageError
-from absvit.io import write_json
+from absvit.io import append_jsonl, write_json
 from absvit.models import require_model
 from absvit.models.segmenter import Segmenter, build_backbone
+from absvit.progress import LOG_EVERY_S, Progress
 from absvit.recipe import SegmentRecipe
 from absvit.tracking import Tracker, run_tags
-from absvit.training import checkpoint_to_resume, restore_rng, rng_states, truncate_log
 
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -64,24 +57,14 @@ def iou_from_confusion(cm: torch.Tensor) -> dict:
     return {"iou": iou.tolist(), "miou": 100 * float(iou.nanmean()), "aacc": 100 * float(tp.sum() / cm.sum().clamp(min=1))}
 
 
-@torch.no_grad()
 def evaluate_segmenter(model: Segmenter, dataset: SegmentationFolder, device, every_s: float = LOG_EVERY_S) -> dict:
-    model.eval()
-    num_classes = dataset.spec.num_classes
-    # rank 0 alone evaluates the whole val split: no sync with the other processes
-    confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE, sync_on_compute=False).to(device)
-    progress = engine.Progress("Test:", len(dataset), every_s=every_s, device=device)
-    cuda = torch.device(device).type == "cuda"
-    if cuda:  # the head's convolutions in channels-last (after training: the training step is unchanged)
-        model.to(memory_format=torch.channels_last)
-    for data, (image, label) in engine.timed(dataset[i] for i in range(len(dataset))):
-        image = image[None].to(device, non_blocking=True)
-        if cuda:
-            image = image.contiguous(memory_format=torch.channels_last)
-        with engine.autocast(device):  # as training runs: bf16 on CUDA
-            logits = model.predict(image, label.shape[-2:])
-        confusion.update(logits.float().argmax(1), label[None].to(device, non_blocking=True))
-        progress.step(images=1, data=data)
+    """mIoU, pixel accuracy and each class's IoU over ``dataset``: single-scale whole images (``Segmenter.predict``),
+    one at a time (their sizes differ), as training runs (bf16 autocast on CUDA). Rank 0 alone evaluates the
+    whole val split: no sync with the other processes."""
+    confusion = MulticlassConfusionMatrix(dataset.spec.num_classes, ignore_index=IGNORE, sync_on_compute=False).to(device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1)
+    engine.evaluate(model, loader, device, confusion, progress=Progress("Test:", len(dataset), every_s=every_s, device=device),
+                    forward=lambda m, image, label: m.predict(image, label.shape[-2:]).float().argmax(1))
     scores = iou_from_confusion(confusion.compute().cpu())
     names = class_names(dataset.dataset)
     scores["iou"] = {n: (None if math.isnan(v) else 100 * v) for n, v in zip(names, scores["iou"])}
@@ -120,18 +103,18 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
             stop_after: int | None = None, fresh_on_change: bool = False, log_every_s: float = LOG_EVERY_S) -> dict:
     """Fine-tune ``backbone`` (kind) / ``model_name`` with UperNet on ``dataset`` and evaluate on its val split.
 
-    ``model_name`` defaults to the model the backbone checkpoint records; ``fresh_on_change``: a
-    checkpoint of a different run in ``out_dir`` is moved aside instead of refused."""
+    ``model_name`` defaults to the model the backbone checkpoint records; ``fresh_on_change``: a checkpoint of a
+    different run in ``out_dir`` is moved aside instead of refused; ``stop_after``: end (as a killed job would)
+    after that iteration."""
     model_name, source = _backbone_source(checkpoint, model_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dist, device = engine.setup(recipe.seed)
+    dist, device = runtime.setup(recipe.seed)
 
     crop, scale = (recipe.crop_height, recipe.crop_width), (recipe.scale_long, recipe.scale_short)
     train_set = SegmentationFolder(dataset, data_root, "train",
                                    TrainTransform(crop, scale, (recipe.ratio_min, recipe.ratio_max), recipe.cat_max_ratio))
     val_set = SegmentationFolder(dataset, data_root, "val", TestTransform(scale))
-
     model = Segmenter(build_backbone(backbone, model_name, checkpoint=checkpoint, ema=ema, drop_path=recipe.drop_path),
                       DATASETS[dataset].num_classes, channels=recipe.head_channels, aux_channels=recipe.aux_channels,
                       dropout=recipe.dropout).to(device)
@@ -141,7 +124,6 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
                                 warmup_t=recipe.warmup_iters, warmup_lr_init=recipe.lr * recipe.warmup_ratio,
                                 t_in_epochs=False)
 
-    ckpt_path, log_path = out / "checkpoint.pth", out / "metrics.jsonl"
     identity = {"backbone": backbone, "model": model_name, "dataset": dataset, "data_root": str(Path(data_root).resolve()),
                 "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None, "ema": ema,
                 "recipe": recipe.identity(), "world_size": dist.world_size}
@@ -149,12 +131,12 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
     start, run_id = 0, None
     ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
     if ckpt is not None:
-        start, run_id = _resume(ckpt, ckpt_path, model, optimizer, dist.rank)
-        truncate_log(log_path, "iteration", start)
-        print(f"resuming {backbone} ({model_name}) on {dataset} from {ckpt_path} at iteration {start}", flush=True)
+        start, run_id = resume(ckpt, out / "checkpoint.pth", model=model, optimizer=optimizer, rank=dist.rank,
+                               counter="iteration")
+        truncate_log(out / "metrics.jsonl", "iteration", start)
+        print(f"resuming {backbone} ({model_name}) on {dataset} from {out / 'checkpoint.pth'} at iteration {start}", flush=True)
     if dist.enabled and device.type == "cuda":  # torch's SyncBatchNorm is GPU-only; CPU processes keep their own BN statistics
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    objective = engine.distributed(SegmentationLoss(model, recipe.aux_weight), dist, device)
     sampler = IterationSampler(len(train_set), recipe.batch_size, recipe.iterations, start=start, seed=recipe.seed,
                                rank=dist.rank, world=dist.world_size)
     loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.batch_size // dist.world_size, sampler=sampler,
@@ -168,39 +150,18 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
               "source_run_id": source}
     tags = run_tags("segment", preset, run or out.parent.name, backbone=backbone, dataset=dataset, seed=recipe.seed,
                     source_run_id=source)
-    tracker = Tracker(run_name or f"segment/{backbone}/{dataset}", uri=tracking_uri, run_id=run_id, params=params,
-                      tags=tags, enabled=track and dist.is_main)
-    log_every = max(1, min(50, recipe.iterations // 20))  # metrics.jsonl rows
-    progress = engine.Progress(f"Fine-tune: [{backbone}/{dataset}]", recipe.iterations, start=start, every_s=log_every_s,
-                               dist=dist, device=device)
-    with engine.tracked(tracker):
-        objective.train()
-        for data, (images, labels) in engine.timed(loader):
-            it = progress.done
-            scheduler.step_update(it)
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss = engine.train_step(objective, images, labels, optimizer, amp=engine.autocast(device),
-                                     where=f"iteration {it + 1}", ckpt_path=ckpt_path)
-            lr = optimizer.param_groups[0]["lr"]
-            progress.step(images=images.shape[0], data=data, loss=loss, lr=lr)
-            done = progress.done
-            if dist.is_main and (done % log_every == 0 or done == recipe.iterations):
-                engine.append_row(log_path, {"iteration": done, "loss": loss, "lr": lr, "seconds": time.perf_counter() - progress.t0})
-                tracker.log_metrics({"loss": loss, "lr": lr}, step=done)
-            if done % recipe.checkpoint_every == 0 or done == recipe.iterations:
-                rng = rng_states(dist)
-                if dist.is_main:
-                    kept = max(start, (done - 1) // recipe.checkpoint_every * recipe.checkpoint_every)  # the one on disk
-                    with engine.resumable(ckpt_path, f"iteration {kept}" if kept else None):
-                        engine.save_state(ckpt_path, model, described, tracker.run_id, optimizer=optimizer.state_dict(),
-                                          iteration=done, rng=rng)
-            if stop_after is not None and done >= stop_after and done < recipe.iterations:
-                tracker.finish("KILLED")
-                return {"iteration": done}
+    with Tracker(run_name or f"segment/{backbone}/{dataset}", uri=tracking_uri, run_id=run_id, params=params,
+                 tags=tags, enabled=track and dist.is_main) as tracker:
+        progress = Progress(f"Fine-tune: [{backbone}/{dataset}]", recipe.iterations, start=start, every_s=log_every_s,
+                            dist=dist, device=device)
+        stopped = fine_tune(model, loader, optimizer, scheduler, recipe, device, dist=dist, progress=progress, out=out,
+                            described=described, tracker=tracker, stop_after=stop_after)
+        if stopped:
+            tracker.finish("KILLED")
+            return {"iteration": progress.done}
         if progress.done > start:
             train = progress.summary()
             tracker.log_metrics({"images_per_s": train["images_per_s"], "data_wait": train["data_wait"]})
-
         result = {"backbone": backbone, "model": model_name, "dataset": dataset, "iterations": recipe.iterations,
                   "seed": recipe.seed, "checkpoint": str(checkpoint), "val_images": len(val_set)}
         if dist.is_main:
@@ -209,14 +170,41 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
             tracker.log_metrics({"miou": result["miou"], "aacc": result["aacc"]})
             print(f"{progress.header} done: mIoU {result['miou']:.2f}, pixel accuracy {result['aacc']:.2f} "
                   f"on {len(val_set)} val images", flush=True)
-            for path in (out / "result.json", log_path):
+            for path in (out / "result.json", out / "metrics.jsonl"):
                 tracker.log_artifact(path)
     return result
 
 
-def _resume(ckpt: dict, path: Path, model: Segmenter, optimizer, rank: int) -> tuple[int, str | None]:
-    check_state_dict(model, ckpt["model"], path)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    restore_rng(ckpt["rng"], rank)
-    return int(ckpt["iteration"]), ckpt.get("mlflow_run_id")
+def fine_tune(model: Segmenter, loader, optimizer, scheduler, recipe: SegmentRecipe, device, *, dist, progress: Progress,
+              out: Path, described: dict, tracker: Tracker, stop_after: int | None) -> bool:
+    """The iterations ``[progress.done, recipe.iterations)``: ``engine.train_one_epoch`` over the iteration sampler,
+    with a metrics row every few iterations and a checkpoint every ``checkpoint_every`` and at the end. Returns
+    True when it stopped at ``stop_after`` before the end."""
+    ckpt_path, start = out / "checkpoint.pth", progress.done
+    log_every = max(1, min(50, recipe.iterations // 20))  # metrics.jsonl rows
+    finite = engine.FiniteCheck(ckpt_path, dist=dist)
+    objective = runtime.distributed(SegmentationLoss(model, recipe.aux_weight), dist, device)
+    stopped = False
+
+    def on_step(step: int, loss: torch.Tensor, lr: float) -> bool:
+        nonlocal stopped
+        scheduler.step_update(step)
+        if dist.is_main and (step % log_every == 0 or step == recipe.iterations):
+            row = {"iteration": step, "loss": float(loss), "lr": lr, "seconds": time.perf_counter() - progress.t0}
+            append_jsonl(out / "metrics.jsonl", row)
+            tracker.log_metrics({"loss": row["loss"], "lr": lr}, step=step)
+        if step % recipe.checkpoint_every == 0 or step == recipe.iterations:
+            finite.check()  # never checkpoint spoilt weights
+            rng = rng_states(dist)
+            if dist.is_main:
+                kept = max(start, (step - 1) // recipe.checkpoint_every * recipe.checkpoint_every)  # the one on disk
+                with resumable(ckpt_path, f"iteration {kept}" if kept else None):
+                    save_state(ckpt_path, model, described, tracker.run_id, optimizer=optimizer.state_dict(),
+                               iteration=step, rng=rng)
+        stopped = stop_after is not None and stop_after <= step < recipe.iterations
+        return stopped
+
+    scheduler.step_update(start)
+    engine.train_one_epoch(objective, loader, optimizer, device, progress=progress, finite=finite,
+                           where="iteration {step}", on_step=on_step)
+    return stopped

@@ -18,12 +18,6 @@ TEX_PM = r"$\pm$"  # base LaTeX: no package needed
 TEST = f"Welch's two-sided t-test (unequal variances), p < {ALPHA}"
 
 
-def aggregate(long: pd.DataFrame, rows: str, columns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
-    """Per ``rows`` value: the mean, the sample std (NaN for one seed) of each column, and n (seeds)."""
-    grouped = long.groupby(rows, sort=False)[columns]
-    return grouped.mean(), grouped.std(ddof=1), grouped.size()
-
-
 def cell(mean: float, std: float, n: int, *, tex: bool = False, digits: int = 1) -> str:
     """``65.5`` for one seed; ``65.5 ± 0.4`` (LaTeX: ``65.5$\\pm$0.4``) over several; ``--`` for no number."""
     if pd.isna(mean):

@@ -23,6 +23,8 @@ import pandas as pd
 from absvit import stats
 from absvit.ablation import COLUMNS, COMPARISONS
 from absvit.errors import TrackingError
+from absvit.figures.scores import CAPTION as FIGURES_CAPTION, DEFINITIONS as FIGURES_DEFINITIONS
+from absvit.formats import markdown_table, tex_escape
 from absvit.io import write_text
 
 SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
@@ -63,17 +65,9 @@ def _random_init(checkpoint) -> bool:
     return checkpoint is None or (isinstance(checkpoint, float) and pd.isna(checkpoint)) or str(checkpoint) in ("None", "")
 
 
-def _tex(text: str) -> str:
-    return re.sub(r"([_&%#])", r"\\\1", text)
-
-
-def _write(path: Path, text: str) -> None:
-    write_text(path, text)
-
-
 def _caption(base: str, label: str | None) -> str:
     """The LaTeX caption: ``base`` (LaTeX already) and the preset's label (plain text, escaped)."""
-    return base if not label else f"{base} {_tex(label)}" + ("" if label.endswith(".") else ".")
+    return base if not label else f"{base} {tex_escape(label)}" + ("" if label.endswith(".") else ".")
 
 
 @dataclass
@@ -134,7 +128,7 @@ def _write_table(out: Path, stem: str, spread: Spread, labels: dict, heads: dict
         column_format += "c"
     latex = tex.style.hide(axis="index").to_latex(hrules=True, position="t", position_float="centering",
                                                   column_format=column_format, caption=_caption(caption, label), label=ref)
-    _write(out / f"{stem}.tex", f"% {stem}: \\input this into a document whose preamble has \\usepackage{{booktabs}} "
+    write_text(out / f"{stem}.tex", f"% {stem}: \\input this into a document whose preamble has \\usepackage{{booktabs}} "
                                 "(no other package needed).\n" + latex)
     csv = spread.mean.rename(index=labels, columns=heads)
     md = spread.cells(tex=False).rename(index=labels, columns=heads)
@@ -142,8 +136,8 @@ def _write_table(out: Path, stem: str, spread: Spread, labels: dict, heads: dict
         for c in spread.mean.columns:
             csv[f"{heads[c]} std"] = spread.std[c].to_numpy()
         csv["n"] = md["n"] = spread.seeds().astype(int).to_numpy()
-    _write(out / f"{stem}.csv", csv.rename_axis(index="Model", columns=None).round(4).to_csv())
-    _write(out / f"{stem}.md", (f"{label}\n\n" if label else "") + _markdown(md.rename_axis(index="Model", columns=None)) + "\n")
+    write_text(out / f"{stem}.csv", csv.rename_axis(index="Model", columns=None).round(4).to_csv())
+    write_text(out / f"{stem}.md", (f"{label}\n\n" if label else "") + markdown_table(md.rename_axis(index="Model", columns=None)) + "\n")
 
 
 def _comparison(spread: Spread, labels: dict, paper: dict, heads: dict) -> pd.DataFrame:
@@ -181,7 +175,7 @@ def table1(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
         cells.loc["absvit"] = [c if pd.isna(g) else f"{c} ({g:+.1f})" for c, g in zip(cells.loc["absvit"], gain)]
         significance = stats.compare(wide, "backbone", "vit", "absvit", T1_HEAD,
                                      pair=f"{labels['absvit']} - {labels['vit']}")
-    _write_table(Path(out_dir), "table1", spread, labels, T1_HEAD, {"Model": [_tex(labels[k]) for k in spread.mean.index]},
+    _write_table(Path(out_dir), "table1", spread, labels, T1_HEAD, {"Model": [tex_escape(labels[k]) for k in spread.mean.index]},
                  caption="Semantic segmentation results on three datasets (mIoU).", ref="tab:segmentation",
                  column_format="lccc", label=label, cells=cells)
     return Reported(_comparison(spread, labels, paper, T1_HEAD), significance)
@@ -210,7 +204,7 @@ def table2(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
     long, spread, models = _arms(frame, "lvar")
     labels = {arm: f"{display_name(models[arm])} {mark} L_var" for arm, mark in zip(spread.mean.index, ("w/o", "w/"))}
     # $\times$ / $\surd$: the paper's cross and tick in base LaTeX (\checkmark would need amssymb)
-    first = {"": [_tex(display_name(m)) for m in models], r"$\mathcal{L}_{var}$": [r"$\times$", r"$\surd$"]}
+    first = {"": [tex_escape(display_name(m)) for m in models], r"$\mathcal{L}_{var}$": [r"$\times$", r"$\surd$"]}
     _write_table(Path(out_dir), "table2", spread, labels, ROBUST_HEAD, first,
                  caption=r"Ablation on the variational loss $\mathcal{L}_{var}$." + _label_space_note(long), ref="tab:lvar",
                  column_format="llccccc", label=label)
@@ -224,7 +218,7 @@ def table3(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
     """``frame``: `absvit ablation --name robustness` rows: arm (vit / absvit), run, model, seed and COLUMNS."""
     long, spread, models = _arms(frame, "robustness")
     labels = {arm: display_name(models[arm]) for arm in spread.mean.index}
-    _write_table(Path(out_dir), "table3", spread, labels, ROBUST_HEAD, {"Model": [_tex(labels[a]) for a in spread.mean.index]},
+    _write_table(Path(out_dir), "table3", spread, labels, ROBUST_HEAD, {"Model": [tex_escape(labels[a]) for a in spread.mean.index]},
                  caption="Robustness of ViT and AbSViT: ImageNet top-1 (Clean), ImageNet-C mCE (IN-C, lower is better), "
                          "ImageNet-A, -R and -Sketch top-1." + _label_space_note(long),
                  ref="tab:robustness", column_format="lccccc", label=label)
@@ -250,15 +244,15 @@ def report(out_dir, *, t1: Reported | None = None, t2: Reported | None = None, t
             continue
         long = reported.comparison
         long = long.assign(difference=long.ours - long.paper)
-        parts += [f"## {title}", "", _markdown(long.round(2), index=False), ""] + ([note, ""] if note else [])
+        parts += [f"## {title}", "", markdown_table(long.round(2), index=False), ""] + ([note, ""] if note else [])
         if reported.significance is not None:
             tests.append(reported.significance)
     if tests:
         parts += ["## Differences against the seed spread", "",
                   f"Each pair's difference of means (second minus first, over its seeds) and {stats.TEST}.", "",
-                  _markdown(pd.concat(tests).round({"difference": 2, "t": 2, "p": 4}), index=False), ""]
+                  markdown_table(pd.concat(tests).round({"difference": 2, "t": 2, "p": 4}), index=False), ""]
     parts += [s for section in sections for s in (section.rstrip(), "")]
-    _write(Path(out_dir) / "report.md", "\n".join(parts))
+    write_text(Path(out_dir) / "report.md", "\n".join(parts))
 
 
 FIG_HEAD = {"selectivity": "Selectivity", "selectivity_raw": "Selectivity (raw map)", "pointing": "Pointing game (%)",
@@ -275,31 +269,16 @@ def figure_scores(score_files, out_dir, *, label: str | None = None) -> str:
                    for m, a, al in zip(long.model, long.attention, long.alpha)]
     spread = Spread.of(long, "row", list(FIG_HEAD), FIG_DIGITS)
     first = long.drop_duplicates("row").set_index("row").loc[spread.mean.index]
-    tex_first = {"Model": [_tex(display_name(m)) for m in first.model], "Attention": list(first.attention),
+    tex_first = {"Model": [tex_escape(display_name(m)) for m in first.model], "Attention": list(first.attention),
                  r"$\alpha$": list(first.alpha)}
-    caption = ("Top-down attention on multi-object scenes (appendix Figs. 1, 3, 4): attention mass inside the prior's "
-               "object over its share of the image (1 = none), pointing game, and the Fig. 4 decoder's MSE of "
-               "decode(x0\\_bu + x0\\_td) inside / outside the prior's object.")
     _write_table(Path(out_dir), "figures", spread, {r: r for r in spread.mean.index}, FIG_HEAD, tex_first,
-                 caption=caption, ref="tab:figures", column_format="lllccccc", label=label,
+                 caption=tex_escape(FIGURES_CAPTION), ref="tab:figures", column_format="lllccccc", label=label,
                  tex_heads={"pointing": "Pointing game (\\%)"})
-    md = _markdown(spread.cells(tex=False).assign(n=spread.seeds().astype(int)).rename(columns=FIG_HEAD)
+    md = markdown_table(spread.cells(tex=False).assign(n=spread.seeds().astype(int)).rename(columns=FIG_HEAD)
                    .rename_axis(index="Model", columns=None))
     return "\n".join(["## Top-down attention (appendix Figs. 1, 3, 4)", "",
                       f"Over {len(score_files)} seed(s) of the AbSViT and ViT runs (mean ± sample std where n > 1): "
-                      "selectivity = attention mass inside the prior's object / the object's share of the image (1 = no "
-                      "selectivity; on the displayed map and on the raw map), pointing game = % of (scene, prior) pairs "
-                      "whose map peaks inside the prior's object, and the Fig. 4 decoder's MSE (normalised pixels) of "
-                      "decode(x0_bu + x0_td) inside / outside the prior's object (bottom-up rows: decode(x0_bu)). The "
-                      "figures of each seed are in `figures/s<seed>/`.", "", md, ""])
-
-
-def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
-    """A GitHub table without the optional tabulate dependency."""
-    frame = frame.reset_index() if index else frame
-    cells = [[str(c) for c in frame.columns]] + [["--" if pd.isna(v) else str(v) for v in row] for row in frame.itertuples(index=False)]
-    lines = ["| " + " | ".join(r) + " |" for r in cells]
-    return "\n".join([lines[0], "|" + "---|" * len(frame.columns)] + lines[1:])
+                      f"{FIGURES_DEFINITIONS}. The figures of each seed are in `figures/s<seed>/`.", "", md, ""])
 
 
 def segmentation_frame(result_files) -> pd.DataFrame:

@@ -10,6 +10,8 @@ from contextlib import nullcontext
 from importlib import metadata
 from pathlib import Path
 
+from absvit.formats import flatten
+
 DEFAULT_STORE = Path("results") / "mlflow.db"
 EXPERIMENT = "absvit-bench"
 COMMAND: list[str] | None = None  # the verb's argv, set by ``absvit.cli.main``
@@ -59,16 +61,6 @@ def _job_logs() -> list[Path]:
         return []
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _store_lock(uri: str):
     """Jobs that start together (the DAG's first pretraining runs) must not create a new sqlite store's
     tables and experiment at the same time: the losers' migrations fail ("duplicate column name") and
@@ -83,7 +75,10 @@ def _store_lock(uri: str):
 
 
 class Tracker:
-    """One MLflow run; ``run_id`` lets a resumed job continue the same run."""
+    """One MLflow run; ``run_id`` lets a resumed job continue the same run.
+
+    As a context manager it ends the run as FINISHED, or KILLED (preempted, timed out: the requeued job continues
+    it), or FAILED, by how the block ends."""
 
     def __init__(self, run_name: str, *, uri: str | None = None, run_id: str | None = None,
                  params: dict | None = None, tags: dict | None = None, enabled: bool = True):
@@ -105,7 +100,7 @@ class Tracker:
             self.run_id, self.active = run.info.run_id, True
             if not run_id:  # a resumed run keeps the parameters it started with
                 config = {**(params or {}), **provenance()}
-                mlflow.log_params({k: str(v)[:6000] for k, v in _flatten(config).items()})
+                mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config).items()})
                 mlflow.log_dict(config, "config.json")
         except Exception as e:  # noqa: BLE001  (any store failure: keep training)
             self._warn(e)
@@ -128,6 +123,13 @@ class Tracker:
                 self._mlflow.log_artifact(str(path))
             except Exception as e:  # noqa: BLE001
                 self._warn(e)
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.finish("FINISHED" if kind is None else "KILLED" if issubclass(kind, (SystemExit, KeyboardInterrupt))
+                    else "FAILED")
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.active:

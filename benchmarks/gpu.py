@@ -47,13 +47,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import absvit.models  # noqa: E402,F401  (registers the AbSViT models)
-from absvit import engine  # noqa: E402
-from absvit.distributed import DistInfo  # noqa: E402
+from absvit import engine, runtime  # noqa: E402
+from absvit.runtime import DistInfo  # noqa: E402
 from absvit.io import write_json  # noqa: E402
-from absvit.pretrain import TrainingLoss, build, loaders, train_epoch  # noqa: E402
+from absvit.pretrain import TrainingLoss, build, loaders  # noqa: E402
 from absvit.progress import Progress  # noqa: E402
 from absvit.recipe import PretrainRecipe  # noqa: E402
-from absvit.training import FiniteCheck  # noqa: E402
 
 # peak dense bf16 tensor-core FLOP/s (no sparsity), by a piece of torch.cuda.get_device_name(); first match wins
 PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("GH200", 989e12),
@@ -130,7 +129,7 @@ def step_row(name: str, *, batch: int, img_size: int, compiled: bool, device, ar
     flops = count_flops(objective, images, targets)
     optimizer = optimizer_for(model, device)
     run = compile_with(objective, args.compile_backend) if compiled else objective
-    amp = engine.autocast(device)
+    amp = runtime.autocast(device)
     reset_peak(device)
     seconds = timed_steps(lambda: engine.optimizer_step(run, images, targets, optimizer, amp=amp), device,
                           args.warmup, args.iters)
@@ -177,14 +176,16 @@ def loop_row(name: str, *, data: Path, batch: int, img_size: int, device, args) 
         train.sampler.set_epoch(epoch)
         progress = Progress(f"Loop: [{name}]", len(train), every_s=1e9, device=device)
         with contextlib.redirect_stdout(sys.stderr):  # its progress line: a note, not the table
-            train_epoch(run, model, train, mixup, optimizer, ema, device, progress, FiniteCheck("-"), epoch + 1)
+            engine.train_one_epoch(run, train, optimizer, device, progress=progress, finite=engine.FiniteCheck("-"),
+                                   where="step {step}", mixup=mixup,
+                                   on_step=None if ema is None else lambda *_: ema.update(model))
         rates.append(progress.summary()["images_per_s"])
 
     images, targets = next(iter(train))
     images, targets = images.to(device), targets.to(device)
     images, targets = mixup(images, targets) if mixup is not None else (images, targets)
     images = images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
-    amp = engine.autocast(device)
+    amp = runtime.autocast(device)
     seconds = timed_steps(lambda: engine.optimizer_step(run, images, targets, optimizer, amp=amp), device,
                           args.warmup, args.iters)
     return {"kind": "loop", "model": name, "batch": batch, "img_size": img_size, "compiled": args.compile_loop,
@@ -206,7 +207,7 @@ def segment_row(kind: str, name: str, *, batch: int, crop: tuple[int, int], devi
     images = torch.randn(batch, 3, *crop, device=device)
     labels = torch.randint(0, 150, (batch, *crop), device=device)
     labels[:, :8] = 255  # some ignored pixels, as real labels have
-    amp = engine.autocast(device)
+    amp = runtime.autocast(device)
     reset_peak(device)
     seconds = timed_steps(lambda: engine.optimizer_step(objective, images, labels, optimizer, amp=amp), device,
                           args.warmup, args.seg_iters)

@@ -128,13 +128,14 @@ def test_stage_of_nested_and_flat_benchmark_files(tmp_path):
 
 
 def test_slurm_jobs_cost_elapsed_times_allocated_cpus(slurm_cluster, tmp_path, monkeypatch):
+    from absvit.cli import main
     from absvit.launch import Resources, submit
 
     monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
     results = tmp_path / "results" / "demo"
     folder = results / "submitit" / "pretrain" / "absvit-s0"
     argv = ["data", "embedded", "--out", str(tmp_path / "data"), "--per-class", "train=60"]  # a second or two
-    assert submit(argv, launcher="slurm", folder=folder, name="absvit-pretrain-absvit-s0",
+    assert submit(argv, entry=main, launcher="slurm", folder=folder, name="absvit-pretrain-absvit-s0",
                   resources=Resources(timeout_min=5, cpus_per_task=2, mem_gb=1)) == 0
     (job,) = [p.name for p in folder.iterdir() if p.is_dir()]
     # The Snakemake job that waited on the login node, and a stage that never left it.

@@ -8,7 +8,7 @@ import timm
 import torch
 from PIL import Image
 
-from absvit import figures
+from absvit.figures import scores
 from absvit.cli import main
 from absvit.data.scenes import generate_scenes, read_scenes
 from absvit.errors import UsageError
@@ -28,25 +28,25 @@ def _masks():
 def test_selectivity_sanity():
     a, b = _masks()
     share = a.mean()
-    on_a = figures.coverage(a, (8, 8))  # the mask itself, on the map's grid
-    assert figures.selectivity(on_a, a) == pytest.approx(1 / share)  # all mass inside: the maximum
-    assert figures.selectivity(a.astype(float), a) == pytest.approx(1 / share)  # same resolution as the mask
-    assert figures.selectivity(np.ones((8, 8)), a) == pytest.approx(1.0)  # uniform: no selectivity
-    assert figures.selectivity(figures.coverage(b, (8, 8)), a) == 0.0 < 1  # on the other object
+    on_a = scores.coverage(a, (8, 8))  # the mask itself, on the map's grid
+    assert scores.selectivity(on_a, a) == pytest.approx(1 / share)  # all mass inside: the maximum
+    assert scores.selectivity(a.astype(float), a) == pytest.approx(1 / share)  # same resolution as the mask
+    assert scores.selectivity(np.ones((8, 8)), a) == pytest.approx(1.0)  # uniform: no selectivity
+    assert scores.selectivity(scores.coverage(b, (8, 8)), a) == 0.0 < 1  # on the other object
     half = np.ones((8, 8)) + 3 * on_a  # partly selective
-    assert 1 < figures.selectivity(half, a) < 1 / share
-    assert figures.selectivity(np.zeros((8, 8)), a) == 1.0  # no mass prefers nothing
+    assert 1 < scores.selectivity(half, a) < 1 / share
+    assert scores.selectivity(np.zeros((8, 8)), a) == 1.0  # no mass prefers nothing
     # a mask that is not a multiple of the grid is area-averaged
     odd = np.zeros((60, 60), bool)
     odd[:30] = True
-    assert figures.selectivity(np.vstack([np.ones((4, 8)), np.zeros((4, 8))]), odd) == pytest.approx(2.0)
+    assert scores.selectivity(np.vstack([np.ones((4, 8)), np.zeros((4, 8))]), odd) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="non-negative"):
-        figures.selectivity(-np.ones((8, 8)), a)
+        scores.selectivity(-np.ones((8, 8)), a)
 
 
 def test_display_normalisation_is_the_demos():
     amap = np.array([[0.0, 5.0], [9.0, 10.0]])  # 0.7 max + 0.3 min = 7
-    assert figures.display(amap).tolist() == [[0, 0], [2, 3]]
+    assert scores.display(amap).tolist() == [[0, 0], [2, 3]]
 
 
 def test_pointing_game_on_hand_made_maps():
@@ -57,17 +57,17 @@ def test_pointing_game_on_hand_made_maps():
     peak_b[6, 4] = 1
     edge = np.zeros((8, 8))
     edge[3, 3] = 1  # just outside a
-    assert figures.pointing_hit(peak_a, a) and not figures.pointing_hit(peak_a, b)
-    assert figures.pointing_hit(peak_b, b) and not figures.pointing_hit(edge, a)
-    assert figures.pointing_game([peak_a, peak_b, edge, peak_a], [a, b, a, b]) == 0.5
-    assert np.isnan(figures.pointing_game([], []))
+    assert scores.pointing_hit(peak_a, a) and not scores.pointing_hit(peak_a, b)
+    assert scores.pointing_hit(peak_b, b) and not scores.pointing_hit(edge, a)
+    assert scores.pointing_game([peak_a, peak_b, edge, peak_a], [a, b, a, b]) == 0.5
+    assert np.isnan(scores.pointing_game([], []))
 
 
 def test_region_mse():
     a, _ = _masks()
     target = np.zeros((3, 64, 64))
     recon = np.where(a, 0.0, 2.0)[None].repeat(3, 0)  # perfect inside, off by 2 outside
-    assert figures.region_mse(recon, target, a) == (0.0, 4.0)
+    assert scores.region_mse(recon, target, a) == (0.0, 4.0)
 
 
 # -- scenes and the manifest -----------------------------------------------------------------
@@ -127,7 +127,7 @@ def test_decoder_reconstructs_from_bottom_up_not_top_down(embedded):
     from timm.data import create_transform
 
     from absvit.data.readers import ClassFolder, label_space
-    from absvit.decoder import LinearDecoder, fit, patch_tokens
+    from absvit.figures.decoder import LinearDecoder, fit, patch_tokens
 
     m = timm.create_model("absvit_pico_patch8_64").eval()
     with torch.no_grad():
@@ -202,7 +202,7 @@ def test_figures_verb_reports_a_bad_manifest(scenes, checkpoints, tmp_path, caps
     (bad / "images").symlink_to(scenes / "images")
     _manifest(bad, "image,object,class_index,mask\nimages/scene_00000.png,0,42,\n")
     a, v = checkpoints / "absvit_pico_patch8_64.pth", checkpoints / "vit_pico_patch8_64.pth"
-    from absvit.decoder import LinearDecoder
+    from absvit.figures.decoder import LinearDecoder
 
     LinearDecoder(torch.zeros(192, 96), torch.zeros(192), patch_size=8, model="absvit_pico_patch8_64").save(tmp_path / "d.pth")
     assert main(["figures", "--absvit-checkpoint", str(a), "--vit-checkpoint", str(v), "--decoder", str(tmp_path / "d.pth"),

@@ -4,14 +4,14 @@ import os
 import pytest
 import torch
 
-from absvit import engine
+from absvit import engine, runtime
 from absvit.checkpoint import read_checkpoint
 from absvit.errors import StaleCheckpoint, UsageError
 from absvit.data.synthetic import generate
-from absvit.pretrain import NonFiniteLoss, pretrain, train_epoch
+from absvit.engine import FiniteCheck, NonFiniteLoss
+from absvit.pretrain import pretrain
 from absvit.progress import Progress
 from absvit.recipe import PretrainRecipe
-from absvit.training import FiniteCheck
 from tests.conftest import tiny_recipe
 
 
@@ -74,7 +74,7 @@ def test_recipe_rejects_bad_keys():
     with pytest.raises(UsageError, match="recipe.epochs: expected int, got 'ten'"):
         PretrainRecipe.from_dict({"epochs": "ten"})
     assert PretrainRecipe.from_dict({"lr": 1}).lr == 1.0
-    with pytest.raises(UsageError, match="recipe key compile: expected one of 'auto', 'on', 'off', got 'yes'"):
+    with pytest.raises(UsageError, match="recipe.compile: 'yes' is not a torch.compile mode; expected one of 'auto', 'on', 'off'"):
         PretrainRecipe.from_dict({"compile": "yes"})
     # YAML 1.1 reads on/off as booleans (`--set compile=on`); compile is a resource key: a resume may change it
     assert PretrainRecipe.from_dict({"compile": True}).compile == "on" and PretrainRecipe.from_dict({"compile": False}).compile == "off"
@@ -160,8 +160,8 @@ def test_compile_on_trains_like_eager(tmp_path, embedded, monkeypatch, backend):
     assert compiled == ["TrainingLoss"]
     assert on["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-4)
     objective = torch.nn.Linear(2, 2)
-    assert engine.compiled(objective, "auto", torch.device("cpu")) is objective
-    assert engine.compiled(objective, "auto", torch.device("cuda")) is not objective
+    assert runtime.compiled(objective, "auto", torch.device("cpu")) is objective
+    assert runtime.compiled(objective, "auto", torch.device("cuda")) is not objective
 
 
 class _Objective(torch.nn.Module):
@@ -185,8 +185,8 @@ def test_the_training_loop_waits_for_the_device_only_every_few_steps(monkeypatch
     batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(120)]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     progress = Progress("Epoch: [1/1]", len(batches), every_s=1e9)
-    train_epoch(objective, model, batches, None, optimizer, None, torch.device("cpu"), progress,
-                FiniteCheck("ckpt.pth", every=50), epoch=1)
+    engine.train_one_epoch(objective, batches, optimizer, torch.device("cpu"), progress=progress,
+                           finite=FiniteCheck("ckpt.pth", every=50), where="epoch 1, step {step}")
     assert progress.done == 120 and len(reads) <= 6, reads
 
 
@@ -210,7 +210,7 @@ def test_the_prefetcher_path_gives_the_batches_of_the_cpu_path(embedded):
     classes = label_space(str(embedded / "train"))
     batches = {}
     for prefetch in (False, True):
-        train, _ = loaders(embedded, classes, recipe, engine.DistInfo(), torch.device("cpu"), prefetch=prefetch)
+        train, _ = loaders(embedded, classes, recipe, runtime.DistInfo(), torch.device("cpu"), prefetch=prefetch)
         train.sampler.set_epoch(1)
         batches[prefetch] = next(iter(train))
     (a, labels_a), (b, labels_b) = batches[False], batches[True]

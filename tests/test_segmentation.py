@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from absvit.data.segmentation import IGNORE, IterationSampler, SegmentationFolder
+from absvit.data.sampling import IterationSampler
+from absvit.data.segmentation import IGNORE, SegmentationFolder
 from absvit.data.synthetic_seg import generate_segmentation
 from absvit.errors import CheckpointError, DatasetError
 from absvit.models.segmenter import Segmenter, ViTFeatures, build_backbone, vit_taps

@@ -122,11 +122,12 @@ def test_cli_lists_models():
     assert "absvit_base_patch16_224" in out.stdout and "100.72M" in out.stdout
 
 
-def test_cli_set_reads_yaml_values_and_exponent_floats():
-    from absvit.cli import _parse_sets
+def test_cli_set_reads_json_values_and_exponent_floats():
+    from absvit.arguments import key_values
 
-    got = _parse_sets(["warmup_lr=1e-05", "epochs=3", "auto_augment=rand-m9-mstd0.5-inc1", "repeated_aug=false"])
-    assert got == {"warmup_lr": 1e-05, "epochs": 3, "auto_augment": "rand-m9-mstd0.5-inc1", "repeated_aug": False}
+    got = key_values(["warmup_lr=1e-5", "epochs=3", "auto_augment=rand-m9-mstd0.5-inc1", "repeated_aug=false", "compile=off"])
+    assert got == {"warmup_lr": 1e-05, "epochs": 3, "auto_augment": "rand-m9-mstd0.5-inc1", "repeated_aug": False,
+                   "compile": "off"}
 
 
 def _tiny_embedded(config, lr=0.008):

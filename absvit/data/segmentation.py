@@ -211,30 +211,3 @@ class TestTransform:
     def __call__(self, image: tv_tensors.Image, label: tv_tensors.Mask):
         size = _rescale_size(*image.shape[-2:], *self.scale)
         return _normalize(TF.resize(image, list(size), antialias=True)), label.as_subclass(torch.Tensor).long()
-
-
-class IterationSampler(torch.utils.data.Sampler):
-    """``(index, seed)`` for each sample of iterations ``[start, total)`` on this rank.
-
-    The stream is a function of (seed, iteration) only: epochs are seeded permutations and
-    every sample's augmentation seed is derived from its place in the stream.
-    """
-
-    def __init__(self, n: int, batch_size: int, total: int, *, start: int = 0, seed: int = 0, rank: int = 0, world: int = 1):
-        self.n, self.batch, self.total, self.start, self.seed = n, batch_size, total, start, seed
-        self.per_rank, self.rank = batch_size // world, rank
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-
-    def __iter__(self):
-        epoch, perm = -1, None
-        for it in range(self.start, self.total):
-            for j in range(self.rank * self.per_rank, (self.rank + 1) * self.per_rank):
-                e, pos = divmod(it * self.batch + j, self.n)
-                if e != epoch:
-                    epoch, perm = e, self._perm(e)
-                yield int(perm[pos]), (self.seed * 1_000_003 + it) * 4099 + j
-
-    def __len__(self) -> int:
-        return (self.total - self.start) * self.per_rank

@@ -1,5 +1,6 @@
 # Config validation, the paths every stage shares, and every helper function the rules call (the
 # rule files hold rules only).
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -210,11 +211,12 @@ def weights(run, seed):
     return P["checkpoints"].get(run) or expand(rules.pretrain.output.model, run=run, seed=seed)[0]
 
 
-def recipe_args(run, seed):
+def recipe_json(run, seed):
+    """A pretraining job's recipe, as one JSON object for `--recipe` (checked once, by the verb)."""
     values = {**P["recipe"], "seed": int(seed)}
     if "var_weight" in RUNS[run]:
         values["var_weight"] = RUNS[run]["var_weight"]
-    return " ".join(f"{k}={v}" for k, v in values.items())
+    return json.dumps(values, sort_keys=True)
 
 
 EVAL_DIR = OUT / "eval" / "{run}" / "s{seed}"  # `evaluate` writes <suite>.json here
@@ -277,6 +279,6 @@ def figure_outputs():
     return expand(FIGURES / "s{seed}" / "figures.json", seed=run_seeds(FIG["absvit_run"]))
 
 
-def seg_recipe_args(dataset, seed):
-    values = {**SEG["recipe"], **SEG_DATASETS[dataset]["recipe"], "seed": int(seed)}
-    return " ".join(f"{k}={v}" for k, v in values.items())
+def seg_recipe_json(dataset, seed):
+    """A segmentation job's recipe (the preset's, then the dataset's keys), as one JSON object for `--recipe`."""
+    return json.dumps({**SEG["recipe"], **SEG_DATASETS[dataset]["recipe"], "seed": int(seed)}, sort_keys=True)

@@ -16,7 +16,7 @@ rule pretrain:
         seed=r"\d+",
     params:
         model=lambda wc: RUNS[wc.run]["model"],
-        recipe=lambda wc: recipe_args(wc.run, wc.seed),
+        recipe=lambda wc: recipe_json(wc.run, wc.seed),
         submit=lambda wc: submit("pretrain", f"{wc.run}-s{wc.seed}"),
         tracking=tracking(),
         data=DATA["train"].parent,
@@ -34,4 +34,4 @@ rule pretrain:
     shell:
         "{params.submit} pretrain --model {params.model} --data {params.data} --out {params.out}"
         " --run-name pretrain/{params.preset}/{wildcards.run}/s{wildcards.seed} {params.tracking}"
-        " --preset {params.preset} --run {wildcards.run} --fresh-on-change --set {params.recipe} > {log} 2>&1"
+        " --preset {params.preset} --run {wildcards.run} --fresh-on-change --recipe {params.recipe:q} > {log} 2>&1"

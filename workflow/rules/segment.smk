@@ -39,7 +39,7 @@ rule segment:
         b=lambda wc: SEG_BACKBONES[wc.backbone],
         ckpt=lambda wc, input: f"--checkpoint {input.weights[0]}" if input.weights else "",
         ema=lambda wc: "--ema" if SEG_BACKBONES[wc.backbone].get("ema") else "",
-        recipe=lambda wc: seg_recipe_args(wc.dataset, wc.seed),
+        recipe=lambda wc: seg_recipe_json(wc.dataset, wc.seed),
         submit=lambda wc: submit("segment", f"{wc.backbone}-{wc.dataset}-s{wc.seed}"),
         out=lambda wc, output: Path(output.result).parent,
         tracking=tracking(),
@@ -57,4 +57,4 @@ rule segment:
         "{params.submit} segment --backbone {params.b[kind]} --model {params.b[model]} --dataset {wildcards.dataset}"
         " --data {input.data} --out {params.out} {params.ckpt} {params.ema} --preset {params.preset} --run {wildcards.backbone}"
         " --run-name segment/{params.preset}/{wildcards.backbone}/{wildcards.dataset}/s{wildcards.seed} {params.tracking}"
-        " --fresh-on-change --set {params.recipe} > {log} 2>&1"
+        " --fresh-on-change --recipe {params.recipe:q} > {log} 2>&1"

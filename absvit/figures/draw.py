@@ -1,4 +1,4 @@
-"""Panel grids for the appendix figures: images, attention maps overlaid on them, decoded images.
+"""The appendix figures drawn: panel grids of images, attention maps overlaid on them, decoded images.
 
 A grid is rows of panels; a panel is a dict with ``image`` (H, W, 3 RGB in [0, 1]), optionally ``map``
 (a display-normalised attention map in [0, 1] on any grid, drawn over the image with a colour bar
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from absvit.figures.scores import display
 from absvit.io import write_bytes
 
 CMAP = "jet"
@@ -86,3 +87,32 @@ def save_grid(stem, rows: list[list[dict | None]], *, width: float = 7.0, row_la
         out[ext] = str(stem.with_suffix(f".{ext}"))
     plt.close(fig)
     return out
+
+
+def _unit(amap):
+    shown = display(amap)
+    return shown / shown.max() if shown.max() > 0 else shown
+
+
+def draw_figures(r: dict, scenes, names: list[str], out_dir: Path, *, alphas, prior_scale: float, show: int,
+                 width: float) -> dict:
+    shown = list(range(min(show, len(scenes))))
+    ncols = 2 + max(len(scenes[i].objects) for i in shown)
+    index = {p: n for n, p in enumerate(r["pairs"])}
+    fig1 = [[{"image": r["rgb"][i], "title": "image"}, {"image": r["rgb"][i], "map": _unit(r["bu"][i]), "title": "bottom-up"}]
+            + [{"image": r["rgb"][i], "map": _unit(r["td"][prior_scale][index[i, k]]),
+                "title": f"top-down: {names[o.class_index]}"} for k, o in enumerate(scenes[i].objects)]
+            + [None] * (ncols - 2 - len(scenes[i].objects)) for i in shown]
+    fig3 = [[{"image": r["rgb"][i]}] + [{"image": r["rgb"][i], "map": _unit(r["td"][a][index[i, 0]])} for a in alphas]
+            for i in shown[:3]]
+    pairs4 = [(i, k) for i in shown for k in range(len(scenes[i].objects))][:6]
+    d = r["decoded"]
+    fig4 = [[{"image": r["rgb"][i]}] + [{"image": d[part][i, k]} for part in ("bu", "td", "sum")] for i, k in pairs4]
+    label = "attention (display-normalised)"
+    return {"fig1": save_grid(out_dir / "fig1_attention", fig1, width=width, colorbar_label=label),
+            "fig3": save_grid(out_dir / "fig3_alpha", fig3, width=width, colorbar_label=label,
+                              col_titles=["image"] + [rf"$\alpha$ = {a:g}" for a in alphas],
+                              row_labels=[f"prior: {names[scenes[i].objects[0].class_index]}" for i in shown[:3]]),
+            "fig4": save_grid(out_dir / "fig4_decoder", fig4, width=min(width, 4.5),
+                              col_titles=["image", r"dec($x_0^{bu}$)", r"dec($x_0^{td}$)", r"dec($x_0^{bu} + x_0^{td}$)"],
+                              row_labels=[f"prior: {names[scenes[i].objects[k].class_index]}" for i, k in pairs4])}

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 
 from absvit.data.synthetic import SHAPES, _colour, _polygon, _texture
 from absvit.errors import UsageError
+from absvit.io import atomic_dir
 
 COLUMNS = ("image", "object", "class_index", "mask")
 REQUIRED = COLUMNS[:3]
@@ -99,9 +98,7 @@ def draw_scene(rng: np.random.Generator, size: int, classes: list[int]) -> tuple
 def generate_scenes(root, *, seed: int = 0, count: int = 24, size: int = 64, objects=(2, 3)) -> Path:
     """Write ``count`` scenes under ``root`` (renamed into place when complete); returns the manifest path."""
     root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
-    try:
+    with atomic_dir(root) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         rows = []
@@ -120,11 +117,6 @@ def generate_scenes(root, *, seed: int = 0, count: int = 24, size: int = 64, obj
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root / "manifest.csv"
 
 

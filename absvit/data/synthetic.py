@@ -15,13 +15,13 @@ depend only on (seed, split, class, index).
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from absvit.io import atomic_dir
 
 SHAPES = ("circle", "ring", "square", "triangle", "star", "cross", "crescent", "lshape", "arrow", "bar")
 WNIDS = tuple(f"n9{i + 1:07d}" for i in range(len(SHAPES)))  # wnid-like, sorted = class order
@@ -175,8 +175,7 @@ def generate(root, *, seed: int = 0, size: int = 64, per_class: dict[str, int], 
     for split, count in per_class.items():
         if split not in SPLIT_IDS:
             raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_IDS)}")
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{split}.tmp-"))  # renamed into place when complete
-        try:
+        with atomic_dir(root / split) as tmp:
             for cls in classes_of(split):
                 folder = tmp / WNIDS[cls]
                 folder.mkdir()
@@ -184,8 +183,3 @@ def generate(root, *, seed: int = 0, size: int = 64, per_class: dict[str, int], 
                     rng = np.random.default_rng([seed, SPLIT_IDS[split], cls, i])
                     image = draw(cls, rng, size, _style(split, i))
                     image.save(folder / f"{split}_{WNIDS[cls]}_{i:05d}.JPEG", quality=quality)
-            if (root / split).exists():
-                shutil.rmtree(root / split)
-            tmp.rename(root / split)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)

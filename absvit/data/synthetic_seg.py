@@ -8,14 +8,13 @@ k+2 in ADE20K (background 1; a few pixels of label 0, "other", which training ig
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from absvit.data.synthetic import SHAPES, _colour, _polygon, _texture
+from absvit.io import atomic_dir
 
 LAYOUTS = ("voc", "cityscapes", "ade20k")
 SIZES = {"voc": (96, 128), "cityscapes": (64, 128), "ade20k": (96, 96)}  # (height, width), like the real aspect ratios
@@ -107,8 +106,7 @@ def generate_segmentation(root, *, seed: int = 0, per_split: dict[str, int], lay
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for layout in layouts:
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{layout}.tmp-"))
-        try:
+        with atomic_dir(root / layout) as tmp:
             if layout == "voc":
                 for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
                     (tmp / "VOCdevkit" / "VOC2012" / sub).mkdir(parents=True)
@@ -121,8 +119,3 @@ def generate_segmentation(root, *, seed: int = 0, per_split: dict[str, int], lay
                     rng = np.random.default_rng([seed, LAYOUTS.index(layout), 0 if split == "train" else 1, i])
                     image, label = draw_scene(rng, *SIZES[layout], objects=int(rng.integers(1, 4)))
                     _write(layout, tmp, split, i, image, label)
-            if (root / layout).exists():
-                shutil.rmtree(root / layout)
-            tmp.rename(root / layout)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,10 +1,11 @@
-"""Atomic file writes: a reader (or Snakemake) never sees a half-written output."""
+"""Atomic file and folder writes: a reader (or Snakemake) never sees a half-written output."""
 from __future__ import annotations
 
 import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,6 +88,46 @@ def atomic_path(path, size: int | None = None):
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_dir(path):
+    """Yield a new temporary folder beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A folder already at ``path`` is replaced. The new folder gets the permissions a plain ``mkdir`` would give
+    it (0777 less the umask), not ``mkdtemp``'s owner-only 0700. If the block raises, the temporary folder is
+    removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: not a folder (expected a folder to replace, or nothing there)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        tmp.chmod(0o777 & ~_umask())
+        yield tmp
+        _replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(new: Path, path: Path) -> None:
+    """Rename folder ``new`` onto ``path``. A folder already there is moved aside first and deleted only once
+    ``new`` is in place (a folder cannot be renamed onto a non-empty one), so ``path`` is missing only between
+    two renames, and is put back if the second fails."""
+    if not path.exists():
+        new.rename(path)
+        return
+    aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+    try:
+        path.rename(aside / path.name)
+        try:
+            new.rename(path)
+        except BaseException:
+            (aside / path.name).rename(path)
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_bytes(path, data) -> None:

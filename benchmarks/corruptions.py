@@ -15,7 +15,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from absvit.data.corruptions import CORRUPTIONS, _load, corrupt
+from absvit.data.corruptions import CORRUPTIONS, corrupt, load_imagecorruptions
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="also time all 15 corruptions via corrupt()")
     args = ap.parse_args()
 
-    _load()  # the compat layer, before the library is imported
+    load_imagecorruptions()  # the compat layer, before the library is imported
     import imagecorruptions.corruptions as impl
 
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from absvit.data.corruptions import SEVERITIES, _load, corrupt
+from absvit.data.corruptions import SEVERITIES, corrupt, load_imagecorruptions
 from absvit.data.glass_blur import glass_blur, shuffle_map
 from absvit.data.synthetic import WNIDS
 
-_load()
-import imagecorruptions  # noqa: E402  (importable only after _load's compat shims)
+load_imagecorruptions()
+import imagecorruptions  # noqa: E402  (importable only after the compat shims)
 import imagecorruptions.corruptions as impl  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 imagecorruptions 1.1.2 was written for older libraries and fails on three points here:
 ``from pkg_resources import resource_filename`` (setuptools no longer ships it),
 ``np.float_`` (removed in numpy 2), and ``skimage.filters.gaussian(multichannel=True)``
-(now ``channel_axis=-1``). ``_install_compat`` patches exactly those three before import.
+(now ``channel_axis=-1``). ``load_imagecorruptions`` patches exactly those three before import.
 
 Glass blur (about 60% of the time of all 15 corruptions with the library's per-pixel Python
 loop) is served by ``absvit.data.glass_blur``, a vectorised version that is pixel-identical
@@ -13,7 +13,6 @@ for the same ``np.random`` seed; the library's own stays at
 from __future__ import annotations
 
 import functools
-
 import os
 import sys
 import types
@@ -62,7 +61,9 @@ def _gaussian_compat(gaussian):
     return wrapped
 
 
-def _load():
+def load_imagecorruptions():
+    """The ``imagecorruptions`` package, importable on current numpy / scikit-image, its ``corrupt`` dispatching
+    glass blur to ``absvit.data.glass_blur`` and impulse noise to a seeded version. Idempotent."""
     _install_compat()
     import imagecorruptions
     import imagecorruptions.corruptions as impl
@@ -71,6 +72,7 @@ def _load():
         impl.gaussian = _gaussian_compat(impl.gaussian)
         impl.gaussian._absvit_compat = True
     if not getattr(imagecorruptions.corruption_dict["glass_blur"], "_absvit_fast", False):
+        # imported here, so that importing CORRUPTIONS loads no scikit-image
         from absvit.data.glass_blur import glass_blur as fast
 
         def glass_blur(x, severity=1):
@@ -106,5 +108,5 @@ def corrupt(image: np.ndarray, corruption: str, severity: int) -> np.ndarray:
         raise ValueError(f"unknown corruption {corruption!r}; expected one of {list(CORRUPTIONS)}")
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be 1-5, got {severity}")
-    out = _load().corrupt(image, severity=severity, corruption_name=corruption)
+    out = load_imagecorruptions().corrupt(image, severity=severity, corruption_name=corruption)
     return np.uint8(np.clip(np.asarray(out), 0, 255)).reshape(image.shape)

@@ -20,6 +20,7 @@ buffering between calls), and leaves the global RNG in the same state.
 from __future__ import annotations
 
 import numpy as np
+from skimage.filters import gaussian as skimage_gaussian
 
 # sigma, max_delta, iterations (imagecorruptions 1.1.2)
 _PARAMS = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)]
@@ -60,21 +61,15 @@ def shuffle_map(height: int, width: int, delta: int, iterations: int) -> np.ndar
     return src
 
 
-def glass_blur(x, severity: int = 1, gaussian=None) -> np.ndarray:
+def glass_blur(x, severity: int = 1, gaussian=skimage_gaussian) -> np.ndarray:
     """Same contract as ``imagecorruptions.corruptions.glass_blur`` (PIL image or array in,
-    float64 array in [0, 255] out), for (H, W, C) images. ``gaussian`` defaults to the
-    (compat-wrapped) one imagecorruptions uses, so the two blurs are the library's own."""
-    if gaussian is None:
-        from absvit.data.corruptions import _load
-        import imagecorruptions.corruptions as impl
-
-        _load()
-        gaussian = impl.gaussian
+    float64 array in [0, 255] out), for (H, W, C) images. ``gaussian``: scikit-image's, which the
+    library blurs with, or any function with its signature (``channel_axis`` included)."""
     c = _PARAMS[severity - 1]
-    x = np.uint8(gaussian(np.array(x) / 255., sigma=c[0], multichannel=True) * 255)
+    x = np.uint8(gaussian(np.array(x) / 255., sigma=c[0], channel_axis=-1) * 255)
     if x.ndim != 3:
         raise ValueError(f"glass_blur expects an (H, W, C) image, got shape {x.shape}")
     height, width = x.shape[:2]
     src = shuffle_map(height, width, c[1], c[2])
     x = x.reshape(height * width, -1)[src].reshape(x.shape)
-    return np.clip(gaussian(x / 255., sigma=c[0], multichannel=True), 0, 1) * 255
+    return np.clip(gaussian(x / 255., sigma=c[0], channel_axis=-1), 0, 1) * 255

@@ -7,8 +7,6 @@ renamed into place, so a killed job leaves no half shard behind.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -18,6 +16,7 @@ from PIL import Image
 
 from absvit.data.corruptions import corrupt
 from absvit.data.readers import ClassFolder, label_space
+from absvit.io import atomic_dir
 from absvit.progress import LOG_EVERY_S, Progress
 
 
@@ -33,10 +32,8 @@ def make_shard(src, out, corruption: str, severity: int, *, resize: int = 256, c
             taken[label] = taken.get(label, 0) + 1
             chosen.append(i)
     shard = out / corruption / str(severity)
-    shard.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=shard.parent, prefix=f".{severity}.tmp-"))
     progress = Progress(f"ImageNet-C: [{corruption}/{severity}]", len(chosen), every_s=every_s)
-    try:
+    with atomic_dir(shard) as tmp:
         for i in chosen:
             path, label = data.samples[i]
             t = time.perf_counter()
@@ -50,11 +47,6 @@ def make_shard(src, out, corruption: str, severity: int, *, resize: int = 256, c
             target.parent.mkdir(exist_ok=True)
             Image.fromarray(corrupted).save(target, quality=85, optimize=True)
             progress.step(images=1, data=data_s)
-        if shard.exists():
-            shutil.rmtree(shard)
-        tmp.rename(shard)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return shard
 
 

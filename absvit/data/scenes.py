@@ -8,7 +8,7 @@ LVIS images of ImageNet classes)::
     <root>/masks/*.png       one mask per object (non-zero = the object); optional: empty or no column
 
 ``class_index`` is the object's class in the model's label space (the embedded default: the shape
-classes of ``absvit.data.synthetic``, in order; ImageNet: the 1000 sorted wnids). The generated scenes
+classes of ``absvit.data.shapes``, in order; ImageNet: the 1000 sorted wnids). The generated scenes
 hold two or three objects of different classes, drawn like the pretraining images (gradient and
 stroke background, class-textured shapes, slight blur) but smaller, so that they fit side by side.
 """
@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
-from absvit.data.synthetic import SHAPES, _colour, _polygon, _texture
+from absvit.data.shapes import SHAPES, background, band_width, contrasting, paint, place, silhouette
 from absvit.errors import UsageError
+from absvit.io import atomic_dir
 
 COLUMNS = ("image", "object", "class_index", "mask")
 REQUIRED = COLUMNS[:3]
@@ -45,7 +44,7 @@ class Scene:
     objects: list[SceneObject] = field(default_factory=list)
 
 
-def _place(rng: np.random.Generator, size: int, radii: list[float]) -> list[tuple[float, float]]:
+def _centres(rng: np.random.Generator, size: int, radii: list[float]) -> list[tuple[float, float]]:
     """Centres for discs of ``radii`` inside the image that do not overlap (shrinking the scale if crowded)."""
     for shrink in (1.0, 0.9, 0.8, 0.7, 0.6):
         centres: list[tuple[float, float]] = []
@@ -65,32 +64,15 @@ def _place(rng: np.random.Generator, size: int, radii: list[float]) -> list[tupl
 
 def draw_scene(rng: np.random.Generator, size: int, classes: list[int]) -> tuple[Image.Image, list[np.ndarray]]:
     """One scene with an object of each of ``classes``; returns the image and one boolean mask per object."""
-    bg = _colour(rng, 40, 220)
-    top, bottom = np.array(_colour(rng, 30, 230)), np.array(bg)
-    ramp = np.linspace(0, 1, size)[:, None, None]
-    img = Image.fromarray(np.uint8(top * (1 - ramp) + bottom * ramp).repeat(size, axis=1))
-    d = ImageDraw.Draw(img)
-    for _ in range(4):
-        p = rng.uniform(0, size, 4)
-        d.line([tuple(p[:2]), tuple(p[2:])], fill=_colour(rng), width=1)
+    img, bg = background(rng, size, 4)
     radii = [rng.uniform(0.19, 0.26) * size for _ in classes]
-    centres = _place(rng, size, radii)
+    centres = _centres(rng, size, radii)
     masks: list[np.ndarray] = []
-    for cls, radius, (cx, cy) in zip(classes, radii, centres):
-        angle = rng.uniform(0, 2 * math.pi)
-        ca, sa = math.cos(angle), math.sin(angle)
-        polys = [[(cx + radius * (x * ca - y * sa), cy + radius * (x * sa + y * ca)) for x, y in poly]
-                 for poly in _polygon(SHAPES[cls])]
-        mask = Image.new("L", img.size, 0)
-        mdraw = ImageDraw.Draw(mask)
-        if SHAPES[cls] == "ring":  # a thick band, as in the pretraining images
-            band = [((a[0] + b[0]) / 2, (a[1] + b[1]) / 2) for a, b in zip(*polys)]
-            mdraw.line(band + band[:1], fill=255, width=max(1, int(0.45 * radius)), joint="curve")
-        else:
-            for poly in polys:
-                mdraw.polygon(poly, fill=255)
-        fill = _colour(rng, 150, 256) if np.mean(bg) < 128 else _colour(rng, 0, 106)
-        img.paste(_texture(cls, rng, size, fill), (0, 0), mask)
+    for cls, radius, centre in zip(classes, radii, centres):
+        polys = place(SHAPES[cls], centre, radius, rng.uniform(0, 2 * math.pi))
+        # a ring is a thick band, as in the pretraining images (here at least a pixel wide)
+        mask = silhouette(SHAPES[cls], polys, img.size, max(1, band_width(radius)))
+        paint(img, mask, cls, rng, contrasting(rng, bg))
         m = np.asarray(mask) > 127
         masks = [prev & ~m for prev in masks] + [m]  # a later object hides what it covers
     return img.filter(ImageFilter.GaussianBlur(0.4)), masks
@@ -99,9 +81,7 @@ def draw_scene(rng: np.random.Generator, size: int, classes: list[int]) -> tuple
 def generate_scenes(root, *, seed: int = 0, count: int = 24, size: int = 64, objects=(2, 3)) -> Path:
     """Write ``count`` scenes under ``root`` (renamed into place when complete); returns the manifest path."""
     root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
-    try:
+    with atomic_dir(root) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         rows = []
@@ -120,11 +100,6 @@ def generate_scenes(root, *, seed: int = 0, count: int = 24, size: int = 64, obj
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root / "manifest.csv"
 
 

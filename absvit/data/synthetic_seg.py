@@ -8,14 +8,13 @@ k+2 in ADE20K (background 1; a few pixels of label 0, "other", which training ig
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageFilter
 
-from absvit.data.synthetic import SHAPES, _colour, _polygon, _texture
+from absvit.data.shapes import BASE, DARK, LIGHT, SHAPES, TOP, colour, gradient, paint, place, silhouette, strokes
+from absvit.io import atomic_dir
 
 LAYOUTS = ("voc", "cityscapes", "ade20k")
 SIZES = {"voc": (96, 128), "cityscapes": (64, 128), "ade20k": (96, 96)}  # (height, width), like the real aspect ratios
@@ -23,28 +22,17 @@ SIZES = {"voc": (96, 128), "cityscapes": (64, 128), "ade20k": (96, 96)}  # (heig
 
 def draw_scene(rng: np.random.Generator, height: int, width: int, objects: int) -> tuple[Image.Image, np.ndarray]:
     """A cluttered background with ``objects`` textured shapes; label map 0 = background, k+1 = shape k."""
-    top, bottom = np.array(_colour(rng, 30, 230)), np.array(_colour(rng, 40, 220))
-    ramp = np.linspace(0, 1, height)[:, None, None]
-    img = Image.fromarray(np.uint8(top * (1 - ramp) + bottom * ramp).repeat(width, axis=1))
-    d = ImageDraw.Draw(img)
-    for _ in range(6):
-        p = rng.uniform(0, 1, 4) * [width, height, width, height]
-        d.line([tuple(p[:2]), tuple(p[2:])], fill=_colour(rng), width=1)
+    img = gradient(colour(rng, *TOP), colour(rng, *BASE), (width, height))  # top first, unlike shapes.background
+    strokes(img, rng, 6)
     label = np.zeros((height, width), np.uint8)
     for _ in range(objects):
         cls = int(rng.integers(len(SHAPES)))
         radius = rng.uniform(0.15, 0.3) * min(height, width)
         cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
-        angle = rng.uniform(0, 2 * math.pi)
-        ca, sa = math.cos(angle), math.sin(angle)
-        mask = Image.new("L", img.size, 0)
-        mdraw = ImageDraw.Draw(mask)
-        polys = [[(cx + radius * (x * ca - y * sa), cy + radius * (x * sa + y * ca)) for x, y in poly]
-                 for poly in _polygon(SHAPES[cls])]
-        for k, poly in enumerate(polys):  # a second polygon (the ring's hole) is cut out
-            mdraw.polygon(poly, fill=0 if k else 255)
-        fill = _colour(rng, 150, 256) if rng.uniform() < 0.5 else _colour(rng, 0, 106)
-        img.paste(_texture(cls, rng, (height, width), fill), (0, 0), mask)
+        polys = place(SHAPES[cls], (cx, cy), radius, rng.uniform(0, 2 * math.pi))
+        mask = silhouette(SHAPES[cls], polys, img.size, ring_band=None)  # a ring: the disc, its hole cut out
+        fill = colour(rng, *LIGHT) if rng.uniform() < 0.5 else colour(rng, *DARK)  # light or dark at random
+        paint(img, mask, cls, rng, fill)
         label[np.asarray(mask) > 127] = cls + 1
     return img.filter(ImageFilter.GaussianBlur(0.4)), label
 
@@ -107,8 +95,7 @@ def generate_segmentation(root, *, seed: int = 0, per_split: dict[str, int], lay
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for layout in layouts:
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{layout}.tmp-"))
-        try:
+        with atomic_dir(root / layout) as tmp:
             if layout == "voc":
                 for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
                     (tmp / "VOCdevkit" / "VOC2012" / sub).mkdir(parents=True)
@@ -121,8 +108,3 @@ def generate_segmentation(root, *, seed: int = 0, per_split: dict[str, int], lay
                     rng = np.random.default_rng([seed, LAYOUTS.index(layout), 0 if split == "train" else 1, i])
                     image, label = draw_scene(rng, *SIZES[layout], objects=int(rng.integers(1, 4)))
                     _write(layout, tmp, split, i, image, label)
-            if (root / layout).exists():
-                shutil.rmtree(root / layout)
-            tmp.rename(root / layout)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)

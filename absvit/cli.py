@@ -156,7 +156,7 @@ def _tables(args: argparse.Namespace) -> None:
     if args.bench_dir:  # what the run cost, per stage: Snakemake's benchmark files, sacct for SLURM jobs
         from absvit import cost
 
-        bill = cost.cost_table(args.bench_dir, args.submitit_dir, args.launcher)
+        bill = cost.cost_table(args.bench_dir, args.submitit_dir, args.launcher, gpus=cost.parse_gpus(args.gpus))
         sections.append(cost.cost_section(bill))
         cost.log_cost(bill, preset=args.preset, tracking_uri=args.tracking_uri, track=not args.no_mlflow,
                       artifacts=cost.write_cost(args.out_dir, bill), launcher=args.launcher)
@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-dir", help="Snakemake benchmark files of the run: adds cost.{csv,md,tex} and the report's cost section")
     p.add_argument("--submitit-dir", help="with --launcher slurm: submitit's job folders, whose jobs sacct prices")
     p.add_argument("--launcher", default="local", choices=("local", "slurm"))
+    p.add_argument("--gpus", nargs="+", metavar="STAGE=N",
+                   help="the GPUs each job of a stage requests: what its jobs run outside SLURM cost (default: none)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--no-mlflow", action="store_true", help="do not mirror the cost table into MLflow")
     p.add_argument("--out-dir", required=True)

@@ -5,7 +5,8 @@ Sources, per stage:
 - Snakemake's ``benchmark:`` files (``results/<preset>/benchmarks/<stage>/<job>.tsv``, or
   ``benchmarks/<rule>.tsv`` for a one-job stage): wall time is the file's ``s``, CPU core-hours its
   ``cpu_time`` (user + system seconds of the job's whole process tree, children included, so a
-  submitit local job counts). This is every stage's source with the local launcher, and the source of
+  submitit local job counts), GPU-hours wall x the GPUs the stage requests (``gpus``: submitit's local
+  executor gives the job that many). This is every stage's source with the local launcher, and the source of
   the stages that never leave the Snakemake machine (comparisons, tables) with SLURM.
 - ``sacct`` for the jobs submitit sent to SLURM (``results/<preset>/submitit/<stage>/<name>/<jobid>/``):
   wall time is the allocation's elapsed time (every requeued run of it, ``sacct -D``), CPU core-hours
@@ -26,12 +27,13 @@ from pathlib import Path
 import pandas as pd
 
 from absvit.errors import UsageError
+from absvit.formats import hms, hours, markdown_table, tex_escape
 from absvit.io import atomic_path
 
 COLUMNS = ["stage", "jobs", "wall_s", "cpu_core_hours", "gpu_hours", "source", "note"]
 # The DAG's stages in pipeline order (the cost table's row order; any other stage follows, sorted).
-STAGE_ORDER = ("embedded_dataset", "imagenet_c_shard", "imagenet_c", "pretrain", "evaluate", "lvar_ablation",
-               "robustness_comparison", "segmentation_dataset", "segment", "scenes", "decoder", "figures", "tables")
+STAGE_ORDER = ("embedded_dataset", "imagenet_c", "pretrain", "evaluate", "lvar_ablation", "robustness_comparison",
+               "segmentation_dataset", "segment", "scenes", "decoder", "figures", "tables")
 SACCT_FIELDS = ("JobID", "JobName", "Elapsed", "ElapsedRaw", "AllocCPUS", "AllocTRES", "State")
 NOTE = ("Wall time is the sum of the jobs' own wall times, not the time the DAG took (jobs overlap; the critical "
         "path is not computed).")
@@ -125,8 +127,9 @@ def cost_table(bench_dir, submitit_dir=None, launcher: str = "local", *, gpus: d
 
     ``bench_dir``: ``results/<preset>/benchmarks``. ``launcher``: ``local`` (every stage from its benchmark
     files) or ``slurm`` (stages with submitit jobs under ``submitit_dir``, default ``bench_dir/../submitit``,
-    from ``sacct``; the others from their benchmark files). ``gpus``: stage -> GPUs each of its local jobs
-    held (local launcher on a GPU machine: ``gpus_from_resources``); default none, so local GPU-hours are 0.
+    from ``sacct``; the others from their benchmark files). ``gpus``: stage -> the GPUs each of its jobs run
+    outside SLURM was given (``absvit tables --gpus``: what the stage requests, which submitit's local executor
+    gives the job); a stage not named has none.
     """
     if launcher not in ("local", "slurm"):
         raise UsageError(f"cost: launcher must be 'local' or 'slurm', got {launcher!r}")
@@ -159,36 +162,29 @@ def cost_table(bench_dir, submitit_dir=None, launcher: str = "local", *, gpus: d
     return pd.concat([frame, pd.DataFrame([total], columns=COLUMNS)], ignore_index=True).astype({"jobs": int})
 
 
-def gpus_from_resources(preset_cfg: dict) -> dict[str, int]:
-    """stage -> GPUs per job from ``presets.<preset>.resources`` (for local jobs on a GPU machine)."""
-    names = {"imagenet_c": "imagenet_c"}  # resource key -> benchmark stage, where they differ
-    return {names.get(k, k): int(r.get("gpus_per_node", 0)) * int(r.get("nodes", 1))
-            for k, r in (preset_cfg.get("resources") or {}).items()}
-
-
-def _hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def _hours(v: float) -> str:
-    return "0" if v == 0 else ("<0.01" if v < 0.005 else f"{v:.2f}")
+def parse_gpus(specs) -> dict[str, int]:
+    """``["pretrain=8", "evaluate=1"]`` (``absvit tables --gpus``) -> stage -> GPUs per job."""
+    gpus = {}
+    for spec in specs or ():
+        stage, _, n = spec.partition("=")
+        if not (stage and n.isdigit()):
+            raise UsageError(f"--gpus: expected STAGE=N (a stage and its GPUs per job, e.g. pretrain=8), got {spec!r}")
+        gpus[stage] = int(n)
+    return gpus
 
 
 def _display(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"stage": df.stage, "jobs": df.jobs.astype(int).astype(str), "wall (sum)": df.wall_s.map(_hms),
-                         "CPU core-h": df.cpu_core_hours.map(_hours), "GPU-h": df.gpu_hours.map(_hours),
+    return pd.DataFrame({"stage": df.stage, "jobs": df.jobs.astype(int).astype(str), "wall (sum)": df.wall_s.map(hms),
+                         "CPU core-h": df.cpu_core_hours.map(hours), "GPU-h": df.gpu_hours.map(hours),
                          "source": df.source, "note": df.note.fillna("")})
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """The cost table as a GitHub Markdown table (no tabulate dependency)."""
+    """The cost table as a GitHub Markdown table (the note column only where a stage has a note)."""
     d = _display(df)
     if not d.note.str.len().iloc[:-1].any():
         d = d.drop(columns="note")
-    lines = ["| " + " | ".join(d.columns) + " |", "|" + "---|" * len(d.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in d.itertuples(index=False)]
-    return "\n".join(lines)
+    return markdown_table(d, index=False)
 
 
 def cost_section(df: pd.DataFrame, *, title: str = "## Cost") -> str:
@@ -209,10 +205,9 @@ def cost_section(df: pd.DataFrame, *, title: str = "## Cost") -> str:
 def latex(df: pd.DataFrame, *, caption: str = "Compute cost per stage.", label: str = "tab:cost") -> str:
     """A booktabs table; needs nothing beyond ``\\usepackage{booktabs}``."""
     d = _display(df)
-    esc = lambda t: re.sub(r"([_&%#$])", r"\\\1", str(t)).replace("<", r"$<$")  # noqa: E731
-    body = [" & ".join(esc(v) for v in row[:5]) + r" \\" for row in d.itertuples(index=False)]
+    body = [" & ".join(tex_escape(v) for v in row[:5]) + r" \\" for row in d.itertuples(index=False)]
     lines = ["% Generated by absvit.cost; needs only \\usepackage{booktabs}.", r"\begin{table}[t]", r"\centering",
-             rf"\caption{{{esc(caption)} {esc(NOTE)}}}", rf"\label{{{label}}}", r"\begin{tabular}{lrrrr}", r"\toprule",
+             rf"\caption{{{tex_escape(caption)} {tex_escape(NOTE)}}}", rf"\label{{{label}}}", r"\begin{tabular}{lrrrr}", r"\toprule",
              r"Stage & Jobs & Wall (sum) & CPU core-h & GPU-h \\", r"\midrule", *body[:-1],
              *([r"\midrule"] if len(body) > 1 else []), body[-1],
              r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]

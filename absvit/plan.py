@@ -1,81 +1,29 @@
 """``absvit plan``: a preset's bill before anything is submitted.
 
-Per stage: the number of jobs (mirroring the DAG's), what each job asks SLURM for
-(``presets.<preset>.resources``), and the expected wall time, GPU-hours and CPU core-hours, each with
-the source of the number in a ``source`` column. Expected times are work / throughput:
-
-- pretraining: epochs x ImageNet train images / (the training loop's img/s per GPU x GPUs), plus each
-  epoch's validation (model and EMA) at the evaluation rate;
-- evaluation: suite images / min(3 x the bare training step's img/s, loader CPUs x 150 img/s);
-- segmentation: iterations x step time (batch 16, 512x512 on one GPU; scaled by batch and crop
-  pixels) / GPUs.
-
-Throughputs come from the GPU benchmark's JSON when present, else from the H200 measurements quoted
-in issue 10 (``DEFAULT_*`` in ``absvit.throughput``, which says where each number comes from). Dataset
-sizes are counted in the configured folders when they exist, else the published sizes are used; either
-way the source says which. Scaling over GPUs is assumed linear. A CPU preset (the embedded default, no
-GPUs requested) has 0 GPU-hours; its times come from the benchmark files of a previous run of the same
-preset when there are any, else from a measured reference run of the embedded DAG on a 2-core machine.
+The jobs are Snakemake's own: a dry run of the workflow beside the config (``snakemake all --dry-run
+--forceall --config preset=<preset> plan_only=True``: the configured data need not exist yet) lists every job
+with its rule and wildcards, and ``--rulegraph`` which rules wait for which. Per rule (a stage): its jobs, what
+each asks SLURM for (``presets.<preset>.resources.<rule>``), and the expected wall time, GPU-hours and CPU
+core-hours, each with its source (``absvit.throughput``: work / throughput from the GPU benchmark's JSON or
+the stated H200 defaults; a CPU preset's previous run or reference run). A rule without a throughput model
+(one added later, say) is listed with its jobs and request, its time ``?``.
 """
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from absvit.errors import UsageError, did_you_mean
-from absvit.throughput import (DECODE_PER_CPU, DEFAULT_GPU_BENCH, EVAL_SPEEDUP, IMAGENET_C_SHARDS, Estimate,
-                               StageInputs, Throughputs, dataset_sizes, estimate_evaluate, estimate_local,
-                               estimate_pretrain, estimate_segment, gpus_of, load_gpu_bench)
+from absvit.formats import hms, hours
+from absvit.throughput import (CPU_REF, DECODE_PER_CPU, DEFAULT_GPU_BENCH, EVAL_SPEEDUP, StageInputs, Throughputs,
+                               cpus_of, dataset_sizes, estimate_stage, load_gpu_bench)
 
-STAGES = ("embedded_dataset", "imagenet_c_shard", "pretrain", "evaluate", "lvar_ablation", "robustness_comparison",
-          "segmentation_dataset", "segment", "scenes", "decoder", "figures", "tables")
-SLURM_STAGES = {"imagenet_c_shard": "imagenet_c", "pretrain": "pretrain", "evaluate": "evaluate", "segment": "segment"}
-BENCH_NAMES = {"imagenet_c_shard": ("imagenet_c_shard", "imagenet_c")}  # benchmarks/<name>/ of a stage
-EDGES = {  # stage -> the stages it waits for (for the critical path)
-    "imagenet_c_shard": ("embedded_dataset",), "pretrain": ("embedded_dataset",),
-    "evaluate": ("embedded_dataset", "imagenet_c_shard", "pretrain"), "lvar_ablation": ("evaluate",),
-    "robustness_comparison": ("evaluate",), "segment": ("segmentation_dataset", "pretrain"),
-    "decoder": ("pretrain",), "figures": ("scenes", "decoder"),
-    "tables": ("lvar_ablation", "robustness_comparison", "segment", "figures"),
-}
+TARGET = "all"  # the workflow's default target: the DAG planned; its own job does nothing and is not listed
 
-
-def seeds_of(preset_cfg: dict) -> list:
-    return list(preset_cfg.get("seeds", [0]))
-
-
-def jobs_per_stage(preset_cfg: dict) -> dict[str, int]:
-    """The DAG's jobs per stage for one preset's config (``STAGES`` order; `all` not counted).
-
-    Pretraining runs (``runs`` not in ``checkpoints``) run once per seed; evaluation is run x seed, all five
-    suites in one job (a released checkpoint: once); segmentation backbone x dataset x seed; ImageNet-C shards
-    (15 corruptions x 5 severities) only for a generated preset; generated scenes once, decoder and figures
-    per seed;
-    the comparisons and tables once."""
-    seeds = len(seeds_of(preset_cfg))
-    runs, released = preset_cfg["runs"], preset_cfg.get("checkpoints") or {}
-    trained = [r for r in runs if r not in released]
-    seg = preset_cfg["segmentation"]
-    generated = "generate" in preset_cfg["data"]
-    return {"embedded_dataset": int(generated), "imagenet_c_shard": IMAGENET_C_SHARDS if generated else 0,
-            "pretrain": len(trained) * seeds, "evaluate": len(trained) * seeds + len(runs) - len(trained),
-            "lvar_ablation": 1, "robustness_comparison": 1, "segmentation_dataset": int("generate" in seg),
-            "segment": len(seg["backbones"]) * len(seg["datasets"]) * seeds,
-            **_figure_jobs(preset_cfg, seeds), "tables": 1}
-
-
-def _figure_jobs(preset_cfg: dict, seeds: int) -> dict[str, int]:
-    """figures.smk: generated scenes once; the decoder and the figures per seed of the AbSViT run (one for a
-    released file); none without a `figures:` key."""
-    fig = preset_cfg.get("figures")
-    if not fig:
-        return {"scenes": 0, "decoder": 0, "figures": 0}
-    per_seed = 1 if fig["absvit_run"] in (preset_cfg.get("checkpoints") or {}) else seeds
-    return {"scenes": int(isinstance(fig["scenes"], dict)), "decoder": per_seed, "figures": per_seed}
-
-
-# -- inputs ------------------------------------------------------------------------------------
 
 def load_config(path) -> dict:
     import yaml
@@ -89,6 +37,68 @@ def load_config(path) -> dict:
         raise UsageError(f"--config {path}: expected a config.yaml with a `presets` mapping")
     return cfg
 
+
+# -- the jobs, from Snakemake ------------------------------------------------------------------
+
+@dataclass
+class Dag:
+    """A preset's DAG as Snakemake plans it: rule -> the wildcards of each of its jobs, and rule -> the rules
+    it waits for."""
+    jobs: dict[str, list[dict[str, str]]]
+    waits: dict[str, set[str]]
+
+
+def parse_dry_run(text: str) -> dict[str, list[dict[str, str]]]:
+    """rule -> each job's wildcards, from a dry run's job listing (``rule NAME:`` then an indented
+    ``wildcards: k=v, ...`` line), checked against its ``Job stats`` table."""
+    jobs: dict[str, list[dict[str, str]]] = {}
+    current = None
+    for line in text.splitlines():
+        if m := re.fullmatch(r"(?:local)?(?:rule|checkpoint) (\w+):", line):
+            current = {}
+            jobs.setdefault(m[1], []).append(current)
+        elif current is not None and (m := re.fullmatch(r"\s+wildcards: (.*)", line)):
+            current.update(item.split("=", 1) for item in re.split(r", (?=\w+=)", m[1]))
+        elif not line.strip():
+            current = None
+    for js in jobs.values():  # the listing's order varies from run to run
+        js.sort(key=lambda wc: [(k, (0, int(v), "") if v.isdigit() else (1, 0, v)) for k, v in sorted(wc.items())])
+    stats = text.partition("Job stats:")[2].split("\n\n", 1)[0]
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M) if m[1] != "total"}
+    listed = {rule: len(js) for rule, js in jobs.items()}
+    if not counts or counts != listed:
+        raise UsageError(f"could not read Snakemake's dry run: its job stats say {counts}, its job listing {listed}")
+    return jobs
+
+
+def parse_rulegraph(dot: str) -> dict[str, set[str]]:
+    """rule -> the rules it waits for, from ``snakemake --rulegraph`` (dot: ``N[label = "rule"...]``, ``A -> B``)."""
+    names = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.M))
+    waits: dict[str, set[str]] = {name: set() for name in names.values()}
+    for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M):
+        waits[names[b]].add(names[a])
+    return waits
+
+
+def workflow_dag(config, preset: str) -> Dag:
+    """Ask Snakemake (this Python's) for ``preset``'s jobs: the workflow is the Snakefile beside ``config``,
+    run in that folder in plan-only mode (see ``workflow/rules/common.smk``)."""
+    config = Path(config).resolve()
+    snakefile = config.parent / "Snakefile"
+    if not snakefile.is_file():
+        raise UsageError(f"--config {config}: no Snakefile beside it (absvit plan plans the workflow of the config's "
+                         "folder)")
+    cmd = [sys.executable, "-m", "snakemake", TARGET, "--snakefile", str(snakefile), "--directory", str(config.parent),
+           "--configfile", str(config), "--workflow-profile", "none", "--nolock", "--forceall"]
+    options = ("--config", f"preset={preset}", "plan_only=True")  # last: --config takes every word after it
+    procs = [subprocess.Popen([*cmd, *extra, *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for extra in (["--dry-run"], ["--rulegraph"])]
+    (dry, _), (dot, _) = (p.communicate() for p in procs)
+    for p, out in zip(procs, (dry, dot)):
+        if p.returncode:
+            raise UsageError(f"Snakemake could not plan preset {preset!r} ({' '.join(p.args[1:])}):\n"
+                             + "\n".join(out.strip().splitlines()[-15:]))
+    return Dag(jobs=parse_dry_run(dry), waits=parse_rulegraph(dot))
 
 
 # -- the plan ----------------------------------------------------------------------------------
@@ -125,7 +135,7 @@ class Plan:
                  "job_s": math.nan, "wall_s": _nansum(s.wall_s for s in self.stages),
                  "gpu_hours": _nansum(s.gpu_hours for s in self.stages),
                  "cpu_core_hours": _nansum(s.cpu_core_hours for s in self.stages),
-                 "source": f"sum of the stages; critical path {_hms(self.critical_path_s)} (each stage's jobs in parallel)"}
+                 "source": f"sum of the stages; critical path {hms(self.critical_path_s)} (each stage's jobs in parallel)"}
         return pd.DataFrame(rows + [total])
 
     def to_dict(self) -> dict:
@@ -138,16 +148,16 @@ class Plan:
 
     def to_text(self) -> str:
         f = self.frame()
-        show = f.assign(**{"per job": [*f.job_s.iloc[:-1].map(_hms), ""], "wall (sum)": f.wall_s.map(_hms),
-                           "GPU-h": f.gpu_hours.map(_num), "CPU core-h": f.cpu_core_hours.map(_num),
+        show = f.assign(**{"per job": [*f.job_s.iloc[:-1].map(hms), ""], "wall (sum)": f.wall_s.map(hms),
+                           "GPU-h": f.gpu_hours.map(hours), "CPU core-h": f.cpu_core_hours.map(hours),
                            "request (per job)": f.request})
         table = show[["stage", "jobs", "request (per job)", "per job", "wall (sum)", "GPU-h", "CPU core-h"]]
         lines = [f"Plan for preset {self.preset!r}: {self.label}", f"seeds: {self.seeds}; throughputs: "
                  + (self.gpu_bench or "stated defaults (no GPU benchmark JSON)"), "",
                  table.to_string(index=False), "",
-                 f"Critical path (every stage's jobs in parallel, unlimited nodes): {_hms(self.critical_path_s)}; "
-                 f"one job at a time: {_hms(f.wall_s.iloc[-1])} (the DAG's wall time lies between the two).", "", "Sources:"]
-        lines += [f"  {s.stage}: {s.source}" for s in self.stages if s.jobs]
+                 f"Critical path (every stage's jobs in parallel, unlimited nodes): {hms(self.critical_path_s)}; "
+                 f"one job at a time: {hms(f.wall_s.iloc[-1])} (the DAG's wall time lies between the two).", "", "Sources:"]
+        lines += [f"  {s.stage}: {s.source}" for s in self.stages]
         lines += ["", "Assumptions:"] + [f"  - {a}" for a in self.assumptions]
         if self.notes:
             lines += ["", "Notes:"] + [f"  - {n}" for n in self.notes]
@@ -159,15 +169,9 @@ def _nansum(values) -> float:
     return math.nan if values and all(math.isnan(v) for v in values) else sum(v for v in values if not math.isnan(v))
 
 
-def _hms(seconds: float) -> str:
-    if seconds is None or math.isnan(seconds):
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def _num(v: float) -> str:
-    return "?" if math.isnan(v) else ("0" if v == 0 else f"{v:.2f}" if v >= 0.005 else "<0.01")
+def _longest(secs: list[float]) -> float:
+    known = [s for s in secs if not math.isnan(s)]
+    return max(known) if known else math.nan
 
 
 def _request(r: dict | None) -> str:
@@ -178,47 +182,45 @@ def _request(r: dict | None) -> str:
 
 
 def _previous(results: Path | None) -> dict[str, tuple[float, int]]:
-    """stage -> (mean seconds per job, files) of the benchmark files of a previous run."""
+    """rule -> (mean seconds per job, files) of the benchmark files of a previous run
+    (``benchmarks/<rule>/*.tsv`` or ``benchmarks/<rule>.tsv``)."""
     if results is None or not results.is_dir():
         return {}
     from absvit.cost import benchmark_jobs
 
-    jobs = benchmark_jobs(results)
-    found = {name: (float(g.wall_s.mean()), len(g)) for name, g in jobs.groupby("stage")}
-    return {stage: found[name] for stage in STAGES for name in BENCH_NAMES.get(stage, (stage,)) if name in found}
+    return {rule: (float(g.wall_s.mean()), len(g)) for rule, g in benchmark_jobs(results).groupby("stage")}
 
 
-# -- assembling the plan ----------------------------------------------------------------------
+def stage_order(waits: dict[str, set[str]]) -> list[str]:
+    """The rules in dependency order: by the longest chain of rules before each, then by name."""
+    depth: dict[str, int] = {}
 
-def _stages(inp: StageInputs, jobs: dict[str, int], estimates: dict[str, Estimate], notes: list[str]) -> list[Stage]:
-    """The table's rows in ``STAGES`` order; notes the jobs longer than their SLURM time limit."""
-    stages = []
-    for stage in STAGES:
-        secs, source = estimates[stage]
-        assert len(secs) == jobs[stage], (stage, len(secs), jobs[stage])  # the estimates follow jobs_per_stage
-        g = inp.gpus(stage)
-        wall = _nansum(secs) if secs else 0.0
-        stages.append(Stage(stage=stage, jobs=jobs[stage], request=_request(inp.requests[stage]) if jobs[stage] else "",
-                            gpus_per_job=g, job_s=max(secs, key=lambda v: -1 if math.isnan(v) else v) if secs else 0.0,
-                            wall_s=wall, gpu_hours=wall * g / 3600, cpu_core_hours=wall * inp.cpus(stage) / 3600,
-                            source=source if jobs[stage] else "no jobs"))
-        r = inp.requests[stage]
-        if r and secs and not math.isnan(max(secs)) and max(secs) > r["timeout_min"] * 60:
-            notes.append(f"{stage}: the longest job (~{_hms(max(secs))}) exceeds its {r['timeout_min']} min limit: "
-                         f"it resumes from its checkpoint after ~{int(max(secs) // (r['timeout_min'] * 60))} requeue(s)")
-    if any(math.isnan(s.wall_s) or (s.jobs and math.isnan(s.job_s)) for s in stages):
-        notes.append("stages marked ? have no measured throughput: the totals leave them out")
-    return stages
+    def depth_of(rule: str) -> int:
+        if rule not in depth:
+            depth[rule] = 1 + max((depth_of(d) for d in waits.get(rule, ())), default=-1)
+        return depth[rule]
+
+    return sorted(waits, key=lambda rule: (depth_of(rule), rule))
 
 
-def _critical_path(stages: list[Stage], seg: dict) -> float:
-    """Every stage's jobs run in parallel; a stage starts when the stages it waits for end."""
-    seg_waits = any(b.get("run") for b in seg["backbones"].values())
+def _stage(inp: StageInputs, rule: str, secs: list[float], source: str, notes: list[str]) -> Stage:
+    """One row of the table; notes a job longer than its SLURM time limit."""
+    g, r, longest = inp.gpus(rule), inp.request(rule), _longest(secs)
+    wall = _nansum(secs)
+    if r and not math.isnan(longest) and longest > r["timeout_min"] * 60:
+        notes.append(f"{rule}: the longest job (~{hms(longest)}) exceeds its {r['timeout_min']} min limit: "
+                     f"it resumes from its checkpoint after ~{int(longest // (r['timeout_min'] * 60))} requeue(s)")
+    return Stage(stage=rule, jobs=len(secs), request=_request(r), gpus_per_job=g, job_s=longest, wall_s=wall,
+                 gpu_hours=wall * g / 3600, cpu_core_hours=wall * cpus_of(r) / 3600, source=source)
+
+
+def _critical_path(stages: list[Stage], waits: dict[str, set[str]]) -> float:
+    """Every stage's jobs run in parallel; a stage starts when the stages it waits for end (``stages`` is in
+    dependency order)."""
     finish: dict[str, float] = {}
-    for s in stages:  # STAGES is in dependency order
-        deps = [d for d in EDGES.get(s.stage, ()) if not (s.stage == "segment" and d == "pretrain" and not seg_waits)]
-        own = 0.0 if not s.jobs or math.isnan(s.job_s) else s.job_s
-        finish[s.stage] = max((finish[d] for d in deps), default=0.0) + own
+    for s in stages:
+        own = 0.0 if math.isnan(s.job_s) else s.job_s
+        finish[s.stage] = max((finish.get(d, 0.0) for d in waits.get(s.stage, ())), default=0.0) + own
     return max(finish.values(), default=0.0)
 
 
@@ -226,58 +228,59 @@ def _assumptions(cpu_preset: bool) -> list[str]:
     if cpu_preset:
         return [
             "CPU preset: no GPUs requested, so 0 GPU-hours; times are per job on the machine that ran the reference "
-            "(or previous) run, CPU core-hours = wall x the CPUs the stage requests",
+            f"({CPU_REF}) or previous run, CPU core-hours = wall x the CPUs the stage requests",
             "the critical path assumes every stage's jobs run side by side (on 2 cores they queue: see `one job at a time`)",
         ]
     return [
         "GPU rates scale linearly with the GPUs of a job (data parallel, same per-GPU batch efficiency)",
         f"inference runs at {EVAL_SPEEDUP:g}x the bare training step, capped by the loader at {DECODE_PER_CPU:g} img/s "
-        "per CPU (issue 10: the real loop's loader delivered >= 2,093 img/s from 14 workers)",
+        "per CPU (the H200 run's real loop got >= 2,093 img/s from 14 loader workers)",
         "sizes of Cityscapes crops (512x1024) and batch scale the segmentation step linearly in pixels",
         "queue waits, job start-up and checkpoint writes are not included; each stage's jobs are assumed to run "
         "side by side for the critical path",
     ]
 
 
-def make_plan(cfg: dict, preset: str | None = None, *, gpu_bench=None, results=None, count_files: bool = True) -> Plan:
-    """The plan of ``preset`` (default: ``cfg["preset"]``). ``gpu_bench``: the GPU benchmark's JSON path
-    (None: the stated defaults); ``results``: ``results/<preset>/benchmarks`` of a previous run (CPU
-    presets and local stages use its per-job times when present); ``count_files``: count the images of
-    the configured dataset folders (False: published sizes)."""
+def make_plan(config, preset: str | None = None, *, dag: Dag | None = None, gpu_bench=None, results=None,
+              count_files: bool = True) -> Plan:
+    """The plan of ``preset`` (default: the config's ``preset``) of the workflow beside ``config`` (the path of
+    its config.yaml). ``dag``: its jobs (default: ``workflow_dag``, asked of Snakemake now); ``gpu_bench``: the
+    GPU benchmark's JSON path (None: the stated defaults); ``results``: ``results/<preset>/benchmarks`` of a
+    previous run (CPU presets and local stages use its per-job times when present); ``count_files``: count the
+    images of the configured dataset folders (False: published sizes)."""
+    cfg = load_config(config)
     preset = preset or cfg.get("preset")
     if preset not in cfg["presets"]:
         raise UsageError(f"--preset {preset!r}: no such preset{did_you_mean(str(preset), cfg['presets'])}; "
                          f"the config has {sorted(cfg['presets'])}")
     p = cfg["presets"][preset]
     rates = Throughputs(load_gpu_bench(gpu_bench), gpu_bench) if gpu_bench else Throughputs()
+    dag = dag or workflow_dag(config, preset)
     results = Path(results) if results else None
-    jobs = jobs_per_stage(p)
-    sizes = dataset_sizes(p, count=count_files)
-    previous = _previous(results)
-    resources = p.get("resources") or {}
-    requests = {stage: resources.get(SLURM_STAGES.get(stage, stage)) for stage in STAGES}
-    inp = StageInputs(preset=preset, p=p, requests=requests, rates=rates, sizes=sizes, seeds=seeds_of(p),
-                      results=results, previous=previous,
-                      cpu_preset=all(gpus_of(requests[s]) == 0 for s in SLURM_STAGES))
+    inp = StageInputs(preset=preset, p=p, rates=rates, results=results, previous=_previous(results),
+                      sizes=dataset_sizes(p, count=count_files, shards=len(dag.jobs.get("imagenet_c", ()))))
     notes: list[str] = []
-    estimates = estimate_local(inp, jobs)
-    estimates["pretrain"] = estimate_pretrain(inp, notes)
-    estimates["evaluate"] = estimate_evaluate(inp)
-    estimates["segment"] = estimate_segment(inp)
-    stages = _stages(inp, jobs, estimates, notes)
-    return Plan(preset=preset, label=p.get("label", ""), seeds=inp.seeds, gpu_bench=str(gpu_bench) if gpu_bench else None,
-                stages=stages, critical_path_s=_critical_path(stages, p["segmentation"]),
-                assumptions=_assumptions(inp.cpu_preset), notes=notes)
+    stages = []
+    for rule in stage_order({r: dag.waits.get(r, set()) for r in dag.jobs if r != TARGET}):
+        secs, source = estimate_stage(inp, rule, dag.jobs[rule], notes)
+        stages.append(_stage(inp, rule, secs, source, notes))
+    if any(math.isnan(s.job_s) for s in stages):
+        notes.append("stages marked ? have no throughput model or previous run: the totals and the critical path "
+                     "leave them out")
+    return Plan(preset=preset, label=p.get("label", ""), seeds=list(p.get("seeds", [0])),
+                gpu_bench=str(gpu_bench) if gpu_bench else None, stages=stages,
+                critical_path_s=_critical_path(stages, dag.waits), assumptions=_assumptions(inp.cpu_preset), notes=notes)
 
 
 # -- CLI ---------------------------------------------------------------------------------------
 
 def add_arguments(p) -> None:
-    p.add_argument("--config", default="config.yaml", help="the pipeline's config (default: %(default)s)")
+    p.add_argument("--config", default="config.yaml",
+                   help="the pipeline's config; the Snakefile beside it is planned (default: %(default)s)")
     p.add_argument("--preset", default=None, help="which preset (default: the config's `preset`)")
     p.add_argument("--gpu-bench", default=None, metavar="JSON",
                    help=f"the GPU benchmark's JSON (default: {DEFAULT_GPU_BENCH} beside the config if it exists, "
-                        "else the H200 numbers of issue 10)")
+                        "else the defaults measured on one NVIDIA H200, stated in the output)")
     p.add_argument("--published-sizes", action="store_true",
                    help="use the datasets' published sizes instead of counting the files in the configured folders")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the plan as JSON")
@@ -286,13 +289,12 @@ def add_arguments(p) -> None:
 def main(args) -> None:
     from absvit.io import write_json
 
-    cfg = load_config(args.config)
     root = Path(args.config).resolve().parent
     gpu_bench = args.gpu_bench
     if gpu_bench is None and (root / DEFAULT_GPU_BENCH).is_file():
         gpu_bench = root / DEFAULT_GPU_BENCH
-    preset = args.preset or cfg.get("preset")
-    plan = make_plan(cfg, preset, gpu_bench=gpu_bench, results=root / "results" / str(preset) / "benchmarks",
+    preset = args.preset or load_config(args.config).get("preset")
+    plan = make_plan(args.config, preset, gpu_bench=gpu_bench, results=root / "results" / str(preset) / "benchmarks",
                      count_files=not args.published_sizes)
     print(plan.to_text(), end="")
     if args.json:

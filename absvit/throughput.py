@@ -1,16 +1,16 @@
 """Throughputs and dataset sizes behind ``absvit plan``'s expected times, each with where it comes from.
 
-- GPU rates: the GPU benchmark's JSON when given (``load_gpu_bench``, read by ``Throughputs``), else the
-  H200 measurements quoted in issue 10 (``DEFAULT_STEP``, ``DEFAULT_LOOP``, ``DEFAULT_SEG_STEP``), plus two
-  stated factors (``EVAL_SPEEDUP``, an assumption; ``DECODE_PER_CPU``, a lower bound from issue 10's loop).
-- CPU presets: per-job times measured on a reference run of the embedded DAG on a 2-core machine
-  (``CPU_*``).
+- GPU rates: the GPU benchmark's JSON when given (``make bench-gpu``, read by ``load_gpu_bench`` and
+  ``Throughputs``), else the defaults measured on one NVIDIA H200 with the code of 2026-11-27, before that
+  benchmark existed (``DEFAULT_STEP``, ``DEFAULT_LOOP``, ``DEFAULT_SEG_STEP``), plus two stated factors
+  (``EVAL_SPEEDUP``, an assumption; ``DECODE_PER_CPU``, a lower bound from the same H200 run).
+- CPU presets: per-job times of a run of the embedded DAG on a 2-core machine (``CPU_*``).
 - Dataset sizes: counted in the configured folders when they exist, else the published sizes
   (``PUBLISHED``); a generated preset's sizes follow from its config (``dataset_sizes``).
 
-``estimate_*`` turn these into the seconds of each job of a stage (work / throughput, or a previous
-run's mean per-job time), each with the formula and numbers used as its source; ``absvit.plan`` sums
-them into the plan.
+``estimate_stage`` turns these into the seconds of each job of one rule of the workflow (work / throughput,
+a previous run's mean per-job time, or unknown), with the formula and numbers used as its source;
+``absvit.plan`` sums them into the plan.
 """
 from __future__ import annotations
 
@@ -20,20 +20,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from absvit.data import SUITES
 from absvit.errors import UsageError
 
-SUITES = ("clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch")  # absvit.data.SUITES
-IMAGENET_C_SHARDS = 15 * 5  # corruptions x severities
-
-# Published sizes (images) of the datasets, used when the configured folder does not exist.
-PUBLISHED = {"train": 1_281_167, "clean": 50_000, "imagenet-c": IMAGENET_C_SHARDS * 50_000, "imagenet-a": 7_500,
+# Published sizes (images) of the datasets, used when the configured folder does not exist; ImageNet-C is
+# 15 corruptions x 5 severities of the 50,000 val images.
+PUBLISHED = {"train": 1_281_167, "clean": 50_000, "imagenet-c": 15 * 5 * 50_000, "imagenet-a": 7_500,
              "imagenet-r": 30_000, "imagenet-sketch": 50_889}
 DATA_KEYS = {"clean": "imagenet", "imagenet-c": "imagenet_c", "imagenet-a": "imagenet_a", "imagenet-r": "imagenet_r",
-             "imagenet-sketch": "imagenet_sketch"}
+             "imagenet-sketch": "imagenet_sketch"}  # each suite's key under presets.<preset>.data
 
-# Issue 10: one H200, bf16 autocast, channels-last, fused AdamW, code at 0b0db1f.
-H200 = "issue 10, one H200 (0b0db1f)"
-DEFAULT_STEP = {  # bare training step, img/s at 224 px (batch 256 for Ti/S, 128 for B), eager
+# Measured on one NVIDIA H200 (bf16 autocast, channels-last, fused AdamW, eager) with the code of 2026-11-27.
+H200 = "one NVIDIA H200, code of 2026-11-27, bf16, channels-last"
+DEFAULT_STEP = {  # bare training step, img/s at 224 px (batch 256 for Ti/S, 128 for B)
     "vit_tiny_patch16_224": 8459, "absvit_tiny_patch16_224": 3998, "vit_small_patch16_224": 5757,
     "absvit_small_patch16_224": 2608, "vit_base_patch16_224": 2656, "absvit_base_patch16_224": 1184}
 DEFAULT_LOOP = {"absvit_base_patch16_224": 1077, "vit_base_patch16_224": 2093}  # the real pretraining loop, batch 128
@@ -43,9 +42,10 @@ LOOP_SHARE = {"absvit": 1077 / 1184, "vit": 2093 / 2656}
 DEFAULT_SEG_STEP = {"absvit_base_patch16_224": 0.344, "vit_base_patch16_224": 0.301}  # UperNet, batch 16, 512x512
 SEG_STANDIN = "vit_base_patch16_224"  # the stand-in for a backbone without a measured step (ResNet-101)
 EVAL_SPEEDUP = 3.0  # inference (no backward, no optimizer) ~3x the training step: an assumption
-DECODE_PER_CPU = 150.0  # img/s one loader CPU delivers: issue 10's loop got >= 2,093 img/s from 14 workers
-# CPU presets: measured on the embedded DAG (config at eba624c, 2 cores, local launcher), per job.
-CPU_REF = "embedded DAG on a 2-core machine (eba624c)"
+DECODE_PER_CPU = 150.0  # img/s one loader CPU delivers: the H200 run's ViT-B loop got >= 2,093 img/s from 14 workers
+# CPU presets: a run of the embedded DAG (the preset of 2026-11-28: 8 epochs of 2,400 train images, local
+# launcher) on a 2-core machine, per job.
+CPU_REF = "embedded DAG run on a 2-core machine, 2026-11-28"
 CPU_PRETRAIN = {"absvit": 127.0, "vit": 223.0}  # img/s: 8 epochs x 2,400 images in 151 s / 86 s, validation included
 CPU_EVAL = (10.0, 300.0)  # start-up s, img/s: 200 images in 12.4 s, 3,000 in 21.7 s
 CPU_SEGMENT = (8.0, 0.042)  # start-up s, s per 64x64 crop trained: 60 iterations x batch 8 in ~28 s
@@ -99,8 +99,9 @@ def _count_images(folder: Path) -> int:
     return n
 
 
-def dataset_sizes(preset_cfg: dict, *, count: bool = True) -> dict[str, tuple[int, str]]:
-    """split -> (images, where the number comes from) for train and the five suites."""
+def dataset_sizes(preset_cfg: dict, *, count: bool = True, shards: int = 0) -> dict[str, tuple[int, str]]:
+    """split -> (images, where the number comes from) for train and the five suites; ``shards``: the
+    ImageNet-C jobs of a generated preset's DAG."""
     data = preset_cfg["data"]
     if "generate" in data:
         from absvit.data.synthetic import classes_of
@@ -110,7 +111,7 @@ def dataset_sizes(preset_cfg: dict, *, count: bool = True) -> dict[str, tuple[in
                for s, k in (("train", "train"), ("clean", "val"), ("imagenet-a", "imagenet-a"),
                             ("imagenet-r", "imagenet-r"), ("imagenet-sketch", "imagenet-sketch"))}
         c = min(data["make_imagenet_c"].get("per_class") or per["val"], per["val"])
-        out["imagenet-c"] = (c * len(classes_of("val")) * IMAGENET_C_SHARDS, f"generated: {c} per class x 75 shards")
+        out["imagenet-c"] = (c * len(classes_of("val")) * shards, f"generated: {c} per class x {shards} shards")
         return out
     folders = {"train": Path(data["imagenet"]) / "train", "clean": Path(data["imagenet"]) / "val",
                **{s: Path(data[DATA_KEYS[s]]) for s in SUITES if s != "clean"}}
@@ -189,7 +190,7 @@ class Throughputs:
         return "; not in the GPU benchmark" if self.bench else ""
 
 
-# -- one job's time, per stage -----------------------------------------------------------------
+# -- one job's time, per rule ------------------------------------------------------------------
 
 def gpus_of(request: dict | None) -> int:
     """The GPUs of one job of a SLURM request (None: a local stage, none)."""
@@ -205,159 +206,144 @@ def cpus_of(request: dict | None) -> int:
 
 @dataclass
 class StageInputs:
-    """What every stage's estimate reads: the preset's config, each stage's SLURM request, the rates, the
-    dataset sizes and a previous run's per-job times."""
+    """What every rule's estimate reads: the preset's config, the SLURM request of each rule (by name, from
+    ``presets.<preset>.resources``), the rates, the dataset sizes and a previous run's per-job times."""
     preset: str
     p: dict  # cfg["presets"][preset]
-    requests: dict[str, dict | None]  # stage -> its SLURM request (None: it runs on this machine)
-    cpu_preset: bool  # no SLURM stage asks for a GPU
     rates: Throughputs
     sizes: dict[str, tuple[int, str]]  # dataset_sizes()
-    seeds: list
     results: Path | None
-    previous: dict[str, tuple[float, int]]  # stage -> (mean s/job, benchmark files) of a previous run
+    previous: dict[str, tuple[float, int]]  # rule -> (mean s/job, benchmark files) of a previous run
+
+    def request(self, rule: str) -> dict | None:
+        return (self.p.get("resources") or {}).get(rule)
 
     @property
-    def released(self) -> dict:
-        return self.p.get("checkpoints") or {}
+    def cpu_preset(self) -> bool:
+        """No rule of the preset asks SLURM for a GPU."""
+        return all(gpus_of(r) == 0 for r in (self.p.get("resources") or {}).values())
 
-    def gpus(self, stage: str) -> int:
-        return gpus_of(self.requests[stage])
+    def gpus(self, rule: str) -> int:
+        return gpus_of(self.request(rule))
 
-    def cpus(self, stage: str) -> int:
-        return cpus_of(self.requests[stage])
-
-    def prev_of(self, stage: str) -> tuple[float, int] | None:
-        """A previous run's times: for CPU presets, and for stages that never leave this machine."""
-        return self.previous.get(stage) if (self.cpu_preset or not self.requests[stage]) else None
-
-    def prev_src(self, prev: tuple[float, int]) -> str:
-        return f"previous run: mean {prev[0]:.1f} s/job of {prev[1]} benchmark file(s) in {self.results}"
+    def cpus(self, rule: str) -> int:
+        return cpus_of(self.request(rule))
 
 
 Estimate = tuple[list[float], str]  # (seconds of each job, source)
+Jobs = list[dict[str, str]]  # the wildcards of each job of one rule
 
 
-def estimate_local(inp: StageInputs, jobs: dict[str, int]) -> dict[str, Estimate]:
-    """The stages without a throughput model: a previous run's times, the reference run's fixed per-job
-    times, or (ImageNet-C shards) a per-image rate; else not estimated."""
-    estimates = {}
-    for stage in ("embedded_dataset", "segmentation_dataset", "lvar_ablation", "robustness_comparison", "tables",
-                  "scenes", "decoder", "figures", "imagenet_c_shard"):
-        n = jobs[stage]
-        prev = inp.prev_of(stage)
-        if prev:
-            estimates[stage] = ([prev[0]] * n, inp.prev_src(prev))
-        elif stage in CPU_FIXED:
-            estimates[stage] = ([CPU_FIXED[stage]] * n, f"{CPU_FIXED[stage]} s/job measured on the {CPU_REF}")
-        elif stage == "imagenet_c_shard" and n:
-            per_shard = inp.sizes["imagenet-c"][0] / IMAGENET_C_SHARDS
-            estimates[stage] = ([CPU_SHARD[0] + per_shard * CPU_SHARD[1]] * n,
-                                f"{CPU_SHARD[0]} s + {CPU_SHARD[1]} s/image ({CPU_REF}) x {per_shard:.0f} images/shard")
-        else:
-            estimates[stage] = ([math.nan] * n, "not estimated: no measured throughput for this stage yet"
-                                + ("" if inp.cpu_preset else " (a CPU preset's previous run gives one)"))
-    return estimates
+def estimate_stage(inp: StageInputs, rule: str, jobs: Jobs, notes: list[str]) -> Estimate:
+    """The seconds of each job of ``rule``: a previous run's mean (CPU presets, and rules that never leave
+    this machine), the reference run's fixed time, the rule's throughput model, else unknown (NaN)."""
+    local = inp.cpu_preset or not inp.request(rule)  # its times on this machine are what a previous run measured
+    if local and rule in inp.previous:
+        mean, files = inp.previous[rule]
+        return [mean] * len(jobs), f"previous run: mean {mean:.1f} s/job of {files} benchmark file(s) in {inp.results}"
+    if rule in CPU_FIXED:
+        return [CPU_FIXED[rule]] * len(jobs), f"{CPU_FIXED[rule]} s/job measured on the {CPU_REF}"
+    if rule in MODELS:
+        return MODELS[rule](inp, jobs, notes)
+    hint = " (a previous run's benchmark files give one)" if local else ""
+    return [math.nan] * len(jobs), f"not estimated: no throughput model for this rule{hint}"
 
 
-def estimate_pretrain(inp: StageInputs, notes: list[str]) -> Estimate:
-    """One job per trained run x seed; notes the runs whose GPUs would outpace the loader CPUs."""
+def _sources(formulas: dict, used: dict, jobs: Jobs) -> str:
+    return "; ".join([*formulas, *used.values()]) + f"; {len(jobs)} job(s)"
+
+
+def estimate_shards(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
+    """One ImageNet-C (corruption, severity) shard per job, at a per-image rate."""
+    per_shard = inp.sizes["imagenet-c"][0] / max(len(jobs), 1)
+    return ([CPU_SHARD[0] + per_shard * CPU_SHARD[1]] * len(jobs),
+            f"{CPU_SHARD[0]} s + {CPU_SHARD[1]} s/image ({CPU_REF}) x {per_shard:.0f} images/shard")
+
+
+def estimate_pretrain(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
+    """One job per run x seed; notes the runs whose GPUs would outpace the loader CPUs."""
     from absvit.recipe import PretrainRecipe
 
     p = inp.p
     secs, formulas, used, hungry = [], {}, {}, {}
-    prev = inp.prev_of("pretrain")
     g, c = inp.gpus("pretrain"), inp.cpus("pretrain")
     n_train, n_val = inp.sizes["train"][0], inp.sizes["clean"][0]
-    for run, spec in p["runs"].items():
-        if run in inp.released:
-            continue
+    for job in jobs:
+        spec = p["runs"][job["run"]]
         values = {**p.get("recipe", {}), **({"var_weight": spec["var_weight"]} if "var_weight" in spec else {})}
         recipe = PretrainRecipe.from_dict(values, where=f"presets.{inp.preset}.recipe")
         model = spec["model"]
-        if prev:
-            t = prev[0]
-            formulas[inp.prev_src(prev)] = None
-        elif g == 0:
+        if g == 0:
             rate = CPU_PRETRAIN[_kind(model)]
-            t = recipe.epochs * n_train / rate
+            secs.append(recipe.epochs * n_train / rate)
             formulas[f"{recipe.epochs} epochs x {n_train:,} images / img/s of the job ({CPU_REF}, validation "
-                      "included)"] = None
+                     "included)"] = None
             used[model] = f"{model} {rate:g} img/s"
-        else:
-            rate, rsrc = inp.rates.train(model, recipe.img_size)
-            step, _ = inp.rates.step(model, recipe.img_size)
-            passes = 2 if recipe.model_ema else 1
-            eval_rate = min(EVAL_SPEEDUP * step * g, DECODE_PER_CPU * c)
-            t = recipe.epochs * n_train / (rate * g) + recipe.epochs * passes * n_val / eval_rate
-            formulas[f"{recipe.epochs} epochs x {n_train:,} images / (loop img/s per GPU x {g} GPUs) + {recipe.epochs} x "
-                      f"{passes} validation pass(es) x {n_val:,} images / min({EVAL_SPEEDUP:g} x step x {g}, {c} CPUs x "
-                      f"{DECODE_PER_CPU:g}) img/s"] = None
-            used[model] = f"{model} {rate:.0f} img/s per GPU [{rsrc}]"
-            if rate * g / c > DECODE_PER_CPU:
-                hungry[run] = f"{run} {rate * g / c:.0f}"
-        secs += [t] * len(inp.seeds)
+            continue
+        rate, rsrc = inp.rates.train(model, recipe.img_size)
+        step, _ = inp.rates.step(model, recipe.img_size)
+        passes = 2 if recipe.model_ema else 1
+        eval_rate = min(EVAL_SPEEDUP * step * g, DECODE_PER_CPU * c)
+        secs.append(recipe.epochs * n_train / (rate * g) + recipe.epochs * passes * n_val / eval_rate)
+        formulas[f"{recipe.epochs} epochs x {n_train:,} images / (loop img/s per GPU x {g} GPUs) + {recipe.epochs} x "
+                 f"{passes} validation pass(es) x {n_val:,} images / min({EVAL_SPEEDUP:g} x step x {g}, {c} CPUs x "
+                 f"{DECODE_PER_CPU:g}) img/s"] = None
+        used[model] = f"{model} {rate:.0f} img/s per GPU [{rsrc}]"
+        if rate * g / c > DECODE_PER_CPU:
+            hungry[job["run"]] = f"{job['run']} {rate * g / c:.0f}"
     if hungry:
         notes.append(f"pretrain: the GPUs would take img/s per loader CPU ({c} per job) of {', '.join(hungry.values())}; "
-                     f"issue 10 measured the loader only to >= {DECODE_PER_CPU:g} per worker, so these jobs may be "
-                     "loader-bound (GPU-side augmentation, or more CPUs per task)")
-    return secs, "; ".join([*formulas, *used.values()]) + f"; x {len(inp.seeds)} seed(s)"
+                     f"the loader was measured only to >= {DECODE_PER_CPU:g} per worker (the H200 run), so these jobs "
+                     "may be loader-bound (GPU-side augmentation, or more CPUs per task)")
+    return secs, _sources(formulas, used, jobs)
 
 
-def estimate_evaluate(inp: StageInputs) -> Estimate:
-    """One job per run (x seed for trained runs) evaluating all five suites with one loaded model."""
+def estimate_evaluate(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
+    """One job per run and seed evaluating all five suites with one loaded model."""
     secs, formulas, used = [], {}, {}
-    prev = inp.prev_of("evaluate")
     g, c = inp.gpus("evaluate"), inp.cpus("evaluate")
     img_size = inp.p.get("evaluate", {}).get("img_size", 224)
-    for run, spec in inp.p["runs"].items():
-        copies = 1 if run in inp.released else len(inp.seeds)
-        images = sum(inp.sizes[suite][0] for suite in SUITES)
-        if prev:
-            t = prev[0]
-            formulas[inp.prev_src(prev)] = None
-        elif g == 0:
-            t = CPU_EVAL[0] + images / CPU_EVAL[1]
+    images = sum(inp.sizes[suite][0] for suite in SUITES)
+    for job in jobs:
+        model = inp.p["runs"][job["run"]]["model"]
+        if g == 0:
+            secs.append(CPU_EVAL[0] + images / CPU_EVAL[1])
             formulas[f"{CPU_EVAL[0]:g} s + the five suites' images / {CPU_EVAL[1]:g} img/s ({CPU_REF})"] = None
-        else:
-            step, ssrc = inp.rates.step(spec["model"], img_size)
-            gpu_rate, loader = EVAL_SPEEDUP * step * g, DECODE_PER_CPU * c
-            t = images / min(gpu_rate, loader)
-            formulas[f"the five suites' images / min({EVAL_SPEEDUP:g} x step img/s x {g} GPU, {c} CPUs x "
-                     f"{DECODE_PER_CPU:g} img/s)"] = None
-            used[spec["model"]] = f"{spec['model']} [{ssrc}]: {'loader' if loader <= gpu_rate else 'GPU'}-bound"
-        secs += [t] * copies
+            continue
+        step, ssrc = inp.rates.step(model, img_size)
+        gpu_rate, loader = EVAL_SPEEDUP * step * g, DECODE_PER_CPU * c
+        secs.append(images / min(gpu_rate, loader))
+        formulas[f"the five suites' images / min({EVAL_SPEEDUP:g} x step img/s x {g} GPU, {c} CPUs x "
+                 f"{DECODE_PER_CPU:g} img/s)"] = None
+        used[model] = f"{model} [{ssrc}]: {'loader' if loader <= gpu_rate else 'GPU'}-bound"
     sizes_src = ", ".join(f"{s} {n:,} ({src})" for s, (n, src) in inp.sizes.items())
-    return secs, "; ".join([*formulas, *used.values()]) + f". Images: {sizes_src}"
+    return secs, _sources(formulas, used, jobs) + f". Images: {sizes_src}"
 
 
-def estimate_segment(inp: StageInputs) -> Estimate:
-    """Backbone x dataset x seed."""
+def estimate_segment(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
+    """One job per backbone x dataset x seed."""
     from absvit.recipe import SegmentRecipe
 
     seg = inp.p["segmentation"]
-    secs, formulas, used, per_job = [], {}, {}, []
-    prev = inp.prev_of("segment")
+    secs, formulas, used, per_job = [], {}, {}, {}
     g = inp.gpus("segment")
-    for name, b in seg["backbones"].items():
-        for dataset, d in seg["datasets"].items():
-            r = SegmentRecipe.from_dict({**seg.get("recipe", {}), **d.get("recipe", {})},
-                                        where=f"presets.{inp.preset}.segmentation.datasets.{dataset}.recipe")
-            crop = (r.crop_height, r.crop_width)
-            if prev:
-                t = prev[0]
-                formulas[inp.prev_src(prev)] = None
-            elif g == 0:
-                t = CPU_SEGMENT[0] + r.iterations * CPU_SEGMENT[1] * r.batch_size * crop[0] * crop[1] / 64 ** 2
-                formulas[f"{CPU_SEGMENT[0]:g} s + iterations x batch x {CPU_SEGMENT[1]} s per 64x64 crop "
-                          f"({CPU_REF})"] = None
-            else:
-                step, ssrc, scaled = inp.rates.segment(b["model"], r.batch_size, crop)
-                t = r.iterations * step / g
-                formulas[f"iterations x step s / {g} GPUs (whole-image evaluation not included: under 1% of "
-                          "training)"] = None
-                used[ssrc] = None
-                per_job.append(f"{name}/{dataset} {r.iterations:,} x {step:.3f} s{scaled}")
-            secs += [t] * len(inp.seeds)
-    return secs, ("; ".join([*formulas, ", ".join(per_job), *used]).strip("; ") + f"; x {len(inp.seeds)} seed(s)")
+    for job in jobs:
+        name, dataset = job["backbone"], job["dataset"]
+        r = SegmentRecipe.from_dict({**seg.get("recipe", {}), **seg["datasets"][dataset].get("recipe", {})},
+                                    where=f"presets.{inp.preset}.segmentation.datasets.{dataset}.recipe")
+        crop = (r.crop_height, r.crop_width)
+        if g == 0:
+            secs.append(CPU_SEGMENT[0] + r.iterations * CPU_SEGMENT[1] * r.batch_size * crop[0] * crop[1] / 64 ** 2)
+            formulas[f"{CPU_SEGMENT[0]:g} s + iterations x batch x {CPU_SEGMENT[1]} s per 64x64 crop ({CPU_REF})"] = None
+            continue
+        step, ssrc, scaled = inp.rates.segment(seg["backbones"][name]["model"], r.batch_size, crop)
+        secs.append(r.iterations * step / g)
+        formulas[f"iterations x step s / {g} GPUs (whole-image evaluation not included: under 1% of training)"] = None
+        used[ssrc] = ssrc
+        per_job[f"{name}/{dataset} {r.iterations:,} x {step:.3f} s{scaled}"] = None
+    return secs, _sources({**formulas, ", ".join(per_job): None} if per_job else formulas, used, jobs)
 
+
+# The rules with a throughput model; any other rule is estimated from a previous run, or not at all.
+MODELS = {"imagenet_c": estimate_shards, "pretrain": estimate_pretrain, "evaluate": estimate_evaluate,
+          "segment": estimate_segment}

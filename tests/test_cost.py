@@ -127,6 +127,26 @@ def test_stage_of_nested_and_flat_benchmark_files(tmp_path):
         cost.cost_table(tmp_path)
 
 
+def test_local_jobs_cost_the_gpus_their_stage_requests(tmp_path):
+    """The local launcher gives a job the GPUs its stage requests (submitit's local executor): the tables rule passes
+    them (`absvit tables --gpus STAGE=N`), so a 3600 s job of a 2-GPU stage costs 2 GPU-hours."""
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, s in (("segment/vit-voc-s0.tsv", 3600.0), ("tables.tsv", 2.0)):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(header + f"{s}\t1:00:00\t1\t1\t1\t1\t0\t0\t90\t{s}\n")
+    df = cost.cost_table(tmp_path, gpus=cost.parse_gpus(["segment=2", "pretrain=8"])).set_index("stage")
+    assert df.loc["segment", "gpu_hours"] == 2.0 and df.loc["tables", "gpu_hours"] == 0
+    assert df.loc["total", "gpu_hours"] == 2.0 and "| segment | 1 | 1:00:00 | 1.00 | 2.00 |" in cost.markdown(df.reset_index())
+    with pytest.raises(cost.UsageError, match="--gpus: expected STAGE=N .* got 'segment=two'"):
+        cost.parse_gpus(["segment=two"])
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([BIN / "snakemake", "tables", "-n", "--forceall", "-p", "--workflow-profile", "none",
+                          "--config", "preset=paper", "plan_only=True"], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "--gpus pretrain=8 evaluate=1 imagenet_c=0 segment=8 " in out.stdout  # presets.paper.resources
+
+
 def test_slurm_jobs_cost_elapsed_times_allocated_cpus(slurm_cluster, tmp_path, monkeypatch):
     from absvit.cli import main
     from absvit.launch import Resources, submit

@@ -1,13 +1,18 @@
-"""`absvit plan`: the bill of a preset before launch, from the real config.yaml."""
+"""`absvit plan`: the bill of a preset before launch, from the real config.yaml and the jobs Snakemake plans."""
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from absvit import plan
 from absvit.cli import main
 from absvit.errors import UsageError
+from absvit.throughput import CPU_REF
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config.yaml"
@@ -17,6 +22,27 @@ IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
 @pytest.fixture(scope="module")
 def cfg():
     return plan.load_config(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def paper_dag():
+    """The paper preset's jobs as Snakemake plans them: its /datasets paths do not exist here."""
+    return plan.workflow_dag(CONFIG, "paper")
+
+
+@pytest.fixture(scope="module")
+def embedded_dag():
+    return plan.workflow_dag(CONFIG, "embedded")
+
+
+def _workflow_copy(tmp_path: Path, edit) -> Path:
+    """The config.yaml of a copy of the workflow whose config was changed by ``edit(config)``."""
+    shutil.copy(ROOT / "Snakefile", tmp_path / "Snakefile")
+    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    config = yaml.safe_load(CONFIG.read_text())
+    edit(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path / "config.yaml"
 
 
 def _stage(p: plan.Plan, name: str) -> plan.Stage:
@@ -29,13 +55,15 @@ def _pretrain_job_s(model: str, loop: float, step: float, gpus: int = 8, cpus: i
     return epochs * IMAGENET_TRAIN / (loop * gpus) + epochs * 2 * IMAGENET_VAL / min(3 * step * gpus, 150 * cpus)
 
 
-def test_paper_plan_prints_every_stage_with_hand_checked_gpu_hours(cfg):
-    p = plan.make_plan(cfg, "paper", count_files=False)
+def test_paper_plan_prints_every_stage_with_hand_checked_gpu_hours(cfg, paper_dag):
+    p = plan.make_plan(CONFIG, "paper", dag=paper_dag, count_files=False)
     paper = cfg["presets"]["paper"]
     seeds = len(paper.get("seeds", [0]))
     text = p.to_text()
-    for stage in plan.STAGES:
-        assert re.search(rf"^ *{stage} +\d+ ", text, re.M), stage  # a row of the table
+    assert [s.stage for s in p.stages] == plan.stage_order({r: paper_dag.waits[r] for r in paper_dag.jobs if r != "all"})
+    for stage, jobs in paper_dag.jobs.items():
+        if stage != "all":
+            assert re.search(rf"^ *{stage} +{len(jobs)} ", text, re.M), stage  # a row of the table
     assert "1 node x 8 GPU, 10 CPU/task, 256 GB, 1440 min" in text  # the pretraining request
     assert "published size (folder absent: /datasets/imagenet/train)" in text
     assert p.frame().gpu_hours.iloc[-1] > 0
@@ -58,10 +86,11 @@ def test_paper_plan_prints_every_stage_with_hand_checked_gpu_hours(cfg):
     # Evaluation: loader-bound at 10 CPUs x 150 img/s on one GPU.
     suites = 50_000 + 75 * 50_000 + 7_500 + 30_000 + 50_889
     assert _stage(p, "evaluate").gpu_hours == pytest.approx(3 * seeds * suites / 1500 / 3600)
-    assert _stage(p, "imagenet_c_shard").jobs == 0 and _stage(p, "embedded_dataset").jobs == 0
+    assert not {"imagenet_c", "embedded_dataset", "scenes"} & {s.stage for s in p.stages}  # real data: no data prep
+    assert "issue" not in text.lower() and not re.search(r"\b(?=\w*\d)(?=\w*[a-f])[0-9a-f]{7,40}\b", text)  # sources a user can check
 
 
-def test_a_gpu_benchmark_json_replaces_the_defaults(cfg, tmp_path):
+def test_a_gpu_benchmark_json_replaces_the_defaults(paper_dag, tmp_path):
     bench = tmp_path / "gpu.json"
     bench.write_text(json.dumps({"card": "NVIDIA H100 80GB HBM3", "rows": [
         {"kind": "loop", "model": "absvit_tiny_patch16_224", "batch": 256, "img_size": 224, "compiled": True, "img_s": 5000.0},
@@ -69,8 +98,8 @@ def test_a_gpu_benchmark_json_replaces_the_defaults(cfg, tmp_path):
         {"kind": "step", "model": "absvit_tiny_patch16_224", "batch": 256, "img_size": 224, "compiled": True, "img_s": 6000.0},
         {"kind": "step", "model": "vit_tiny_patch16_224", "batch": 256, "img_size": 224, "compiled": False, "img_s": 9000.0},
         {"kind": "segment", "model": "absvit_base_patch16_224", "batch": 16, "crop": [512, 512], "step_s": 0.1}]}))
-    default = plan.make_plan(cfg, "paper", count_files=False)
-    p = plan.make_plan(cfg, "paper", gpu_bench=bench, count_files=False)
+    default = plan.make_plan(CONFIG, "paper", dag=paper_dag, count_files=False)
+    p = plan.make_plan(CONFIG, "paper", dag=paper_dag, gpu_bench=bench, count_files=False)
     seeds = len(p.seeds)
     assert p.gpu_bench == str(bench) and "NVIDIA H100 80GB HBM3" in p.to_text()
 
@@ -94,46 +123,47 @@ def test_a_gpu_benchmark_json_replaces_the_defaults(cfg, tmp_path):
     ('{"card": "x", "rows": [{"kind": "segment", "model": "m", "batch": 16, "crop": 512, "step_s": 0.3}]}', r"rows\[0\] \(segment, m\)"),
     ('[1, 2]', "expected an object with `card` and a `rows` list"),
 ])
-def test_a_missing_or_bad_gpu_benchmark_is_a_usage_error_naming_the_path(cfg, tmp_path, content, message, capsys):
+def test_a_missing_or_bad_gpu_benchmark_is_a_usage_error_naming_the_path(paper_dag, tmp_path, content, message, capsys):
     bench = tmp_path / "gpu.json"
     if content is not None:
         bench.write_text(content)
     with pytest.raises(UsageError, match=f"--gpu-bench {bench}: {message}"):
-        plan.make_plan(cfg, "paper", gpu_bench=bench, count_files=False)
+        plan.make_plan(CONFIG, "paper", dag=paper_dag, gpu_bench=bench, count_files=False)
     assert main(["plan", "--config", str(CONFIG), "--preset", "paper", "--gpu-bench", str(bench)]) == 2
     assert f"absvit plan: error: --gpu-bench {bench}: " in capsys.readouterr().err
 
 
-def test_cli_prints_the_plan_and_writes_json(tmp_path, capsys):
+def test_cli_prints_the_plan_and_writes_json(paper_dag, tmp_path, capsys):
     out = tmp_path / "plan.json"
     assert main(["plan", "--config", str(CONFIG), "--preset", "paper", "--published-sizes", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert text.startswith("Plan for preset 'paper'") and "Critical path" in text and "Sources:" in text
     data = json.loads(out.read_text())
-    assert [s["stage"] for s in data["stages"]] == list(plan.STAGES)
+    assert {s["stage"]: s["jobs"] for s in data["stages"]} == {r: len(j) for r, j in paper_dag.jobs.items() if r != "all"}
     assert data["total"]["gpu_hours"] == pytest.approx(sum(s["gpu_hours"] or 0 for s in data["stages"]))
     assert all(s["source"] for s in data["stages"])
     assert main(["plan", "--config", str(CONFIG), "--preset", "papr"]) == 2
     assert "did you mean 'paper'?" in capsys.readouterr().err
 
 
-def test_embedded_plan_is_cpu_only_and_uses_a_previous_runs_benchmarks(cfg, tmp_path):
-    p = plan.make_plan(cfg, "embedded")
+def test_embedded_plan_is_cpu_only_and_uses_a_previous_runs_benchmarks(cfg, embedded_dag, tmp_path):
+    p = plan.make_plan(CONFIG, "embedded", dag=embedded_dag)
     emb = cfg["presets"]["embedded"]
     assert p.frame().gpu_hours.iloc[-1] == 0
-    assert _stage(p, "imagenet_c_shard").jobs == 75 and _stage(p, "pretrain").jobs == 3 * len(emb["seeds"])
-    assert "embedded DAG on a 2-core machine" in _stage(p, "pretrain").source
+    assert _stage(p, "imagenet_c").jobs == 75 and _stage(p, "pretrain").jobs == 3 * len(emb["seeds"])
+    assert CPU_REF in _stage(p, "pretrain").source
+    assert _stage(p, "imagenet_c").request == "1 node, no GPU, 1 CPU/task, 2 GB, 30 min"  # resources.imagenet_c
 
     bench = tmp_path / "benchmarks"
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for rel, s in (("pretrain/absvit-s0.tsv", 100.0), ("pretrain/vit-s0.tsv", 50.0), ("imagenet_c/fog-1.tsv", 2.0)):
         (bench / rel).parent.mkdir(parents=True, exist_ok=True)
         (bench / rel).write_text(header + f"{s}\t0:00:00\t1\t1\t1\t1\t0\t0\t90\t{s}\n")
-    p = plan.make_plan(cfg, "embedded", results=bench)
+    p = plan.make_plan(CONFIG, "embedded", dag=embedded_dag, results=bench)
     pre = _stage(p, "pretrain")
     assert pre.wall_s == pytest.approx(75.0 * pre.jobs) and "previous run: mean 75.0 s/job of 2" in pre.source
     assert pre.cpu_core_hours == pytest.approx(pre.wall_s * emb["resources"]["pretrain"]["cpus_per_task"] / 3600)
-    assert _stage(p, "imagenet_c_shard").wall_s == pytest.approx(150.0)
+    assert _stage(p, "imagenet_c").wall_s == pytest.approx(150.0)
 
 
 def test_dataset_sizes_are_counted_in_the_configured_folders(cfg, tmp_path):
@@ -150,16 +180,56 @@ def test_dataset_sizes_are_counted_in_the_configured_folders(cfg, tmp_path):
     assert plan.dataset_sizes(paper, count=False)["train"][0] == IMAGENET_TRAIN
 
 
-def test_jobs_per_stage_follows_seeds_and_released_checkpoints(cfg):
-    paper = json.loads(json.dumps(cfg["presets"]["paper"]))
-    paper["seeds"] = [0, 1]
-    paper["checkpoints"] = {"absvit_tiny": "/checkpoints/absvit_tiny.pth"}
-    jobs = plan.jobs_per_stage(paper)
-    assert list(jobs) == list(plan.STAGES)
-    assert jobs["pretrain"] == 2 * 2  # absvit_tiny_novar, vit_tiny: once per seed
-    assert jobs["evaluate"] == 2 * 2 + 1  # all five suites in one job; the released file: once
-    assert jobs["segment"] == 3 * 3 * 2 and jobs["tables"] == 1
-    assert jobs["figures"] == jobs["decoder"] == 1 and jobs["scenes"] == 0  # a released AbSViT file; scenes from a folder
-    assert jobs["embedded_dataset"] == jobs["imagenet_c_shard"] == jobs["segmentation_dataset"] == 0
-    embedded = plan.jobs_per_stage(cfg["presets"]["embedded"])
-    assert embedded["imagenet_c_shard"] == 75 and embedded["embedded_dataset"] == embedded["segmentation_dataset"] == 1
+def test_the_jobs_are_snakemakes_before_the_data_exist(tmp_path):
+    """More seeds and a released checkpoint that is not on this machine: Snakemake plans the jobs (plan-only)."""
+    def edit(c):
+        c["presets"]["paper"].update(seeds=[0, 1], checkpoints={"absvit_tiny": "/checkpoints/absvit_tiny.pth"})
+
+    jobs = plan.workflow_dag(_workflow_copy(tmp_path, edit), "paper").jobs
+    counts = {rule: len(js) for rule, js in jobs.items()}
+    assert counts == {"pretrain": 2 * 2, "evaluate": 2 * 2 + 1, "segment": 3 * 3 * 2, "decoder": 1, "figures": 1,
+                      "lvar_ablation": 1, "robustness_comparison": 1, "tables": 1, "all": 1}  # released: evaluated once
+    assert {"run": "absvit_tiny", "seed": "0"} in jobs["evaluate"] and {"run": "absvit_tiny", "seed": "1"} not in jobs["evaluate"]
+    assert {"backbone": "absvit", "dataset": "ade20k", "seed": "1"} in jobs["segment"]
+
+
+def test_plan_only_runs_no_job(tmp_path):
+    """`--config plan_only=True` lists jobs; a run that would execute them is refused before the first starts."""
+    config = _workflow_copy(tmp_path, lambda c: None)
+    out = subprocess.run([sys.executable, "-m", "snakemake", "tables", "--cores", "1", "--workflow-profile", "none",
+                          "--config", "preset=paper", "plan_only=True"], cwd=config.parent, capture_output=True, text=True)
+    assert out.returncode != 0 and "config key 'plan_only': True lists the jobs" in out.stdout + out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_rule_the_plan_does_not_know_is_listed_with_its_jobs_and_request(tmp_path):
+    """A rule added to the workflow (one job per run, after evaluation) with a SLURM request in the config."""
+    def edit(c):
+        c["presets"]["paper"]["resources"]["probe"] = {"threads": 1, "timeout_min": 90, "gpus_per_node": 2,
+                                                       "cpus_per_task": 4, "mem_gb": 32}
+
+    config = _workflow_copy(tmp_path, edit)
+    schema = tmp_path / "workflow" / "schemas" / "config.schema.yaml"
+    schema.write_text(schema.read_text().replace("          segment: {$ref: \"#/$defs/resources\"}\n",
+                                                 "          segment: {$ref: \"#/$defs/resources\"}\n"
+                                                 "          probe: {$ref: \"#/$defs/resources\"}\n"))
+    snakefile = tmp_path / "Snakefile"
+    snakefile.write_text(snakefile.read_text().replace("        figure_outputs(),\n", "        figure_outputs(),\n"
+                                                       "        expand(OUT / 'probe' / '{run}.txt', run=RUNS),\n")
+                         + "\n\nrule probe:\n    input: lambda wc: eval_outputs([wc.run])\n"
+                           "    output: OUT / 'probe' / '{run}.txt'\n    shell: 'touch {output}'\n")
+    p = plan.make_plan(config, "paper", count_files=False)
+    probe = _stage(p, "probe")
+    assert probe.jobs == 3 and probe.request == "1 node x 2 GPU, 4 CPU/task, 32 GB, 90 min"
+    assert probe.source.startswith("not estimated") and re.search(r"^ *probe +3 +1 node x 2 GPU.* \? +\? +\? +\?$",
+                                                                   p.to_text(), re.M)
+    assert [s.stage for s in p.stages].index("probe") > [s.stage for s in p.stages].index("evaluate")
+    assert p.frame().jobs.iloc[-1] == sum(s.jobs for s in p.stages) and any("marked ?" in n for n in p.notes)
+
+
+def test_a_dry_run_whose_listing_disagrees_with_its_job_stats_is_refused():
+    listing = "rule pretrain:\n    wildcards: run=vit, seed=0\n\nJob stats:\njob count\n--- -----\npretrain 2\ntotal 2\n\n"
+    with pytest.raises(UsageError, match="could not read Snakemake's dry run"):
+        plan.parse_dry_run(listing)
+    jobs = plan.parse_dry_run(listing.replace("pretrain 2\ntotal 2", "pretrain 1\ntotal 1"))
+    assert jobs == {"pretrain": [{"run": "vit", "seed": "0"}]}

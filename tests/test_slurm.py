@@ -69,7 +69,7 @@ def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_
 
     # Pretraining (3 runs: Table 2's two arms and Table 3's ViT), evaluation (5 suites each, one job) and segmentation (1)
     # went to SLURM; the data existed.
-    assert "rule embedded_dataset" not in out.stdout and "rule imagenet_c_shard" not in out.stdout
+    assert "rule embedded_dataset" not in out.stdout and "rule imagenet_c" not in out.stdout
     assert "rule segmentation_dataset" not in out.stdout
     table = (wd / "results" / "embedded" / "tables" / "table2.tex").read_text()
     assert r"\toprule" in table and "Embedded default" in table

@@ -30,14 +30,9 @@ def test_dry_run_plans_the_whole_embedded_dag():
     assert out.returncode == 0, out.stderr
     counts = _job_counts(out.stdout)
     seeds = 3  # presets.embedded.seeds: every pretraining run and everything downstream, once per seed
-    assert counts == {"all": 1, "embedded_dataset": 1, "imagenet_c_shard": 75, "pretrain": 3 * seeds, "evaluate": 3 * seeds,
+    assert counts == {"all": 1, "embedded_dataset": 1, "imagenet_c": 75, "pretrain": 3 * seeds, "evaluate": 3 * seeds,
                       "lvar_ablation": 1, "robustness_comparison": 1, "segmentation_dataset": 1, "segment": 9 * seeds,
                       "scenes": 1, "decoder": seeds, "figures": seeds, "tables": 1}, counts
-    # `absvit plan` counts the same jobs without building the DAG
-    from absvit.plan import jobs_per_stage
-
-    planned = jobs_per_stage(yaml.safe_load((ROOT / "config.yaml").read_text())["presets"]["embedded"])
-    assert {k: v for k, v in planned.items() if v} == {k: v for k, v in counts.items() if k != "all"}
     for seed in range(seeds):
         assert f"results/embedded/pretrain/absvit/s{seed}/model.pth" in out.stdout
         assert f"results/embedded/segment/absvit/voc/s{seed}/result.json" in out.stdout

@@ -30,6 +30,9 @@ if config["preset"] not in config["presets"]:
     raise WorkflowError(f"config key 'preset': {config['preset']!r} is not one of presets {sorted(config['presets'])}")
 
 PRESET = config["preset"]
+# `--config plan_only=True` (what `absvit plan` passes): list a preset's jobs before its data exists. The configured
+# paths are neither checked nor rule inputs (`configured`); a run that would execute jobs is refused (onstart).
+PLAN_ONLY = config["plan_only"]
 P = config["presets"][PRESET]
 OUT = Path("results") / PRESET
 TABLES = OUT / "tables"
@@ -139,7 +142,8 @@ def _check_paths():
                             "(set them in config.yaml or with --config):\n" + "\n".join(missing))
 
 
-_check_paths()
+if not PLAN_ONLY:
+    _check_paths()
 
 
 def _label_space(run):
@@ -177,8 +181,21 @@ def _check_label_spaces():
                             + "\n".join(f"  {line} (runs: {', '.join(runs)})" for line, runs in problems.items()))
 
 
-if not GENERATED:  # the generated sets hold the classes the generator writes into train/
+if not GENERATED and not PLAN_ONLY:  # the generated sets hold the classes the generator writes into train/
     _check_label_spaces()
+
+
+onstart:
+    if PLAN_ONLY:
+        raise WorkflowError("config key 'plan_only': True lists the jobs (snakemake -n, absvit plan) and runs none; "
+                            "run without it")
+
+
+def configured(path, generated=False):
+    """``[path]`` as a rule input, where ``path`` is what the preset names (a dataset folder, a released checkpoint,
+    the scenes folder) unless ``generated`` (made by this workflow). Every such input goes through here:
+    under plan_only a configured path is left out, so that Snakemake lists the jobs before the data exists."""
+    return [path] if generated or not PLAN_ONLY else []
 
 
 def submit(stage, wildcards_name):
@@ -207,8 +224,10 @@ def run_seeds(run):
 
 
 def weights(run, seed):
-    """A run's weights: its configured released checkpoint, else what `pretrain` makes for ``seed``."""
-    return P["checkpoints"].get(run) or expand(rules.pretrain.output.model, run=run, seed=seed)[0]
+    """A run's weights as an input: its configured released checkpoint, else what `pretrain` makes for ``seed``."""
+    if run in P["checkpoints"]:
+        return configured(P["checkpoints"][run])
+    return expand(rules.pretrain.output.model, run=run, seed=seed)
 
 
 def recipe_json(run, seed):
@@ -238,11 +257,12 @@ def comparison_arms(table):
                     for arm, run in P[table].items() for seed in run_seeds(run))
 
 
-def imagenet_c_input():
-    """The ImageNet-C root for evaluation: generated shards, or the configured tree."""
+def suite_inputs():
+    """Evaluation's data inputs: every suite's folder, generated ImageNet-C as its shards."""
     if GENERATED:
-        return expand(rules.imagenet_c_shard.output.shard, corruption=CORRUPTIONS, severity=SEVERITIES)
-    return [DATA["imagenet-c"]]
+        shards = expand(rules.imagenet_c.output.shard, corruption=CORRUPTIONS, severity=SEVERITIES)
+        return [SUITE_DATA[s] for s in SUITES if s != "imagenet-c"] + shards
+    return [path for s in SUITES for path in configured(SUITE_DATA[s])]
 
 
 # Segmentation (Table 1)
@@ -254,15 +274,18 @@ SEG_DATA_ROOT = Path("results") / "data" / PRESET / "segmentation"
 
 
 def seg_root(dataset):
-    return SEG_DATA_ROOT / dataset if SEG_GENERATED else Path(SEG_DATASETS[dataset]["root"])
+    """A segmentation dataset's folder as an input: generated, or the configured root."""
+    if SEG_GENERATED:
+        return [SEG_DATA_ROOT / dataset]
+    return configured(Path(SEG_DATASETS[dataset]["root"]))
 
 
 def seg_weights(name, seed):
     """The backbone's starting weights: a pretraining run's model.pth of ``seed``, a configured file, or none."""
     b = SEG_BACKBONES[name]
     if b.get("run"):
-        return [weights(b["run"], seed)]
-    return [b["checkpoint"]] if b.get("checkpoint") else []
+        return weights(b["run"], seed)
+    return configured(b["checkpoint"]) if b.get("checkpoint") else []
 
 
 # The appendix figures (figures.smk), when the preset has a `figures:` key

@@ -26,7 +26,7 @@ if GENERATED:
             "{params.python} -m absvit data embedded --out {params.root} --seed {params.g[seed]} --size {params.g[size]}"
             " --per-class {params.per_class} > {log} 2>&1"
 
-    rule imagenet_c_shard:
+    rule imagenet_c:
         """One (corruption, severity) of the ImageNet-C tree, corrupted with imagecorruptions."""
         input:
             DATA["val"],

@@ -7,7 +7,7 @@ rule evaluate:
     """Evaluate one run's weights of one seed on every robustness suite, one JSON file per suite."""
     input:
         weights=lambda wc: weights(wc.run, wc.seed),
-        data=[SUITE_DATA[s] for s in SUITES if s != "imagenet-c"] + imagenet_c_input(),
+        data=suite_inputs(),
     output:
         [EVAL_DIR / f"{suite}.json" for suite in SUITES],
     wildcard_constraints:

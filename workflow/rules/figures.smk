@@ -40,7 +40,7 @@ if FIG:
         """The Fig. 4 linear decoder (first-layer tokens -> patch pixels) of one run and seed, fitted on the train images."""
         input:
             weights=lambda wc: weights(wc.run, wc.seed),
-            train=DATA["train"],
+            train=configured(DATA["train"], GENERATED),
         output:
             decoder=OUT / "decoder" / "{run}" / "s{seed}" / "decoder.pth",
         wildcard_constraints:
@@ -69,7 +69,7 @@ if FIG:
             absvit=lambda wc: weights(FIG["absvit_run"], wc.seed),
             vit=lambda wc: weights(FIG["vit_run"], wc.seed),
             decoder=lambda wc: expand(rules.decoder.output.decoder, run=FIG["absvit_run"], seed=wc.seed),
-            scenes=SCENES,
+            scenes=configured(SCENES, SCENES_GENERATED),
         output:
             [FIGURES / "s{seed}" / f"{stem}.{ext}" for stem in ("fig1_attention", "fig3_alpha", "fig4_decoder")
              for ext in ("png", "pdf")],

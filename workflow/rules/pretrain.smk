@@ -6,8 +6,8 @@
 rule pretrain:
     """Pretrain one run (a model and the preset's recipe) with one seed on the ImageNet train split."""
     input:
-        train=DATA["train"],
-        val=DATA["val"],
+        train=configured(DATA["train"], GENERATED),
+        val=configured(DATA["val"], GENERATED),
     output:
         model=OUT / "pretrain" / "{run}" / "s{seed}" / "model.pth",
         result=OUT / "pretrain" / "{run}" / "s{seed}" / "result.json",

@@ -21,6 +21,7 @@ rule tables:
         launcher=config["launcher"],
         bench=BENCH,  # every other job's benchmark file exists by now: they all feed this rule
         submitit=OUT / "submitit",
+        gpus=" ".join(f"{stage}={r['gpus_per_node'] * r.get('nodes', 1)}" for stage, r in P["resources"].items()),
         tracking=tracking(),
         figures=lambda wc, input: f"--figures {' '.join(input.figures)}" if input.figures else "",
     log:
@@ -34,5 +35,6 @@ rule tables:
         "{params.python} -m absvit tables --ablation {input.ablation} --robustness {input.robustness}"
         " --segmentation {input.segmentation} --label {params.label:q} --out-dir {params.out} --preset {params.preset}"
         " {params.figures}"
-        " --bench-dir {params.bench} --submitit-dir {params.submitit} --launcher {params.launcher} {params.tracking}"
+        " --bench-dir {params.bench} --submitit-dir {params.submitit} --launcher {params.launcher} --gpus {params.gpus}"
+        " {params.tracking}"
         " > {log} 2>&1"

@@ -179,9 +179,10 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from absvit.figures import add_verbs as figures_verbs
+
     parser = argparse.ArgumentParser(prog="absvit", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-
     p = verbs.add_parser("models", help="list this project's models (AbSViT, its ViT baselines): parameters, input, "
                          "released weights")
     p.add_argument("--filter", default=None, help="a timm name pattern, e.g. 'vit_*', over all of timm's models "
@@ -189,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_models)
 
     data = verbs.add_parser("data", help="make datasets").add_subparsers(dest="what", required=True, metavar="WHAT")
+    _data_verbs(data)
+    _training_verbs(verbs)
+    _table_verbs(verbs)
+    _submit_verb(verbs)
+    figures_verbs(verbs, data)  # the appendix figures' stage: `data embedded-scenes`, `decoder`, `figures`
+    return parser
+
+
+def _data_verbs(data) -> None:
+    """``data embedded``, ``data make-imagenet-c``, ``data embedded-segmentation``."""
     p = data.add_parser("embedded", help="the embedded default: ImageNet-layout shapes + A/R/Sketch-style trees")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -215,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layouts", nargs="+", default=["voc", "cityscapes", "ade20k"], choices=["voc", "cityscapes", "ade20k"])
     p.set_defaults(func=_data_segmentation)
 
+
+def _training_verbs(verbs) -> None:
+    """``pretrain``, ``evaluate``, ``segment``."""
     p = verbs.add_parser("pretrain", help="ImageNet-style pretraining; resumes from <out>/checkpoint.pth")
     p.add_argument("--model", required=True, help="timm name, e.g. absvit_small_patch16_224")
     p.add_argument("--data", required=True, help="root with train/<wnid>/ and val/<wnid>/")
@@ -255,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     job_arguments(p)
     p.set_defaults(func=_segment)
 
+
+def _table_verbs(verbs) -> None:
+    """``ablation``, ``tables``, ``plan``."""
     p = verbs.add_parser("ablation", help="two arms' robustness results side by side: Table 2 (lvar) or Table 3 (robustness)")
     p.add_argument("--name", required=True, choices=["lvar", "robustness"],
                    help="lvar: arms without_lvar, with_lvar (Table 2); robustness: arms vit, absvit (Table 3)")
@@ -292,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_arguments(p)
     p.set_defaults(func=plan.main)
 
+
+def _submit_verb(verbs) -> None:
     p = verbs.add_parser("submit", help="run another verb through submitit (local process or SLURM job)")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local")
     p.add_argument("--folder", required=True, help="submitit folder for this job's logs and pickles")
@@ -307,11 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{opt}", default=None)
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- VERB [ARGS]")
     p.set_defaults(func=_submit)
-
-    from absvit.figures import add_verbs as figures_verbs
-
-    figures_verbs(verbs, data)  # the appendix figures' stage: `data embedded-scenes`, `decoder`, `figures`
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,7 +86,7 @@ def submitit_jobs(submitit_dir) -> dict[str, list[str]]:
     return jobs
 
 
-def _gpus(tres: str) -> int:
+def allocated_gpus(tres: str) -> int:
     """Allocated GPUs in an AllocTRES string (``cpu=8,gres/gpu=2,mem=32G,node=1``; typed
     ``gres/gpu:h100=2`` entries are summed only where the untyped total is absent)."""
     total = re.search(r"(?:^|,)gres/gpu=(\d+)", tres)
@@ -114,7 +114,7 @@ def sacct(job_ids, *, chunk: int = 200) -> pd.DataFrame:
                 continue
             rec = dict(zip(SACCT_FIELDS, f))
             rows.append({"job_id": rec["JobID"], "name": rec["JobName"], "elapsed_s": float(rec["ElapsedRaw"] or 0),
-                         "cpus": int(rec["AllocCPUS"] or 0), "gpus": _gpus(rec["AllocTRES"]), "state": rec["State"]})
+                         "cpus": int(rec["AllocCPUS"] or 0), "gpus": allocated_gpus(rec["AllocTRES"]), "state": rec["State"]})
     return pd.DataFrame(rows, columns=["job_id", "name", "elapsed_s", "cpus", "gpus", "state"])
 
 

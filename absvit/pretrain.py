@@ -69,7 +69,11 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     """Train ``model_name`` on ``<data_root>/train``, validate on ``<data_root>/val``.
 
     ``fresh_on_change``: a checkpoint of a different run in ``out_dir`` is moved aside instead of refused;
-    ``stop_after_epoch``: end (as a killed job would) after that epoch."""
+    ``stop_after_epoch``: end (as a killed job would) after that epoch.
+
+    Longer than most functions here on purpose: the run's set-up, resume and epochs read top to bottom, as DeiT's
+    ``main()`` does; the loop itself is ``engine.train_one_epoch``, the epoch's bookkeeping ``end_of_epoch`` and
+    ``report_epoch``."""
     require_model(model_name)
     check_patch_multiple(recipe.img_size, model_name, patch=patch_size(model_name))  # before anything is written
     out = Path(out_dir)
@@ -87,13 +91,13 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     described = {"arch": model_name, "img_size": recipe.img_size, "classes": list(classes), "run": identity}
     start, run_id = 0, None
     ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
-    if ckpt is not None:
+    if ckpt is None:
+        scheduler.step(0)
+    else:
         start, run_id = resume(ckpt, ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                                rank=dist.rank, counter="epoch")
         truncate_log(out / "metrics.jsonl", "epoch", start)
         print(f"resuming {model_name} from {ckpt_path} at epoch {start}", flush=True)
-    else:
-        scheduler.step(0)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     objective = runtime.distributed(TrainingLoss(model, criterion, recipe.var_weight), dist, device)
@@ -116,7 +120,7 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
             scheduler.step(epoch)
             train = progress.summary()  # a collective call with several processes
             metrics = end_of_epoch(epoch, train, progress.t0, model, ema, optimizer, val_loader, device, log_every_s)
-            rng = rng_states(dist)
+            rng = rng_states(dist)  # every process's (a collective call)
             if dist.is_main:
                 with resumable(ckpt_path, f"epoch {epoch - 1}" if epoch > 1 else None):  # the one on disk: the last epoch's
                     save_state(ckpt_path, model, described, tracker.run_id, ema=ema, optimizer=optimizer.state_dict(),

@@ -105,29 +105,22 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
 
     ``model_name`` defaults to the model the backbone checkpoint records; ``fresh_on_change``: a checkpoint of a
     different run in ``out_dir`` is moved aside instead of refused; ``stop_after``: end (as a killed job would)
-    after that iteration."""
+    after that iteration.
+
+    Longer than most functions here on purpose: set-up, resume, fine-tuning (``fine_tune``) and evaluation
+    (``evaluate_segmenter``) read top to bottom."""
     model_name, source = _backbone_source(checkpoint, model_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dist, device = runtime.setup(recipe.seed)
 
-    crop, scale = (recipe.crop_height, recipe.crop_width), (recipe.scale_long, recipe.scale_short)
-    train_set = SegmentationFolder(dataset, data_root, "train",
-                                   TrainTransform(crop, scale, (recipe.ratio_min, recipe.ratio_max), recipe.cat_max_ratio))
-    val_set = SegmentationFolder(dataset, data_root, "val", TestTransform(scale))
-    model = Segmenter(build_backbone(backbone, model_name, checkpoint=checkpoint, ema=ema, drop_path=recipe.drop_path),
-                      DATASETS[dataset].num_classes, channels=recipe.head_channels, aux_channels=recipe.aux_channels,
-                      dropout=recipe.dropout).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr,
-                                  betas=(recipe.beta1, recipe.beta2))
-    scheduler = PolyLRScheduler(optimizer, t_initial=recipe.iterations, power=recipe.power, lr_min=recipe.min_lr,
-                                warmup_t=recipe.warmup_iters, warmup_lr_init=recipe.lr * recipe.warmup_ratio,
-                                t_in_epochs=False)
-
+    train_set, val_set = datasets(dataset, data_root, recipe)
+    model, optimizer, scheduler = build(backbone, model_name, dataset, recipe, device, checkpoint=checkpoint, ema=ema)
     identity = {"backbone": backbone, "model": model_name, "dataset": dataset, "data_root": str(Path(data_root).resolve()),
                 "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None, "ema": ema,
                 "recipe": recipe.identity(), "world_size": dist.world_size}
-    described = {"arch": model_name, "img_size": crop, "classes": class_names(dataset), "run": identity}
+    described = {"arch": model_name, "img_size": (recipe.crop_height, recipe.crop_width), "classes": class_names(dataset),
+                 "run": identity}
     start, run_id = 0, None
     ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
     if ckpt is not None:
@@ -173,6 +166,29 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
             for path in (out / "result.json", out / "metrics.jsonl"):
                 tracker.log_artifact(path)
     return result
+
+
+def datasets(dataset: str, data_root, recipe: SegmentRecipe) -> tuple[SegmentationFolder, SegmentationFolder]:
+    """The train split with MMSegmentation's training pipeline (random rescale, crop, flip, photometric
+    distortion) and the val split at the test scale."""
+    crop, scale = (recipe.crop_height, recipe.crop_width), (recipe.scale_long, recipe.scale_short)
+    train = TrainTransform(crop, scale, (recipe.ratio_min, recipe.ratio_max), recipe.cat_max_ratio)
+    return (SegmentationFolder(dataset, data_root, "train", train),
+            SegmentationFolder(dataset, data_root, "val", TestTransform(scale)))
+
+
+def build(backbone: str, model_name: str, dataset: str, recipe: SegmentRecipe, device, *, checkpoint=None,
+          ema: bool = False):
+    """UperNet (+ FCN auxiliary head) on the backbone, AdamW and the poly schedule with linear warm-up."""
+    model = Segmenter(build_backbone(backbone, model_name, checkpoint=checkpoint, ema=ema, drop_path=recipe.drop_path),
+                      DATASETS[dataset].num_classes, channels=recipe.head_channels, aux_channels=recipe.aux_channels,
+                      dropout=recipe.dropout).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr,
+                                  betas=(recipe.beta1, recipe.beta2))
+    scheduler = PolyLRScheduler(optimizer, t_initial=recipe.iterations, power=recipe.power, lr_min=recipe.min_lr,
+                                warmup_t=recipe.warmup_iters, warmup_lr_init=recipe.lr * recipe.warmup_ratio,
+                                t_in_epochs=False)
+    return model, optimizer, scheduler
 
 
 def fine_tune(model: Segmenter, loader, optimizer, scheduler, recipe: SegmentRecipe, device, *, dist, progress: Progress,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import absvit.models  # noqa: F401  (registers the models)
-from absvit.data.synthetic import WNIDS
+from tests.helpers import PAPER_CLASSES, official_checkpoint, tiny_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -24,15 +24,27 @@ def embedded(tmp_path_factory):
     return root
 
 
-def tiny_recipe(**overrides):
-    """The full recipe's code paths (mixup, RandAugment, erasing, repeated aug, EMA) at toy scale."""
-    from absvit.recipe import PretrainRecipe
+@pytest.fixture(scope="session")
+def embedded_c(tmp_path_factory, embedded):
+    """The 75-folder ImageNet-C tree of the ``embedded`` val split (one image per class and shard), in its own folder."""
+    from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
+    from absvit.data.imagenet_c import make_shard
 
-    values = dict(epochs=3, batch_size=32, lr=0.016, warmup_epochs=1, warmup_lr=1e-5, min_lr=1e-5, img_size=64,
-                  crop_pct=1.0, workers=0, ema_decay=0.9, drop_path=0.1, mixup=0.8, cutmix=1.0, smoothing=0.1,
-                  auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, repeated_aug=True, color_jitter=0.4)
-    values.update(overrides)
-    return PretrainRecipe(**values)
+    root = tmp_path_factory.mktemp("embedded-c") / "imagenet-c"
+    for c in CORRUPTIONS:
+        for s in SEVERITIES:
+            make_shard(embedded / "val", root, c, s, resize=64, crop=64, per_class=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pico_run(tmp_path_factory, embedded):
+    """One epoch of ``absvit_pico_patch8_64`` pretraining on ``embedded`` (toy recipe): its output folder."""
+    from absvit.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("pico-run")
+    pretrain("absvit_pico_patch8_64", embedded, out, tiny_recipe(epochs=1), track=False)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +82,6 @@ def _no_leaked_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-PAPER_CLASSES = WNIDS[:3]  # the label space of the paper-layout sets: 3 classes
-
-
 def _keep_classes(folder):
     for d in folder.iterdir():
         if d.name not in PAPER_CLASSES:
@@ -83,7 +92,6 @@ def _keep_classes(folder):
 def paper_datasets(tmp_path_factory):
     """Small sets in every published layout the paper preset reads (ImageNet at 224 px, a 75-folder ImageNet-C, A/R/Sketch,
     VOC / Cityscapes / ADE20K, scenes with a manifest) and official-layout base-size checkpoints; 3 classes."""
-    import argparse
     import csv
 
     import timm
@@ -114,7 +122,5 @@ def paper_datasets(tmp_path_factory):
     ckpts = root / "checkpoints"
     ckpts.mkdir()
     for name in ("vit_base_patch16_224", "absvit_base_patch16_224"):  # the official release's layout
-        model = timm.create_model(name)
-        torch.save({"model": model.state_dict(), "epoch": 299, "args": argparse.Namespace(model=name, input_size=224)},
-                   ckpts / f"{name}.pth")
+        official_checkpoint(ckpts / f"{name}.pth", timm.create_model(name), name)
     return root

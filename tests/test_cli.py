@@ -10,15 +10,12 @@ import torch
 
 from absvit.cli import main
 from absvit.io import atomic_path, write_json
-from absvit.pretrain import pretrain
-from tests.conftest import tiny_recipe
 
 
-@pytest.fixture(scope="module")
-def pico(tmp_path_factory, embedded):
-    out = tmp_path_factory.mktemp("pico")
-    pretrain("absvit_pico_patch8_64", embedded, out, tiny_recipe(epochs=1), track=False)
-    return out / "model.pth"
+@pytest.fixture()
+def pico(pico_run):
+    """The final weights of the session's one-epoch pico pretraining (conftest ``pico_run``)."""
+    return pico_run / "model.pth"
 
 
 def _error(capsys, argv) -> str:

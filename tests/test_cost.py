@@ -1,5 +1,4 @@
 """The cost report: real Snakemake benchmark files, real SLURM accounting, the report's three formats, MLflow."""
-import shutil
 import subprocess
 import sys
 import time
@@ -9,6 +8,8 @@ import pandas as pd
 import pytest
 
 from absvit import cost
+from tests.helpers import write_benchmark
+from tests.latex import compile_tables
 
 BIN = Path(sys.executable).parent
 
@@ -75,14 +76,7 @@ def test_cost_files_markdown_csv_and_latex_that_needs_only_booktabs(snakemake_ru
     assert md.startswith("## Cost") and "critical path is not computed" in md and "| total | 3 |" in md
     tex = (tmp_path / "tables" / "cost.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and "total & 3 &" in tex
-    if not shutil.which("pdflatex"):
-        pytest.skip("pdflatex absent: the LaTeX was not compiled")
-    doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n\\input{tables/cost}\n"
-                   "\\end{document}\n")
-    out = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "Undefined control sequence" not in out.stdout, out.stdout[-3000:]
+    compile_tables([tmp_path / "tables" / "cost.tex"], tmp_path / "latex")  # a booktabs-only document
 
 
 def test_cost_metrics_go_to_mlflow(snakemake_run, tmp_path):
@@ -108,16 +102,13 @@ def test_cost_metrics_go_to_mlflow(snakemake_run, tmp_path):
 @pytest.mark.parametrize("tres, gpus", [("billing=2,cpu=2,mem=1G,node=1", 0), ("cpu=8,gres/gpu=4,mem=64G,node=1", 4),
                                         ("cpu=8,gres/gpu:h100=2,gres/gpu=2,node=1", 2), ("cpu=8,gres/gpu:a100=3,node=1", 3)])
 def test_allocated_gpus_from_alloc_tres(tres, gpus):
-    assert cost._gpus(tres) == gpus
+    assert cost.allocated_gpus(tres) == gpus
 
 
 def test_stage_of_nested_and_flat_benchmark_files(tmp_path):
-    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    for rel, row in (("pretrain/absvit-s0.tsv", "10.0\t0:00:10\t1\t1\t1\t1\t0\t0\t90\t9.0\n"),
-                     ("pretrain/absvit-s1.tsv", "12.0\t0:00:12\t1\t1\t1\t1\t0\t0\t90\t11.0\n"),
-                     ("tables.tsv", "0.5\t0:00:00\tNA\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n")):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(header + row)
+    write_benchmark(tmp_path / "pretrain/absvit-s0.tsv", 10.0, 9.0)
+    write_benchmark(tmp_path / "pretrain/absvit-s1.tsv", 12.0, 11.0)
+    write_benchmark(tmp_path / "tables.tsv", 0.5, "NA")
     df = cost.cost_table(tmp_path).set_index("stage")
     assert df.loc["pretrain", "jobs"] == 2 and df.loc["pretrain", "wall_s"] == 22.0
     assert df.loc["pretrain", "cpu_core_hours"] == pytest.approx(20 / 3600)
@@ -130,10 +121,8 @@ def test_stage_of_nested_and_flat_benchmark_files(tmp_path):
 def test_local_jobs_cost_the_gpus_their_stage_requests(tmp_path):
     """The local launcher gives a job the GPUs its stage requests (submitit's local executor): the tables rule passes
     them (`absvit tables --gpus STAGE=N`), so a 3600 s job of a 2-GPU stage costs 2 GPU-hours."""
-    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    for rel, s in (("segment/vit-voc-s0.tsv", 3600.0), ("tables.tsv", 2.0)):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(header + f"{s}\t1:00:00\t1\t1\t1\t1\t0\t0\t90\t{s}\n")
+    for rel, seconds in (("segment/vit-voc-s0.tsv", 3600.0), ("tables.tsv", 2.0)):
+        write_benchmark(tmp_path / rel, seconds, seconds)
     df = cost.cost_table(tmp_path, gpus=cost.parse_gpus(["segment=2", "pretrain=8"])).set_index("stage")
     assert df.loc["segment", "gpu_hours"] == 2.0 and df.loc["tables", "gpu_hours"] == 0
     assert df.loc["total", "gpu_hours"] == 2.0 and "| segment | 1 | 1:00:00 | 1.00 | 2.00 |" in cost.markdown(df.reset_index())
@@ -159,10 +148,8 @@ def test_slurm_jobs_cost_elapsed_times_allocated_cpus(slurm_cluster, tmp_path, m
                   resources=Resources(timeout_min=5, cpus_per_task=2, mem_gb=1)) == 0
     (job,) = [p.name for p in folder.iterdir() if p.is_dir()]
     # The Snakemake job that waited on the login node, and a stage that never left it.
-    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for rel in ("pretrain/absvit-s0.tsv", "tables.tsv"):
-        (results / "benchmarks" / rel).parent.mkdir(parents=True, exist_ok=True)
-        (results / "benchmarks" / rel).write_text(header + "3.0\t0:00:03\t1\t1\t1\t1\t0\t0\t10\t0.5\n")
+        write_benchmark(results / "benchmarks" / rel, 3.0, 0.5)
 
     deadline = time.monotonic() + 60  # accounting records trail the controller
     while slurm_cluster.job_states().get(job) != "COMPLETED":

@@ -11,7 +11,7 @@ from absvit.checkpoint import read_checkpoint
 from absvit.cli import main
 from absvit.errors import DiskFull
 from absvit.io import atomic_path, save_torch, write_json
-from tests.conftest import tiny_recipe
+from tests.helpers import tiny_recipe
 
 PICO_CHECKPOINT = 8_871_537  # bytes: absvit_pico_patch8_64's checkpoint.pth (with EMA, optimizer) after 1 tiny epoch
 MiB = 2**20

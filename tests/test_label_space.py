@@ -13,8 +13,7 @@ from absvit.checkpoint import save_checkpoint
 from absvit.cli import main
 from absvit.data.readers import DatasetError, label_space, select_classes, suite_problems
 from absvit.tables import table3
-from tests.test_paper_run import paper_config
-from tests.test_workflow import _dry_run, _workdir_with
+from tests.helpers import dry_run, paper_config, workflow_copy
 
 IMAGENET = label_space("imagenet-1k")
 SPACE = IMAGENET[:2]  # a model of two ImageNet classes
@@ -88,7 +87,7 @@ def test_a_label_space_mismatch_is_one_line_at_planning_time(tmp_path, paper_dat
         data.update(imagenet=str(val), imagenet_r=str(r))
 
     (tmp_path / "wd").mkdir()
-    out = _dry_run("--config", "preset=paper", cwd=_workdir_with(tmp_path / "wd", edit))
+    out = dry_run("--config", "preset=paper", cwd=workflow_copy(tmp_path / "wd", edit))
     assert out.returncode != 0 and "Building DAG" not in out.stderr
     lines = [line.strip() for line in out.stderr.splitlines() if line.strip().startswith("presets.paper.data.")]
     assert len(lines) == 2, out.stderr

@@ -1,6 +1,5 @@
 """The paper preset on data in the published layouts: it plans, it names what is missing, and its
 ImageNet-C evaluation uses the official transform (centre crop only)."""
-import argparse
 import json
 import re
 
@@ -14,58 +13,35 @@ from torchvision.transforms import functional as TF
 
 from absvit.cli import main
 from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
-from absvit.data.imagenet_c import make_shard
-from absvit.data.scenes import generate_scenes
-from absvit.data.synthetic import generate
-from absvit.data.synthetic_seg import generate_segmentation
 from absvit.evaluate import suite_transform
-from tests.test_paper_run import paper_config
-from tests.test_workflow import ROOT, _dry_run, _job_counts, _workdir_with
+from tests.helpers import ROOT, dry_run, job_counts, official_checkpoint, paper_config, workflow_copy
 
 
-@pytest.fixture(scope="module")
-def paper_data(tmp_path_factory):
-    """A few images of every dataset the paper preset reads, each in its published layout."""
-    root = tmp_path_factory.mktemp("datasets")
-    generate(root / "imagenet", per_class={"train": 2, "val": 1})
-    generate(root / "robustness", per_class={"imagenet-a": 1, "imagenet-r": 1, "imagenet-sketch": 1})
-    for c in CORRUPTIONS:
-        for s in SEVERITIES:
-            make_shard(root / "imagenet" / "val", root / "imagenet-c", c, s, resize=64, crop=64)
-    generate_segmentation(root / "seg", per_split={"train": 2, "val": 1})
-    generate_scenes(root / "scenes", count=2)  # stands in for a folder of real multi-object images + manifest.csv
-    ckpts = root / "checkpoints"
-    ckpts.mkdir()
-    for name in ("vit_base_patch16_224", "absvit_base_patch16_224"):  # planning reads no file's content
-        torch.save({"model": {}}, ckpts / f"{name}.pth")
-    return root
-
-
-def test_paper_preset_plans_every_stage_on_paper_layout_data(tmp_path, paper_data):
-    wd = _workdir_with(tmp_path, lambda c: paper_config(c, paper_data, small=False))
-    out = _dry_run("--config", "preset=paper", "--printshellcmds", cwd=wd)
+def test_paper_preset_plans_every_stage_on_paper_layout_data(tmp_path, paper_datasets):
+    wd = workflow_copy(tmp_path, lambda c: paper_config(c, paper_datasets, small=False))
+    out = dry_run("--config", "preset=paper", "--printshellcmds", cwd=wd)
     assert out.returncode == 0, out.stderr
     paper = yaml.safe_load((wd / "config.yaml").read_text())["presets"]["paper"]
     runs, seg = len(paper["runs"]), paper["segmentation"]
-    assert _job_counts(out.stdout) == {
+    assert job_counts(out.stdout) == {
         "all": 1, "pretrain": runs, "evaluate": runs, "lvar_ablation": 1, "robustness_comparison": 1,
         "segment": len(seg["backbones"]) * len(seg["datasets"]), "decoder": 1, "figures": 1,
         "tables": 1}  # no data-prep jobs (nor scenes): the data exist
     # every job reads the configured folders, and IN-C is evaluated at the paper's 224 px
-    assert f"--data {paper_data / 'imagenet'} " in out.stdout
-    assert re.search(rf"--suite clean imagenet-c \S+ \S+ \S+ --data \S+ {paper_data / 'imagenet-c'} .*--img-size 224 "
+    assert f"--data {paper_datasets / 'imagenet'} " in out.stdout
+    assert re.search(rf"--suite clean imagenet-c \S+ \S+ \S+ --data \S+ {paper_datasets / 'imagenet-c'} .*--img-size 224 "
                      r"--crop-pct 0.875", out.stdout)
-    assert f"--data {paper_data / 'seg' / 'cityscapes'} " in out.stdout
+    assert f"--data {paper_datasets / 'seg' / 'cityscapes'} " in out.stdout
 
 
-def test_missing_paths_fail_before_the_dag_one_line_each(tmp_path, paper_data):
+def test_missing_paths_fail_before_the_dag_one_line_each(tmp_path, paper_datasets):
     def edit(config):
-        paper_config(config, paper_data, small=False)
+        paper_config(config, paper_datasets, small=False)
         paper = config["presets"]["paper"]
         paper["data"]["imagenet_c"] = "/nonexistent/imagenet-c"
         paper["segmentation"]["datasets"]["ade20k"]["root"] = "/nonexistent/ade"
 
-    out = _dry_run("--config", "preset=paper", cwd=_workdir_with(tmp_path, edit))
+    out = dry_run("--config", "preset=paper", cwd=workflow_copy(tmp_path, edit))
     assert out.returncode != 0
     lines = [line.strip() for line in out.stderr.splitlines() if "/nonexistent/" in line]
     assert lines == [
@@ -86,11 +62,11 @@ def test_imagenet_c_transform_leaves_a_224_image_unchanged():
     assert clean.shape == plain.shape and not torch.allclose(clean, plain, atol=0.1)
 
 
-def test_paper_imagenet_c_evaluation_of_a_released_checkpoint_uses_it(tmp_path, paper_data):
+def test_paper_imagenet_c_evaluation_of_a_released_checkpoint_uses_it(tmp_path, paper_datasets):
     """`absvit evaluate` with the paper preset's settings on 224-px ImageNet-C images and a file in the
     official release's layout: predictions are those of the un-resized pixels."""
     settings = yaml.safe_load((ROOT / "config.yaml").read_text())["presets"]["paper"]["evaluate"]
-    wnids = sorted(p.name for p in (paper_data / "imagenet" / "train").iterdir())[:2]
+    wnids = sorted(p.name for p in (paper_datasets / "imagenet" / "train").iterdir())[:2]
     classes, tree = tmp_path / "classes", tmp_path / "imagenet-c"
     for wnid in wnids:
         (classes / wnid).mkdir(parents=True)
@@ -102,8 +78,7 @@ def test_paper_imagenet_c_evaluation_of_a_released_checkpoint_uses_it(tmp_path, 
                 Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(tree / c / str(s) / wnid / "x.png")
     model = timm.create_model("vit_pico_patch8_64", num_classes=2, img_size=224).eval()
     released = tmp_path / "released.pth"  # official layout: weights under `model`, training args as a Namespace
-    torch.save({"model": model.state_dict(), "epoch": 299,
-                "args": argparse.Namespace(model="vit_pico_patch8_64", input_size=224)}, released)
+    official_checkpoint(released, model, "vit_pico_patch8_64")
 
     assert main(["evaluate", "--checkpoint", str(released), "--suite", "imagenet-c", "--data", str(tree),
                  "--classes", str(classes), "--crop-pct", str(settings["crop_pct"]), "--batch-size", "50",

@@ -14,36 +14,11 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import PAPER_CLASSES as KEEP
-from tests.test_workflow import SNAKEMAKE, _workdir_with
-
-def paper_config(config, root, *, small=True):
-    """The paper preset pointed at ``root``; with ``small``, iteration counts, batches and crops cut to CPU size."""
-    paper = config["presets"]["paper"]
-    paper["data"] = {"imagenet": str(root / "imagenet"), "imagenet_c": str(root / "imagenet-c"),
-                     "imagenet_a": str(root / "robustness" / "imagenet-a"),
-                     "imagenet_r": str(root / "robustness" / "imagenet-r"),
-                     "imagenet_sketch": str(root / "robustness" / "imagenet-sketch")}
-    seg = paper["segmentation"]
-    for name in ("voc", "cityscapes", "ade20k"):
-        seg["datasets"][name]["root"] = str(root / "seg" / name)
-    paper["figures"]["scenes"] = str(root / "scenes")
-    for name in ("vit", "absvit"):
-        seg["backbones"][name]["checkpoint"] = str(root / "checkpoints" / f"{seg['backbones'][name]['model']}.pth")
-    if not small:
-        return
-    paper["recipe"].update(epochs=1, batch_size=8, workers=0)  # workers: a resource key (how, not what)
-    paper["evaluate"].update(batch_size=32, workers=0)
-    seg["recipe"].update(batch_size=2, workers=0, checkpoint_every=2)
-    for d in seg["datasets"].values():
-        d["recipe"].update(iterations=2, crop_height=64, crop_width=64, scale_long=128, scale_short=64)
-    for r in paper["resources"].values():  # this machine: two cores, no GPU
-        r.update(gpus_per_node=0, cpus_per_task=1, nodes=1, mem_gb=4)
-
+from tests.helpers import PAPER_CLASSES, SNAKEMAKE, paper_config, workflow_copy
 
 @pytest.mark.slow
 def test_the_paper_preset_runs_every_stage_for_real(tmp_path, paper_datasets):
-    wd = _workdir_with(tmp_path, lambda c: paper_config(c, paper_datasets))
+    wd = workflow_copy(tmp_path, lambda c: paper_config(c, paper_datasets))
     start = time.monotonic()
     out = subprocess.run([SNAKEMAKE, "--cores", "2", "all", "--config", "preset=paper"], cwd=wd, capture_output=True,
                          text=True)
@@ -55,10 +30,10 @@ def test_the_paper_preset_runs_every_stage_for_real(tmp_path, paper_datasets):
     paper = yaml.safe_load((wd / "config.yaml").read_text())["presets"]["paper"]
     for run, spec in paper["runs"].items():  # every run trained at 224 px and evaluated on every suite
         model = torch.load(res / "pretrain" / run / "s0" / "model.pth", weights_only=True)
-        assert (model["arch"], model["img_size"], model["classes"]) == (spec["model"], 224, list(KEEP))
+        assert (model["arch"], model["img_size"], model["classes"]) == (spec["model"], 224, list(PAPER_CLASSES))
         for suite in ("clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch"):
             r = json.loads((res / "eval" / run / "s0" / f"{suite}.json").read_text())
-            assert r["model"] == spec["model"] and r["label_space"] == len(KEEP) and r["skipped_classes"] == 0
+            assert r["model"] == spec["model"] and r["label_space"] == len(PAPER_CLASSES) and r["skipped_classes"] == 0
         c = json.loads((res / "eval" / run / "s0" / "imagenet-c.json").read_text())
         assert "CenterCrop(size=(224, 224))" in c["transform"] and "Resize" not in c["transform"]
     for backbone in ("resnet101", "vit", "absvit"):

@@ -1,20 +1,18 @@
 """`absvit plan`: the bill of a preset before launch, from the real config.yaml and the jobs Snakemake plans."""
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from absvit import plan
 from absvit.cli import main
 from absvit.errors import UsageError
 from absvit.throughput import CPU_REF
+from tests.helpers import ROOT, workflow_copy, write_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config.yaml"
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
 
@@ -37,12 +35,7 @@ def embedded_dag():
 
 def _workflow_copy(tmp_path: Path, edit) -> Path:
     """The config.yaml of a copy of the workflow whose config was changed by ``edit(config)``."""
-    shutil.copy(ROOT / "Snakefile", tmp_path / "Snakefile")
-    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
-    config = yaml.safe_load(CONFIG.read_text())
-    edit(config)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    return tmp_path / "config.yaml"
+    return workflow_copy(tmp_path, edit) / "config.yaml"
 
 
 def _stage(p: plan.Plan, name: str) -> plan.Stage:
@@ -155,10 +148,8 @@ def test_embedded_plan_is_cpu_only_and_uses_a_previous_runs_benchmarks(cfg, embe
     assert _stage(p, "imagenet_c").request == "1 node, no GPU, 1 CPU/task, 2 GB, 30 min"  # resources.imagenet_c
 
     bench = tmp_path / "benchmarks"
-    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    for rel, s in (("pretrain/absvit-s0.tsv", 100.0), ("pretrain/vit-s0.tsv", 50.0), ("imagenet_c/fog-1.tsv", 2.0)):
-        (bench / rel).parent.mkdir(parents=True, exist_ok=True)
-        (bench / rel).write_text(header + f"{s}\t0:00:00\t1\t1\t1\t1\t0\t0\t90\t{s}\n")
+    for rel, seconds in (("pretrain/absvit-s0.tsv", 100.0), ("pretrain/vit-s0.tsv", 50.0), ("imagenet_c/fog-1.tsv", 2.0)):
+        write_benchmark(bench / rel, seconds, seconds)
     p = plan.make_plan(CONFIG, "embedded", dag=embedded_dag, results=bench)
     pre = _stage(p, "pretrain")
     assert pre.wall_s == pytest.approx(75.0 * pre.jobs) and "previous run: mean 75.0 s/job of 2" in pre.source

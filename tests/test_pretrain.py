@@ -12,7 +12,7 @@ from absvit.engine import FiniteCheck, NonFiniteLoss
 from absvit.pretrain import pretrain
 from absvit.progress import Progress
 from absvit.recipe import PretrainRecipe
-from tests.conftest import tiny_recipe
+from tests.helpers import tiny_recipe
 
 
 def _epochs(out):

@@ -6,16 +6,7 @@ from pathlib import Path
 
 from absvit.cli import main
 from absvit.progress import Progress
-
-PROGRESS = re.compile(r"^Epoch: \[1/3\] \[\s*\d+/\d+\]  eta: \d+:\d\d:\d\d  lr: [\d.]+  loss: [\d.]+ \([\d.]+\)  "
-                      r"img/s: \d+ \(\d+/proc\)  data: \d+%  time: [\d.]+$")
-
-
-def pretrain_argv(data: Path, out: Path) -> list[str]:
-    return ["pretrain", "--model", "absvit_pico_patch8_64", "--data", str(data), "--out", str(out), "--no-mlflow",
-            "--log-every", "0.2", "--set", "epochs=3", "batch_size=16", "workers=0", "img_size=64", "crop_pct=1.0",
-            "repeated_aug=false"]
-
+from tests.helpers import PROGRESS, pretrain_argv
 
 def watch(cmd: list[str], out: Path, env=None) -> list[str]:
     """Reads the command's output line by line as it comes; returns the lines seen before the run finished

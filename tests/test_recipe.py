@@ -7,7 +7,7 @@ import yaml
 from absvit.cli import main
 from absvit.errors import UsageError
 from absvit.recipe import PretrainRecipe, SegmentRecipe, check_patch_multiple
-from tests.test_workflow import ROOT, _dry_run, _workdir_with
+from tests.helpers import ROOT, dry_run, workflow_copy
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_patch_multiple_from_the_name():
 
 
 def _refused_at_planning(tmp_path, edit, line: str):
-    out = _dry_run(cwd=_workdir_with(tmp_path, edit))
+    out = dry_run(cwd=workflow_copy(tmp_path, edit))
     assert out.returncode != 0
     assert line in out.stderr, out.stderr
     assert "Building DAG" not in out.stderr, out.stderr

@@ -11,16 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
-from absvit.data.imagenet_c import make_shard
 from absvit.data.synthetic import generate
 from absvit.data.synthetic_seg import generate_segmentation
+from tests.helpers import PROGRESS, pretrain_argv, workflow_copy
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PER_CLASS = {"train": 12, "val": 3, "imagenet-a": 2, "imagenet-r": 2, "imagenet-sketch": 2}
 SMALL_JOB = {"threads": 1, "timeout_min": 10, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1}
 
 
@@ -28,40 +24,34 @@ def _env(cluster) -> dict:
     return {**cluster.env, "PATH": f"{BIN}:{cluster.env['PATH']}", "PYTHONUNBUFFERED": "1"}
 
 
-def _workflow_copy(tmp_path: Path) -> Path:
-    """The repository's workflow with the embedded preset shrunk to seconds, data made in-process."""
-    for name in ("Snakefile", "workflow", "profiles", "envs"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    (tmp_path / "slurm").symlink_to("profiles/slurm")
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    p = config["presets"]["embedded"]
-    p["seeds"] = [0]
-    p["data"]["generate"]["per_class"] = PER_CLASS
-    p["data"]["make_imagenet_c"]["per_class"] = 1
-    p["recipe"].update(epochs=1, batch_size=16, workers=0)
-    p["evaluate"].update(workers=0, batch_size=64)
-    p["resources"] = {stage: dict(SMALL_JOB) for stage in p["resources"]}
-    seg = p["segmentation"]
-    seg["generate"]["per_split"] = {"train": 8, "val": 2}
-    seg["backbones"] = {"absvit": seg["backbones"]["absvit"]}  # one segmentation job: absvit on voc
-    seg["datasets"] = {"voc": seg["datasets"]["voc"]}
-    seg["recipe"].update(iterations=4, batch_size=4, checkpoint_every=2)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+def _slurm_workflow(tmp_path: Path, embedded: Path, embedded_c: Path) -> Path:
+    """The repository's workflow with the embedded preset shrunk to seconds, on the session's data (copied in place
+    of the data stage's outputs: the data stage is not under test here; test_workflow and the demo run it)."""
+    def shrink(config):
+        p = config["presets"]["embedded"]
+        p["seeds"] = [0]
+        p["data"]["make_imagenet_c"]["per_class"] = 1
+        p["recipe"].update(epochs=1, batch_size=16, workers=0)
+        p["evaluate"].update(workers=0, batch_size=64)
+        p["resources"] = {stage: dict(SMALL_JOB) for stage in p["resources"]}
+        seg = p["segmentation"]
+        seg["generate"]["per_split"] = {"train": 8, "val": 2}
+        seg["backbones"] = {"absvit": seg["backbones"]["absvit"]}  # one segmentation job: absvit on voc
+        seg["datasets"] = {"voc": seg["datasets"]["voc"]}
+        seg["recipe"].update(iterations=4, batch_size=4, checkpoint_every=2)
 
-    # The data stage is not under test here (test_workflow / the demo run it): make it directly.
+    workflow_copy(tmp_path, shrink)
+    (tmp_path / "slurm").symlink_to("profiles/slurm")
     data = tmp_path / "results" / "data" / "embedded"
-    generate(data, seed=0, size=64, per_class=PER_CLASS)
-    for c in CORRUPTIONS:
-        for s in SEVERITIES:
-            make_shard(data / "val", data / "imagenet-c", c, s, resize=64, crop=64, per_class=1)
+    shutil.copytree(embedded, data)
+    shutil.copytree(embedded_c, data / "imagenet-c")
     generate_segmentation(data / "segmentation", seed=0, per_split={"train": 8, "val": 2})
     return tmp_path
 
 
 @pytest.mark.slow
-def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_path):
-    wd = _workflow_copy(tmp_path)
+def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_path, embedded, embedded_c):
+    wd = _slurm_workflow(tmp_path, embedded, embedded_c)
     before = set(slurm_cluster.job_states())
     out = subprocess.run([BIN / "snakemake", "--profile", "slurm", "results/embedded/tables/table2.tex"], cwd=wd,
                          env=_env(slurm_cluster), capture_output=True, text=True, timeout=900)
@@ -185,8 +175,6 @@ def test_interrupted_job_is_requeued_and_ends_like_an_uninterrupted_one(slurm_cl
 
 
 def test_a_slurm_job_shows_progress_in_its_log_while_it_runs(slurm_cluster, tmp_path):
-    from tests.test_progress import PROGRESS, pretrain_argv
-
     generate(tmp_path / "data", seed=0, size=64, per_class={"train": 20, "val": 2})
     out = tmp_path / "out"
     proc = _submit(slurm_cluster, tmp_path / "submitit", *pretrain_argv(tmp_path / "data", out))

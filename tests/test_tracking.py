@@ -19,7 +19,7 @@ from absvit.data.synthetic_seg import generate_segmentation
 from absvit.pretrain import pretrain
 from absvit.recipe import SegmentRecipe
 from absvit.segment import segment
-from tests.conftest import tiny_recipe
+from tests.helpers import tiny_recipe
 
 
 def test_pretrain_mirrors_params_and_per_epoch_metrics_into_mlflow(tmp_path, embedded):

@@ -1,34 +1,17 @@
 """The Snakemake workflow: the plan, config validation, the CLI entry point."""
 import os
-import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-
-
-def _dry_run(*extra, cwd=ROOT):
-    out = subprocess.run([SNAKEMAKE, "all", "-n", "--forceall", *extra], cwd=cwd, capture_output=True, text=True)
-    out.stderr += out.stdout  # snakemake prints some errors on stdout
-    return out
-
-
-def _job_counts(stdout: str) -> dict[str, int]:
-    """Snakemake's job-stats table of a dry run: rule -> number of jobs."""
-    table = stdout.split("Job stats:", 1)[1]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
-
+from tests.helpers import ROOT, SNAKEMAKE, dry_run, job_counts, workflow_copy
 
 def test_dry_run_plans_the_whole_embedded_dag():
-    out = _dry_run()
+    out = dry_run()
     assert out.returncode == 0, out.stderr
-    counts = _job_counts(out.stdout)
+    counts = job_counts(out.stdout)
     seeds = 3  # presets.embedded.seeds: every pretraining run and everything downstream, once per seed
     assert counts == {"all": 1, "embedded_dataset": 1, "imagenet_c": 75, "pretrain": 3 * seeds, "evaluate": 3 * seeds,
                       "lvar_ablation": 1, "robustness_comparison": 1, "segmentation_dataset": 1, "segment": 9 * seeds,
@@ -39,17 +22,17 @@ def test_dry_run_plans_the_whole_embedded_dag():
 
 
 def test_one_seed_runs_each_job_once(tmp_path):
-    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"].update(seeds=[7]))
-    out = _dry_run("--printshellcmds", cwd=wd)
+    wd = workflow_copy(tmp_path, lambda c: c["presets"]["embedded"].update(seeds=[7]))
+    out = dry_run("--printshellcmds", cwd=wd)
     assert out.returncode == 0, out.stderr
-    counts = _job_counts(out.stdout)
+    counts = job_counts(out.stdout)
     assert (counts["pretrain"], counts["evaluate"], counts["segment"]) == (3, 3, 9)
     assert "results/embedded/pretrain/vit/s7/model.pth" in out.stdout and " seed=7" in out.stdout
 
 
 def test_a_seed_in_the_recipe_is_refused_naming_seeds(tmp_path):
-    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"]["recipe"].update(seed=3))
-    out = _dry_run(cwd=wd)
+    wd = workflow_copy(tmp_path, lambda c: c["presets"]["embedded"]["recipe"].update(seed=3))
+    out = dry_run(cwd=wd)
     assert out.returncode != 0 and "presets.embedded.recipe.seed" in out.stderr and "presets.embedded.seeds" in out.stderr
 
 
@@ -60,51 +43,40 @@ def test_lint_is_clean():
     assert out.returncode == 0 and "Lints for" not in text and "good condition" in text, text[-4000:]
 
 
-def _workdir_with(tmp_path, edit) -> Path:
-    """A copy of the workflow whose config.yaml was changed by `edit(config)`."""
-    for name in ("Snakefile", "workflow", "profiles", "envs"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    edit(config)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    return tmp_path
-
-
 def test_released_checkpoint_skips_pretraining(tmp_path):
     ckpt = tmp_path / "released.pth"
     ckpt.touch()
-    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"]["checkpoints"].update(vit=str(ckpt)))
-    out = _dry_run(cwd=wd)
+    wd = workflow_copy(tmp_path, lambda c: c["presets"]["embedded"]["checkpoints"].update(vit=str(ckpt)))
+    out = dry_run(cwd=wd)
     assert out.returncode == 0, out.stderr
-    counts = _job_counts(out.stdout)
+    counts = job_counts(out.stdout)
     assert counts["pretrain"] == 2 * 3  # the other two runs, each seed
     assert counts["evaluate"] == 2 * 3 + 1  # the released file: evaluated once, not once per seed
 
 
 def test_schema_rejects_a_misspelt_key_before_any_job(tmp_path):
-    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"]["resources"]["pretrain"].update(gpus_per_nod=1))
-    out = _dry_run(cwd=wd)
+    wd = workflow_copy(tmp_path, lambda c: c["presets"]["embedded"]["resources"]["pretrain"].update(gpus_per_nod=1))
+    out = dry_run(cwd=wd)
     assert out.returncode != 0
     assert "gpus_per_nod" in out.stderr and "resources" in out.stderr, out.stderr
 
 
 def test_schema_rejects_a_wrong_type_naming_the_key(tmp_path):
-    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"]["evaluate"].update(batch_size="big"))
-    out = _dry_run(cwd=wd)
+    wd = workflow_copy(tmp_path, lambda c: c["presets"]["embedded"]["evaluate"].update(batch_size="big"))
+    out = dry_run(cwd=wd)
     assert out.returncode != 0
     assert "batch_size" in out.stderr and "'big'" in out.stderr, out.stderr
 
 
 def test_unknown_recipe_key_names_the_key(tmp_path):
-    wd = _workdir_with(tmp_path, lambda c: c["presets"]["embedded"]["recipe"].update(learning_rate=1.0))
-    out = _dry_run(cwd=wd)
+    wd = workflow_copy(tmp_path, lambda c: c["presets"]["embedded"]["recipe"].update(learning_rate=1.0))
+    out = dry_run(cwd=wd)
     assert out.returncode != 0
     assert "presets.embedded.recipe" in out.stderr and "learning_rate" in out.stderr, out.stderr
 
 
 def test_paper_preset_names_every_missing_dataset_path():
-    out = _dry_run("--config", "preset=paper")  # config.yaml's placeholder /datasets paths do not exist here
+    out = dry_run("--config", "preset=paper")  # config.yaml's placeholder /datasets paths do not exist here
     assert out.returncode != 0
     for key in ("data.imagenet", "data.imagenet_c", "data.imagenet_a", "data.imagenet_r", "data.imagenet_sketch",
                 "segmentation.datasets.voc.root", "segmentation.datasets.cityscapes.root",
@@ -134,7 +106,7 @@ def _tiny_embedded(config, lr=0.008):
 def test_jobs_run_in_snakemakes_environment_and_a_changed_recipe_starts_fresh(tmp_path):
     """With no virtual environment on PATH (`snakemake` called by its path, as from a login shell), rules use
     Snakemake's own Python. Editing the recipe reruns the job, which moves the old checkpoint aside and trains anew."""
-    wd = _workdir_with(tmp_path, _tiny_embedded)
+    wd = workflow_copy(tmp_path, _tiny_embedded)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["PATH"] = "/usr/bin:/bin"  # here `python` is missing, and `python3` has no torch
     target = "results/embedded/pretrain/vit/s0/model.pth"

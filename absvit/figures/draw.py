@@ -28,7 +28,10 @@ def _upsample(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def save_grid(stem, rows: list[list[dict | None]], *, width: float = 7.0, row_labels: list[str] | None = None,
               col_titles: list[str] | None = None, colorbar_label: str | None = None, suptitle: str | None = None) -> dict:
-    """Write ``<stem>.png`` and ``<stem>.pdf``; returns their paths and the layout (rows, cols, panels, axes)."""
+    """Write ``<stem>.png`` and ``<stem>.pdf``; returns their paths and the layout (rows, cols, panels, axes).
+
+    One function for one figure's fixed layout in inches (margins, panels, titles, colour bar): the arithmetic
+    reads best in one place."""
     import matplotlib
 
     matplotlib.use("Agg")

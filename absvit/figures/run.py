@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from absvit.data.scenes import read_scenes
-from absvit.figures import ALPHAS, PRIOR_SCALE
 from absvit.figures.draw import draw_figures
 from absvit.figures.maps import analyse, load_models, short_class_names
 from absvit.figures.scores import CAPTION, pointing_chance, score_rows
@@ -45,9 +44,10 @@ def write_table(rows: list[dict], out_dir: Path, *, caption: str, note: str = ""
 
 
 def make_figures(absvit_checkpoint, vit_checkpoint, decoder_path, scenes_path, out_dir, *, absvit_model=None,
-                 vit_model=None, alphas=ALPHAS, prior_scale: float = PRIOR_SCALE, show: int = 4, width: float = 7.0,
+                 alphas, prior_scale: float, vit_model=None, show: int = 4, width: float = 7.0,
                  label: str = "", tracking_uri=None, track: bool = True, run_name=None, preset=None, run=None) -> dict:
-    """Figures 1, 3, 4, the score table and JSON under ``out_dir``; logged to MLflow unless ``track=False``."""
+    """Figures 1, 3, 4, the score table and JSON under ``out_dir``; logged to MLflow unless ``track=False``.
+    ``alphas``: Fig. 3's sweep; ``prior_scale``: the alpha of Figs. 1 and 4 (the CLI's defaults: absvit.figures)."""
     start, out_dir, alphas = time.time(), Path(out_dir), [float(a) for a in alphas]
     absvit, vit, decoder, classes, a_size, v_size, source = load_models(
         absvit_checkpoint, vit_checkpoint, absvit_model, vit_model, decoder_path)

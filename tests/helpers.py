@@ -1,0 +1,103 @@
+"""What several test files share: the toy recipe, copies of the workflow with an edited config, dry runs, the paper
+preset pointed at test data, Snakemake benchmark files, official-layout checkpoint files."""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+PAPER_CLASSES = ("n90000001", "n90000002", "n90000003")  # the label space of the paper-layout test sets: 3 classes
+# A pretraining progress line of `pretrain_argv`'s run (absvit.progress): what a cluster log shows while it runs.
+PROGRESS = re.compile(r"^Epoch: \[1/3\] \[\s*\d+/\d+\]  eta: \d+:\d\d:\d\d  lr: [\d.]+  loss: [\d.]+ \([\d.]+\)  "
+                      r"img/s: \d+ \(\d+/proc\)  data: \d+%  time: [\d.]+$")
+BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def pretrain_argv(data: Path, out: Path) -> list[str]:
+    """An `absvit pretrain` command line of a few seconds, with a progress line every 0.2 s."""
+    return ["pretrain", "--model", "absvit_pico_patch8_64", "--data", str(data), "--out", str(out), "--no-mlflow",
+            "--log-every", "0.2", "--set", "epochs=3", "batch_size=16", "workers=0", "img_size=64", "crop_pct=1.0",
+            "repeated_aug=false"]
+
+
+def tiny_recipe(**overrides):
+    """The full recipe's code paths (mixup, RandAugment, erasing, repeated aug, EMA) at toy scale."""
+    from absvit.recipe import PretrainRecipe
+
+    values = dict(epochs=3, batch_size=32, lr=0.016, warmup_epochs=1, warmup_lr=1e-5, min_lr=1e-5, img_size=64,
+                  crop_pct=1.0, workers=0, ema_decay=0.9, drop_path=0.1, mixup=0.8, cutmix=1.0, smoothing=0.1,
+                  auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, repeated_aug=True, color_jitter=0.4)
+    values.update(overrides)
+    return PretrainRecipe(**values)
+
+
+def workflow_copy(tmp_path: Path, edit=None) -> Path:
+    """A copy of the workflow (Snakefile, rules, profiles, envs) in ``tmp_path`` whose config.yaml was changed by
+    ``edit(config)``; returns ``tmp_path``."""
+    for name in ("Snakefile", "workflow", "profiles", "envs"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    if edit is not None:
+        edit(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def dry_run(*extra, cwd=ROOT) -> subprocess.CompletedProcess:
+    """``snakemake all -n --forceall ...`` in ``cwd``; its stderr also holds its stdout (some errors go there)."""
+    out = subprocess.run([SNAKEMAKE, "all", "-n", "--forceall", *extra], cwd=cwd, capture_output=True, text=True)
+    out.stderr += out.stdout
+    return out
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """Snakemake's job-stats table of a dry run: rule -> number of jobs."""
+    table = stdout.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def paper_config(config, root, *, small=True):
+    """The paper preset pointed at ``root`` (the ``paper_datasets`` layout); with ``small``, iteration counts,
+    batches and crops cut to CPU size."""
+    paper = config["presets"]["paper"]
+    paper["data"] = {"imagenet": str(root / "imagenet"), "imagenet_c": str(root / "imagenet-c"),
+                     "imagenet_a": str(root / "robustness" / "imagenet-a"),
+                     "imagenet_r": str(root / "robustness" / "imagenet-r"),
+                     "imagenet_sketch": str(root / "robustness" / "imagenet-sketch")}
+    seg = paper["segmentation"]
+    for name in ("voc", "cityscapes", "ade20k"):
+        seg["datasets"][name]["root"] = str(root / "seg" / name)
+    paper["figures"]["scenes"] = str(root / "scenes")
+    for name in ("vit", "absvit"):
+        seg["backbones"][name]["checkpoint"] = str(root / "checkpoints" / f"{seg['backbones'][name]['model']}.pth")
+    if not small:
+        return
+    paper["recipe"].update(epochs=1, batch_size=8, workers=0)  # workers: a resource key (how, not what)
+    paper["evaluate"].update(batch_size=32, workers=0)
+    seg["recipe"].update(batch_size=2, workers=0, checkpoint_every=2)
+    for d in seg["datasets"].values():
+        d["recipe"].update(iterations=2, crop_height=64, crop_width=64, scale_long=128, scale_short=64)
+    for r in paper["resources"].values():  # this machine: two cores, no GPU
+        r.update(gpus_per_node=0, cpus_per_task=1, nodes=1, mem_gb=4)
+
+
+def write_benchmark(path: Path, seconds: float, cpu_time: float | str = 0.5) -> None:
+    """A Snakemake ``benchmark:`` file of one run that took ``seconds`` (``cpu_time`` "NA": never sampled)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(BENCHMARK_HEADER + f"{seconds}\t0:00:{int(seconds) % 60:02d}\t1\t1\t1\t1\t0\t0\t10\t{cpu_time}\n")
+
+
+def official_checkpoint(path: Path, model: torch.nn.Module, name: str, *, input_size: int = 224, **extra) -> Path:
+    """A file in the official release's layout: ``model`` plus the training ``args`` Namespace (and ``extra``)."""
+    torch.save({"model": model.state_dict(), "epoch": 299, "args": argparse.Namespace(model=name, input_size=input_size),
+                **extra}, path)
+    return path

@@ -18,9 +18,10 @@ from absvit.errors import DatasetError, UsageError
 from absvit.io import atomic_path
 from absvit.tracking import Tracker, run_tags
 
-# Table 2 / 3 column -> (suite file, number in it)
+# Table 2 / 3 column -> (suite file, number in it); every comparison keeps them all, Table 2 shows the paper's five
 COLUMNS = {"clean": ("clean", "top1"), "in_c": ("imagenet-c", "mce"), "in_a": ("imagenet-a", "top1"),
-           "in_r": ("imagenet-r", "top1"), "in_sk": ("imagenet-sketch", "top1")}
+           "in_r": ("imagenet-r", "top1"), "in_sk": ("imagenet-sketch", "top1"), "fgsm": ("fgsm", "top1"),
+           "pgd": ("pgd", "top1")}
 # comparison name -> its arms, in table order
 COMPARISONS = {"lvar": ("without_lvar", "with_lvar"), "robustness": ("vit", "absvit")}
 

@@ -107,7 +107,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                          f"{len(args.data)} --data, {len(args.out)} --out)")
     evaluate_suites(args.model, args.checkpoint, list(zip(args.suite, args.data, args.out)), ema=args.ema,
                     classes_spec=args.classes, img_size=args.img_size, crop_pct=args.crop_pct,
-                    interpolation=args.interpolation, batch_size=args.batch_size, workers=args.workers, **job_kwargs(args))
+                    interpolation=args.interpolation, batch_size=args.batch_size, workers=args.workers,
+                    attack_seed=args.attack_seed, **job_kwargs(args))
 
 
 def _ablation(args: argparse.Namespace) -> None:
@@ -252,6 +253,7 @@ def _training_verbs(verbs) -> None:
     p.add_argument("--interpolation", default="bicubic")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--attack-seed", type=int, default=0, help="PGD's random start (a rerun gives the same number)")
     job_arguments(p)
     p.set_defaults(func=_evaluate)
 

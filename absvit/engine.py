@@ -120,10 +120,13 @@ def train_one_epoch(objective, loader, optimizer, device, *, progress: Progress,
     finite.check()
 
 
-def evaluate(model, loader, device, metric, *, progress: Progress, forward: Callable | None = None):
+def evaluate(model, loader, device, metric, *, progress: Progress, forward: Callable | None = None,
+             gradients: bool = False):
     """One pass over ``loader`` in eval mode: ``metric.update(outputs, targets)`` per batch, ``outputs`` =
     ``forward(model, inputs, targets)`` (default ``model(inputs)``) under autocast. Returns ``metric``.
 
+    ``gradients``: ``forward`` takes gradients of its own (an adversarial attack, under ``torch.enable_grad``), so
+    the loop runs under ``no_grad`` instead of inference mode, whose tensors autograd refuses.
     The model is put in channels-last on CUDA outside inference mode (converted parameters, an EMA's too, must
     stay usable by autograd and in-place updates afterwards)."""
     device = torch.device(device)
@@ -131,7 +134,7 @@ def evaluate(model, loader, device, metric, *, progress: Progress, forward: Call
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     amp = autocast(device)
-    with torch.inference_mode():
+    with torch.no_grad() if gradients else torch.inference_mode():
         for data, (inputs, targets) in timed(loader):
             inputs, targets = to_device(inputs, device), to_device(targets, device)
             with amp:

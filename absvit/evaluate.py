@@ -1,16 +1,17 @@
-"""Robustness evaluation (``absvit evaluate``): clean, ImageNet-C, -A, -R and -Sketch.
+"""Robustness evaluation (``absvit evaluate``): clean, ImageNet-C, -A, -R, -Sketch, and FGSM / PGD.
 
 One JSON file per (model, suite) with every number, mirrored into MLflow. ImageNet-C gives
 per (corruption, severity) top-1, per-corruption error and CE (normalised by AlexNet's
 error), mCE, and the unnormalised mean error; -A and -R restrict the logits to the classes
-they hold before the argmax.
+they hold before the argmax; FGSM and PGD attack the clean val images (``absvit.attacks``).
 
 Transforms are the official evaluation's: ImageNet-C images are already 224x224 and get only
 a centre crop (no resize: resizing to 256 and cropping would zoom in by 1.14); clean val, -A,
--R and -Sketch are resized (short side img_size / crop_pct, bicubic) and centre-cropped.
+-R, -Sketch and the attacked val images are resized (short side img_size / crop_pct, bicubic) and centre-cropped.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import timm
@@ -19,7 +20,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from torchvision import transforms
 
 from absvit import engine
-from absvit.progress import LOG_EVERY_S, Progress
+from absvit.attacks import ATTACKS, Attack, perturb
 from absvit.checkpoint import agree, check_state_dict, extract_state_dict, read_checkpoint, recorded_setup
 from absvit.data import SUITES
 from absvit.data.corruptions import ALEXNET_ERR, CORRUPTIONS, SEVERITIES
@@ -27,6 +28,7 @@ from absvit.data.readers import SUBSET_SUITES, ClassFolder, DatasetError, imagen
 from absvit.errors import UsageError
 from absvit.io import write_json
 from absvit.models import require_model
+from absvit.progress import LOG_EVERY_S, Progress
 from absvit.tracking import Tracker, run_tags
 
 
@@ -36,6 +38,21 @@ def accuracy(model, dataset: ClassFolder, *, restrict: list[int] | None, batch_s
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
                                          pin_memory=torch.device(device).type == "cuda")
     return engine.accuracy(model, loader, device, restrict=restrict, progress=progress)
+
+
+def attacked_accuracy(model, dataset: ClassFolder, attack: Attack, *, mean, std, seed: int, batch_size: int,
+                      workers: int, device, progress: Progress) -> dict:
+    """Top-1 / top-5 (%) on adversarial versions of ``dataset``'s images (``absvit.attacks``); a random start draws
+    from a generator seeded with ``seed``, on the model's device, in the loader's (fixed) order."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
+                                         pin_memory=torch.device(device).type == "cuda")
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def attacked(model, images, labels):
+        return model(perturb(model, images, labels, attack, mean=mean, std=std, generator=generator))
+
+    metric = engine.TopK(device)
+    return engine.evaluate(model, loader, device, metric, progress=progress, forward=attacked, gradients=True).compute()
 
 
 def corruption_errors(top1: dict[tuple[str, int], float]) -> dict:
@@ -98,10 +115,10 @@ def evaluate_suites(model_name: str | None, checkpoint, jobs, *, ema: bool = Fal
                     interpolation: str = "bicubic", batch_size: int = 128, workers: int = 8,
                     tracking_uri: str | None = None, track: bool = True, run_name: str | None = None,
                     preset: str | None = None, run: str | None = None,
-                    log_every_s: float = LOG_EVERY_S) -> list[dict]:
+                    log_every_s: float = LOG_EVERY_S, attack_seed: int = 0) -> list[dict]:
     """``jobs``: (suite, data root, result JSON) triples, evaluated with one loaded model (one JSON file and
     one MLflow run each; with several suites the MLflow run names get ``/<suite>``). ``model_name``,
-    ``classes_spec`` and ``img_size`` default to what the checkpoint records."""
+    ``classes_spec`` and ``img_size`` default to what the checkpoint records; ``attack_seed``: PGD's random start."""
     for suite, _, _ in jobs:
         if suite not in SUITES:
             raise UsageError(f"unknown suite {suite!r}; expected one of {list(SUITES)}")
@@ -115,40 +132,54 @@ def evaluate_suites(model_name: str | None, checkpoint, jobs, *, ema: bool = Fal
         results.append(_evaluate_suite(model, ckpt, checkpoint, suite, data, out_json, classes=classes, img_size=img_size,
                                        ema=ema, crop_pct=crop_pct, interpolation=interpolation, batch_size=batch_size,
                                        workers=workers, device=device, tracking_uri=tracking_uri, track=track,
-                                       run_name=name, preset=preset, run=run, log_every_s=log_every_s))
+                                       run_name=name, preset=preset, run=run, log_every_s=log_every_s,
+                                       attack_seed=attack_seed))
     return results
+
+
+def _measure(model, suite: str, data, *, classes, tf, batch_size: int, workers: int, device, log_every_s: float,
+             attack_seed: int) -> tuple[dict, dict, int, set]:
+    """One suite's numbers: (the result's entries, the MLflow metrics, the classes evaluated, the skipped folders)."""
+    run_args = dict(batch_size=batch_size, workers=workers, device=device)
+    if suite == "imagenet-c":  # 75 folders, one progress count over all of them
+        sets = {key: ClassFolder(folder, classes, tf) for key, folder in imagenet_c_folders(data).items()}
+        progress = Progress("Test: [imagenet-c]", sum(-(-len(d) // batch_size) for d in sets.values()),
+                            every_s=log_every_s, device=device)
+        top1 = {key: accuracy(model, d, restrict=None, progress=progress, **run_args)["top1"] for key, d in sets.items()}
+        result = {"top1": {c: {str(s): top1[(c, s)] for s in SEVERITIES} for c in CORRUPTIONS}, **corruption_errors(top1),
+                  "mean_top1": sum(top1.values()) / len(top1)}
+        metrics = {"mce": result["mce"], "mean_error": result["mean_error"], "mean_top1": result["mean_top1"],
+                   **{f"ce.{c}": v for c, v in result["ce"].items()}}
+        return result, metrics, len(classes), set().union(*(d.skipped for d in sets.values()))
+    dataset = ClassFolder(data, classes, tf, subset=suite in SUBSET_SUITES)
+    progress = Progress(f"Test: [{suite}]", -(-len(dataset) // batch_size), every_s=log_every_s, device=device)
+    if suite in ATTACKS:
+        cfg = model.pretrained_cfg
+        result = attacked_accuracy(model, dataset, ATTACKS[suite], mean=cfg["mean"], std=cfg["std"], seed=attack_seed,
+                                   progress=progress, **run_args)
+        result["attack"] = {**asdict(ATTACKS[suite]), "seed": attack_seed, "space": "normalised pixels, per channel / std"}
+    else:
+        restrict = dataset.class_indices if suite in SUBSET_SUITES else None
+        result = accuracy(model, dataset, restrict=restrict, progress=progress, **run_args)
+    return result, {"top1": result["top1"], "top5": result["top5"]}, len(dataset.class_indices), set(dataset.skipped)
 
 
 def _evaluate_suite(model, ckpt: dict, checkpoint, suite: str, data, out_json, *, classes, img_size: int, ema: bool,
                     crop_pct: float, interpolation: str, batch_size: int, workers: int, device, tracking_uri, track: bool,
-                    run_name: str | None, preset: str | None, run: str | None, log_every_s: float) -> dict:
+                    run_name: str | None, preset: str | None, run: str | None, log_every_s: float,
+                    attack_seed: int) -> dict:
     model_name = model.pretrained_cfg["architecture"]
     tf = suite_transform(suite, img_size, crop_pct, interpolation)
-    run_args = dict(batch_size=batch_size, workers=workers, device=device)
     source = ckpt.get("mlflow_run_id")  # the pretraining run that wrote the checkpoint
     seed = (ckpt.get("run") or {}).get("recipe", {}).get("seed")  # its training seed; a released file has none
 
     result: dict = {"model": model_name, "checkpoint": str(checkpoint), "suite": suite, "ema": ema, "data": str(data),
                     "img_size": img_size, "transform": " ".join(repr(tf).split()), "source_run_id": source,
                     "seed": seed}
-    if suite == "imagenet-c":  # 75 folders, one progress count over all of them
-        sets = {key: ClassFolder(folder, classes, tf) for key, folder in imagenet_c_folders(data).items()}
-        evaluated, skipped = len(classes), set().union(*(d.skipped for d in sets.values()))
-        progress = Progress("Test: [imagenet-c]", sum(-(-len(d) // batch_size) for d in sets.values()),
-                                   every_s=log_every_s, device=device)
-        top1 = {key: accuracy(model, d, restrict=None, progress=progress, **run_args)["top1"] for key, d in sets.items()}
-        result["top1"] = {c: {str(s): top1[(c, s)] for s in SEVERITIES} for c in CORRUPTIONS}
-        result.update(corruption_errors(top1))
-        result["mean_top1"] = sum(top1.values()) / len(top1)
-        metrics = {"mce": result["mce"], "mean_error": result["mean_error"], "mean_top1": result["mean_top1"],
-                   **{f"ce.{c}": v for c, v in result["ce"].items()}}
-    else:
-        dataset = ClassFolder(data, classes, tf, subset=suite in SUBSET_SUITES)
-        restrict = dataset.class_indices if suite in SUBSET_SUITES else None
-        progress = Progress(f"Test: [{suite}]", -(-len(dataset) // batch_size), every_s=log_every_s, device=device)
-        result.update(accuracy(model, dataset, restrict=restrict, progress=progress, **run_args))
-        evaluated, skipped = len(dataset.class_indices), set(dataset.skipped)
-        metrics = {"top1": result["top1"], "top5": result["top5"]}
+    numbers, metrics, evaluated, skipped = _measure(model, suite, data, classes=classes, tf=tf, batch_size=batch_size,
+                                                    workers=workers, device=device, log_every_s=log_every_s,
+                                                    attack_seed=attack_seed)
+    result.update(numbers)
     # a label space smaller than the set's (a model of some of ImageNet's classes): said in the result
     result.update(classes=evaluated, label_space=len(classes), skipped_classes=len(skipped))
     if skipped:
@@ -159,7 +190,8 @@ def _evaluate_suite(model, ckpt: dict, checkpoint, suite: str, data, out_json, *
     tracker = Tracker(run_name or f"evaluate/{model_name}/{suite}", uri=tracking_uri, enabled=track,
                       params={"model": model_name, "checkpoint": str(checkpoint), "suite": suite, "ema": ema,
                               "data": str(data), "img_size": img_size, "crop_pct": crop_pct,
-                              "transform": result["transform"], "source_run_id": source},
+                              "transform": result["transform"], "source_run_id": source,
+                              **({"attack": result["attack"]} if "attack" in result else {})},
                       tags=run_tags("evaluate", preset, run or Path(checkpoint).parent.name, suite=suite,
                                     seed=seed, source_run_id=source))
     tracker.log_metrics(metrics)

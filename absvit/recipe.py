@@ -146,12 +146,12 @@ def _auto_augment_problem(value: str) -> str | None:
             return f"{value!r}: section {section!r} needs {number} value; expected {AUTO_AUGMENT_ALLOWED}"
     # planning a DAG: the parse above (timm's own grammar) without the seconds an import of timm takes; every
     # verb has imported timm before it makes its recipe, and asks timm too
-    refused = _timm_refuses(value, family) if "timm" in sys.modules else None
+    refused = timm_refuses(value, family) if "timm" in sys.modules else None
     return f"{value!r} is refused by timm ({refused}); expected {AUTO_AUGMENT_ALLOWED}" if refused else None
 
 
 @functools.lru_cache(maxsize=None)
-def _timm_refuses(value: str, family: str) -> str | None:
+def timm_refuses(value: str, family: str) -> str | None:
     """What timm raises building the transform of an auto_augment string, or None."""
     from timm.data import auto_augment as aa
 

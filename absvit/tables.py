@@ -45,7 +45,9 @@ PAPER_ROBUSTNESS = pd.DataFrame(
     index=pd.Index([f"{kind}_{size}_patch16_224" for size in ("tiny", "small", "base") for kind in ("vit", "absvit")],
                    name="model")).reindex(columns=list(COLUMNS))
 
-ROBUST_HEAD = {"clean": "Clean", "in_c": r"IN-C ($\downarrow$)", "in_a": "IN-A", "in_r": "IN-R", "in_sk": "IN-SK"}
+ROBUST_HEAD = {"clean": "Clean", "in_c": r"IN-C ($\downarrow$)", "in_a": "IN-A", "in_r": "IN-R", "in_sk": "IN-SK",
+               "fgsm": "FGSM", "pgd": "PGD"}
+TABLE2_COLUMNS = ("clean", "in_c", "in_a", "in_r", "in_sk")  # the paper's Table 2; Table 3 adds the attacks
 T1_HEAD = {"voc": "PASCAL VOC", "cityscapes": "Cityscapes", "ade20k": "ADE20K"}
 T1_KINDS = ("resnet", "vit", "absvit")  # Table 1's rows (segment --backbone kinds), in the paper's order
 
@@ -181,14 +183,15 @@ def table1(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
     return Reported(_comparison(spread, labels, paper, T1_HEAD), significance)
 
 
-def _arms(frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, Spread, pd.Series]:
-    """An `absvit ablation` frame (one row per arm and seed) in table order, its spread, and each arm's model."""
+def _arms(frame: pd.DataFrame, name: str, columns) -> tuple[pd.DataFrame, Spread, pd.Series]:
+    """An `absvit ablation` frame (one row per arm and seed) in table order, its spread over ``columns``, and each
+    arm's model."""
     frame = _with_seed(frame)
     arms = list(COMPARISONS[name])
     frame = frame.set_index("arm").loc[arms].reset_index()
-    frame[list(COLUMNS)] = frame[list(COLUMNS)].astype(float)
+    frame[list(columns)] = frame[list(columns)].astype(float)
     models = frame.groupby("arm", sort=False)["model"].agg(lambda m: " / ".join(sorted(set(m))))
-    return frame, Spread.of(frame, "arm", list(COLUMNS)), models
+    return frame, Spread.of(frame, "arm", list(columns)), models
 
 
 def _label_space_note(frame: pd.DataFrame) -> str:
@@ -201,27 +204,29 @@ def _label_space_note(frame: pd.DataFrame) -> str:
 
 def table2(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reported:
     """``frame``: `absvit ablation --name lvar` rows: arm (without_lvar / with_lvar), run, model, seed and COLUMNS."""
-    long, spread, models = _arms(frame, "lvar")
+    long, spread, models = _arms(frame, "lvar", TABLE2_COLUMNS)
+    heads = {c: ROBUST_HEAD[c] for c in TABLE2_COLUMNS}
     labels = {arm: f"{display_name(models[arm])} {mark} L_var" for arm, mark in zip(spread.mean.index, ("w/o", "w/"))}
     # $\times$ / $\surd$: the paper's cross and tick in base LaTeX (\checkmark would need amssymb)
     first = {"": [tex_escape(display_name(m)) for m in models], r"$\mathcal{L}_{var}$": [r"$\times$", r"$\surd$"]}
-    _write_table(Path(out_dir), "table2", spread, labels, ROBUST_HEAD, first,
+    _write_table(Path(out_dir), "table2", spread, labels, heads, first,
                  caption=r"Ablation on the variational loss $\mathcal{L}_{var}$." + _label_space_note(long), ref="tab:lvar",
                  column_format="llccccc", label=label)
     paper = {arm: PAPER_TABLE2.loc[arm] if models[arm] == PAPER_TABLE2_MODEL else None for arm in spread.mean.index}
-    significance = stats.compare(long, "arm", "without_lvar", "with_lvar", ROBUST_HEAD,
+    significance = stats.compare(long, "arm", "without_lvar", "with_lvar", heads,
                                  pair=f"{labels['with_lvar']} - {labels['without_lvar']}")
-    return Reported(_comparison(spread, labels, paper, ROBUST_HEAD), significance)
+    return Reported(_comparison(spread, labels, paper, heads), significance)
 
 
 def table3(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reported:
     """``frame``: `absvit ablation --name robustness` rows: arm (vit / absvit), run, model, seed and COLUMNS."""
-    long, spread, models = _arms(frame, "robustness")
+    long, spread, models = _arms(frame, "robustness", COLUMNS)
     labels = {arm: display_name(models[arm]) for arm in spread.mean.index}
     _write_table(Path(out_dir), "table3", spread, labels, ROBUST_HEAD, {"Model": [tex_escape(labels[a]) for a in spread.mean.index]},
                  caption="Robustness of ViT and AbSViT: ImageNet top-1 (Clean), ImageNet-C mCE (IN-C, lower is better), "
-                         "ImageNet-A, -R and -Sketch top-1." + _label_space_note(long),
-                 ref="tab:robustness", column_format="lccccc", label=label)
+                         "ImageNet-A, -R and -Sketch top-1, and top-1 under FGSM and 5-step PGD attacks of the clean "
+                         "images (epsilon 1/255)." + _label_space_note(long),
+                 ref="tab:robustness", column_format="l" + "c" * len(COLUMNS), label=label)
     paper = {arm: PAPER_ROBUSTNESS.loc[models[arm]] if models[arm] in PAPER_ROBUSTNESS.index else None
              for arm in spread.mean.index}
     significance = stats.compare(long, "arm", "vit", "absvit", ROBUST_HEAD, pair=f"{labels['absvit']} - {labels['vit']}")
@@ -236,7 +241,8 @@ def report(out_dir, *, t1: Reported | None = None, t2: Reported | None = None, t
     parts += ["The paper column holds the paper's number only where the model is the paper's (Table 1: with its "
               "ImageNet initialisation); elsewhere it says --.", ""]
     t3_note = ("Paper: the released ViT / AbSViT ImageNet top-1 and IN-C mCE (lower is better); the appendix has no "
-               "ViT vs AbSViT IN-A / IN-R / IN-Sketch numbers.")
+               "ViT vs AbSViT IN-A / IN-R / IN-Sketch numbers, and the official code's FGSM / PGD evaluation "
+               "(epsilon 1/255 per channel; PGD: 5 steps of 0.5/255 from a random start) has no published numbers.")
     tests = []
     for title, reported, note in (("Table 1 (segmentation, mIoU)", t1, None), ("Table 2 (L_var ablation)", t2, None),
                                   ("Table 3 (ViT vs AbSViT robustness)", t3, t3_note)):

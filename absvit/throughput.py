@@ -28,7 +28,9 @@ from absvit.errors import UsageError
 PUBLISHED = {"train": 1_281_167, "clean": 50_000, "imagenet-c": 15 * 5 * 50_000, "imagenet-a": 7_500,
              "imagenet-r": 30_000, "imagenet-sketch": 50_889}
 DATA_KEYS = {"clean": "imagenet", "imagenet-c": "imagenet_c", "imagenet-a": "imagenet_a", "imagenet-r": "imagenet_r",
-             "imagenet-sketch": "imagenet_sketch"}  # each suite's key under presets.<preset>.data
+             "imagenet-sketch": "imagenet_sketch"}  # each suite's key under presets.<preset>.data (attacks: clean's)
+# The work of one image of a suite in forward passes: an attack step is a forward and backward pass (about
+# EVAL_SPEEDUP forward passes: the bare training step), then the adversarial image is classified.
 
 # Measured on one NVIDIA H200 (bf16 autocast, channels-last, fused AdamW, eager) with the code of 2026-11-27.
 H200 = "one NVIDIA H200, code of 2026-11-27, bf16, channels-last"
@@ -100,7 +102,7 @@ def _count_images(folder: Path) -> int:
 
 
 def dataset_sizes(preset_cfg: dict, *, count: bool = True, shards: int = 0) -> dict[str, tuple[int, str]]:
-    """split -> (images, where the number comes from) for train and the five suites; ``shards``: the
+    """split -> (images, where the number comes from) for train and every suite; ``shards``: the
     ImageNet-C jobs of a generated preset's DAG."""
     data = preset_cfg["data"]
     if "generate" in data:
@@ -112,9 +114,9 @@ def dataset_sizes(preset_cfg: dict, *, count: bool = True, shards: int = 0) -> d
                             ("imagenet-r", "imagenet-r"), ("imagenet-sketch", "imagenet-sketch"))}
         c = min(data["make_imagenet_c"].get("per_class") or per["val"], per["val"])
         out["imagenet-c"] = (c * len(classes_of("val")) * shards, f"generated: {c} per class x {shards} shards")
-        return out
+        return _with_attacks(out)
     folders = {"train": Path(data["imagenet"]) / "train", "clean": Path(data["imagenet"]) / "val",
-               **{s: Path(data[DATA_KEYS[s]]) for s in SUITES if s != "clean"}}
+               **{s: Path(data[DATA_KEYS[s]]) for s in DATA_KEYS if s != "clean"}}
     out = {}
     for split, folder in folders.items():
         if count and folder.is_dir():
@@ -122,7 +124,14 @@ def dataset_sizes(preset_cfg: dict, *, count: bool = True, shards: int = 0) -> d
         else:
             why = "not counted" if folder.is_dir() else "folder absent"
             out[split] = (PUBLISHED[split], f"published size ({why}: {folder})")
-    return out
+    return _with_attacks(out)
+
+
+def _with_attacks(sizes: dict) -> dict:
+    """The attack suites' images: the clean val set's."""
+    from absvit.data import ATTACK_SUITES
+
+    return {**sizes, **{s: (sizes["clean"][0], "the clean val images") for s in ATTACK_SUITES}}
 
 
 # -- throughputs -------------------------------------------------------------------------------
@@ -298,24 +307,34 @@ def estimate_pretrain(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimat
     return secs, _sources(formulas, used, jobs)
 
 
+def suite_work(suite: str) -> float:
+    """One image of ``suite`` in forward passes: 1, or an attack's steps (a forward and backward pass each, about
+    ``EVAL_SPEEDUP`` forward passes) plus the classification of the adversarial image."""
+    from absvit.attacks import ATTACKS
+
+    return ATTACKS[suite].steps * EVAL_SPEEDUP + 1 if suite in ATTACKS else 1.0
+
+
 def estimate_evaluate(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
-    """One job per run and seed evaluating all five suites with one loaded model."""
+    """One job per run and seed evaluating every suite with one loaded model (FGSM / PGD: the clean images, attacked)."""
     secs, formulas, used = [], {}, {}
     g, c = inp.gpus("evaluate"), inp.cpus("evaluate")
     img_size = inp.p.get("evaluate", {}).get("img_size", 224)
     images = sum(inp.sizes[suite][0] for suite in SUITES)
+    passes = sum(inp.sizes[suite][0] * suite_work(suite) for suite in SUITES)
+    work = "the suites' forward passes (an attack step counts as 3, FGSM 4 per image, PGD 16)"
     for job in jobs:
         model = inp.p["runs"][job["run"]]["model"]
         if g == 0:
-            secs.append(CPU_EVAL[0] + images / CPU_EVAL[1])
-            formulas[f"{CPU_EVAL[0]:g} s + the five suites' images / {CPU_EVAL[1]:g} img/s ({CPU_REF})"] = None
+            secs.append(CPU_EVAL[0] + passes / CPU_EVAL[1])
+            formulas[f"{CPU_EVAL[0]:g} s + {work} / {CPU_EVAL[1]:g} img/s ({CPU_REF})"] = None
             continue
         step, ssrc = inp.rates.step(model, img_size)
         gpu_rate, loader = EVAL_SPEEDUP * step * g, DECODE_PER_CPU * c
-        secs.append(images / min(gpu_rate, loader))
-        formulas[f"the five suites' images / min({EVAL_SPEEDUP:g} x step img/s x {g} GPU, {c} CPUs x "
-                 f"{DECODE_PER_CPU:g} img/s)"] = None
-        used[model] = f"{model} [{ssrc}]: {'loader' if loader <= gpu_rate else 'GPU'}-bound"
+        secs.append(max(passes / gpu_rate, images / loader))
+        formulas[f"max({work} / ({EVAL_SPEEDUP:g} x step img/s x {g} GPU), the images / ({c} CPUs x "
+                 f"{DECODE_PER_CPU:g} img/s))"] = None
+        used[model] = f"{model} [{ssrc}]: {'loader' if images / loader >= passes / gpu_rate else 'GPU'}-bound"
     sizes_src = ", ".join(f"{s} {n:,} ({src})" for s, (n, src) in inp.sizes.items())
     return secs, _sources(formulas, used, jobs) + f". Images: {sizes_src}"
 

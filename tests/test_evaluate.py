@@ -43,7 +43,7 @@ def _top1_image_by_image(checkpoint, suite: str, root) -> float:
 def test_evaluate_writes_every_suite(tmp_path, embedded, embedded_c, trained):
     roots = {"clean": embedded / "val", "imagenet-c": embedded_c, "imagenet-a": embedded / "imagenet-a",
              "imagenet-r": embedded / "imagenet-r", "imagenet-sketch": embedded / "imagenet-sketch"}
-    for suite in SUITES:
+    for suite in roots:  # (FGSM / PGD: tests/test_attacks.py)
         evaluate("absvit_pico_patch8_64", trained, suite, roots[suite], tmp_path / f"{suite}.json",
                  img_size=64, crop_pct=1.0, workers=0, batch_size=16, track=False)
         result = json.loads((tmp_path / f"{suite}.json").read_text())

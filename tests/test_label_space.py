@@ -66,7 +66,7 @@ def test_a_subset_label_space_is_evaluated_on_its_classes_folders(tmp_path):
 
 def test_the_caption_says_when_a_set_was_evaluated_on_part_of_its_classes(tmp_path):
     rows = [{"arm": arm, "run": arm, "model": f"{arm}_pico_patch8_64", "seed": 0, "clean": 50.0, "in_c": 90.0,
-             "in_a": 10.0, "in_r": 20.0, "in_sk": 30.0, "label_space": 100, "skipped": skipped}
+             "in_a": 10.0, "in_r": 20.0, "in_sk": 30.0, "fgsm": 25.0, "pgd": 12.5, "label_space": 100, "skipped": skipped}
             for arm, skipped in (("vit", True), ("absvit", False))]
     table3(pd.DataFrame(rows), tmp_path)
     assert "label space of 100 classes" in (tmp_path / "table3.tex").read_text()

@@ -29,7 +29,7 @@ def test_paper_preset_plans_every_stage_on_paper_layout_data(tmp_path, paper_dat
         "tables": 1}  # no data-prep jobs (nor scenes): the data exist
     # every job reads the configured folders, and IN-C is evaluated at the paper's 224 px
     assert f"--data {paper_datasets / 'imagenet'} " in out.stdout
-    assert re.search(rf"--suite clean imagenet-c \S+ \S+ \S+ --data \S+ {paper_datasets / 'imagenet-c'} .*--img-size 224 "
+    assert re.search(rf"--suite clean imagenet-c imagenet-a imagenet-r imagenet-sketch fgsm pgd --data \S+ {paper_datasets / 'imagenet-c'} .*--img-size 224 "
                      r"--crop-pct 0.875", out.stdout)
     assert f"--data {paper_datasets / 'seg' / 'cityscapes'} " in out.stdout
 

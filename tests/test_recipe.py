@@ -163,10 +163,10 @@ def test_optimizers_known_without_timm_are_timm_names():
 
 
 def test_timm_builds_the_transform_where_it_is_loaded():
-    from absvit.recipe import _timm_refuses
+    from absvit.recipe import timm_refuses
 
-    assert _timm_refuses("rand-m9-mstd0.5-inc1", "rand") is None
-    assert _timm_refuses("randx-m9", "rand").startswith("AssertionError")  # what the parse refuses first
+    assert timm_refuses("rand-m9-mstd0.5-inc1", "rand") is None
+    assert timm_refuses("randx-m9", "rand").startswith("AssertionError")  # what the parse refuses first
 
 
 def test_checking_a_usual_recipe_does_not_import_timm():

@@ -22,11 +22,16 @@ def _table1_long(models: dict, checkpoints: dict | None = None) -> pd.DataFrame:
                          for kind, row in PAPER_T1.items() for d, v in zip(("voc", "cityscapes", "ade20k"), row)])
 
 
+def _with_attacks(numbers: tuple) -> tuple:
+    """Table 2's five numbers and top-1 under FGSM / PGD (half and a quarter of the clean top-1), unless given."""
+    return numbers if len(numbers) == 7 else (*numbers, numbers[0] / 2, numbers[0] / 4)
+
+
 def _arms(name: str, models: tuple[str, str], numbers: tuple[tuple, tuple]) -> pd.DataFrame:
     """Rows as `absvit ablation --name NAME` writes them."""
     from absvit.ablation import COLUMNS, COMPARISONS
 
-    return pd.DataFrame([{"arm": arm, "run": arm, "model": m, **dict(zip(COLUMNS, n))}
+    return pd.DataFrame([{"arm": arm, "run": arm, "model": m, **dict(zip(COLUMNS, _with_attacks(n)))}
                          for arm, m, n in zip(COMPARISONS[name], models, numbers)])
 
 
@@ -109,21 +114,22 @@ def test_table2_of_pico_models_is_labelled_so_and_not_compared(tmp_path):
     assert "| absvit_pico_patch8_64 w/ L_var | Clean | 6.0 | -- | -- |" in (tmp_path / "report.md").read_text()
 
 
-def test_table3_compares_vit_and_absvit_on_the_five_suites(tmp_path):
+def test_table3_compares_vit_and_absvit_on_the_seven_suites(tmp_path):
     frame = _arms("robustness", ("vit_tiny_patch16_224", "absvit_tiny_patch16_224"),
-                  ((72.0, 70.0, 8.0, 32.0, 20.0), (74.0, 66.0, 10.0, 35.0, 22.5)))
+                  ((72.0, 70.0, 8.0, 32.0, 20.0, 30.5, 12.25), (74.0, 66.0, 10.0, 35.0, 22.5, 33.0, 15.0)))
     tables.report(tmp_path, t3=tables.table3(frame.iloc[::-1], tmp_path, label="Paper recipe."))
     tex = (tmp_path / "table3.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"\label{tab:robustness}" in tex
-    assert r"Model & Clean & IN-C ($\downarrow$) & IN-A & IN-R & IN-SK \\" in tex  # IN-C: mCE, lower is better
-    assert "lower is better" in tex.split(r"\caption{")[1] and "Paper recipe." in tex
+    assert r"Model & Clean & IN-C ($\downarrow$) & IN-A & IN-R & IN-SK & FGSM & PGD \\" in tex  # IN-C: mCE, lower is better
+    assert "lower is better" in tex.split(r"\caption{")[1] and "Paper recipe." in tex and "FGSM and 5-step PGD" in tex
     rows = [line for line in tex.splitlines() if " & " in line][1:]
-    assert rows == [r"ViT-Ti & 72.0 & 70.0 & 8.0 & 32.0 & 20.0 \\", r"AbSViT-Ti & 74.0 & 66.0 & 10.0 & 35.0 & 22.5 \\"]
+    assert rows == [r"ViT-Ti & 72.0 & 70.0 & 8.0 & 32.0 & 20.0 & 30.5 & 12.2 \\",
+                    r"AbSViT-Ti & 74.0 & 66.0 & 10.0 & 35.0 & 22.5 & 33.0 & 15.0 \\"]
     csv = pd.read_csv(tmp_path / "table3.csv", index_col=0)
     assert list(csv.index) == ["ViT-Ti", "AbSViT-Ti"] and list(csv.columns) == [
-        "Clean", "IN-C ($\\downarrow$)", "IN-A", "IN-R", "IN-SK"]
+        "Clean", "IN-C ($\\downarrow$)", "IN-A", "IN-R", "IN-SK", "FGSM", "PGD"]
     md = (tmp_path / "table3.md").read_text()
-    assert md.startswith("Paper recipe.\n\n") and "| AbSViT-Ti | 74.0 | 66.0 | 10.0 | 35.0 | 22.5 |" in md
+    assert md.startswith("Paper recipe.\n\n") and "| AbSViT-Ti | 74.0 | 66.0 | 10.0 | 35.0 | 22.5 | 33.0 | 15.0 |" in md
     report = (tmp_path / "report.md").read_text()
     assert "## Table 3 (ViT vs AbSViT robustness)" in report
     assert "| ViT-Ti | Clean | 72.0 | 72.5 | -0.5 |" in report  # the released ViT-Ti
@@ -153,7 +159,7 @@ def _seeded_arms(name: str, models: tuple[str, str], per_seed: dict[str, list[tu
     """`absvit ablation` rows over seeds: per_seed[arm] = one 5-tuple per seed."""
     from absvit.ablation import COLUMNS
 
-    return pd.DataFrame([{"arm": arm, "run": arm, "model": m, "seed": seed, **dict(zip(COLUMNS, n))}
+    return pd.DataFrame([{"arm": arm, "run": arm, "model": m, "seed": seed, **dict(zip(COLUMNS, _with_attacks(n)))}
                          for arm, m in zip(per_seed, models) for seed, n in enumerate(per_seed[arm])])
 
 
@@ -174,8 +180,10 @@ def test_seeded_tables_show_mean_std_and_n_and_the_report_tests_each_pair(tmp_pa
         "absvit": [(75.0, 70.0, 11.0, 20.0, 30.0), (75.2, 70.5, 16.0, 20.0, 30.0), (74.8, 69.5, 9.0, 20.0, 30.0)]})
     tables.report(tmp_path, t3=tables.table3(frame, tmp_path))
     tex = (tmp_path / "table3.tex").read_text()
-    assert r"vit\_pico\_patch8\_64 & 70.0$\pm$0.2 & 80.0$\pm$0.5 & 12.0$\pm$2.0 & 20.0$\pm$0.0 & 30.0$\pm$0.0 & 3 \\" in tex
-    assert "| absvit_pico_patch8_64 | 75.0 ± 0.2 | 70.0 ± 0.5 | 12.0 ± 3.6 | 20.0 ± 0.0 | 30.0 ± 0.0 | 3 |" in (tmp_path / "table3.md").read_text()
+    assert (r"vit\_pico\_patch8\_64 & 70.0$\pm$0.2 & 80.0$\pm$0.5 & 12.0$\pm$2.0 & 20.0$\pm$0.0 & 30.0$\pm$0.0 & "
+            r"35.0$\pm$0.1 & 17.5$\pm$0.1 & 3 \\") in tex
+    assert ("| absvit_pico_patch8_64 | 75.0 ± 0.2 | 70.0 ± 0.5 | 12.0 ± 3.6 | 20.0 ± 0.0 | 30.0 ± 0.0 | 37.5 ± 0.1 | "
+            "18.8 ± 0.1 | 3 |") in (tmp_path / "table3.md").read_text()
     csv = pd.read_csv(tmp_path / "table3.csv", index_col=0)
     assert csv.loc["vit_pico_patch8_64", "Clean"] == 70.0 and csv.loc["vit_pico_patch8_64", "Clean std"] == 0.2
     assert (csv["n"] == 3).all()

@@ -109,7 +109,8 @@ def _eval_dirs(root: Path, seeds=(0, 1)) -> dict[str, list[Path]]:
             dirs.setdefault(arm, []).append(d)
             d.mkdir(parents=True)
             clean, mce, a, r, sk = (v + 2 * seed for v in values)
-            for suite, value in (("clean", clean), ("imagenet-a", a), ("imagenet-r", r), ("imagenet-sketch", sk)):
+            for suite, value in (("clean", clean), ("imagenet-a", a), ("imagenet-r", r), ("imagenet-sketch", sk),
+                                 ("fgsm", clean / 2), ("pgd", clean / 3)):
                 (d / f"{suite}.json").write_text(json.dumps({"model": model, "suite": suite, "top1": value, "seed": seed}))
             (d / "imagenet-c.json").write_text(json.dumps({"model": model, "suite": "imagenet-c", "mce": mce, "seed": seed}))
     return dirs
@@ -148,7 +149,7 @@ def tables_regenerate_from_the_store_alone(uri: str, tmp_path: Path, segmentatio
     assert r"AbSViT-Ti & $\times$ & 72.2$\pm$1.4 & 70.0$\pm$1.4 & 10.4$\pm$1.4 & 34.5$\pm$1.4 & 21.8$\pm$1.4 & 2 \\" in (
         tmp_path / "files" / "table2.tex").read_text()
     table3 = (tmp_path / "files" / "table3.tex").read_text()
-    assert r"Model & Clean & IN-C ($\downarrow$) & IN-A & IN-R & IN-SK & n \\" in table3
+    assert r"Model & Clean & IN-C ($\downarrow$) & IN-A & IN-R & IN-SK & FGSM & PGD & n \\" in table3
     assert r"ViT-Ti & 73.5$\pm$1.4 & 72.2$\pm$1.4 & " in table3
     report = (tmp_path / "files" / "report.md").read_text()
     assert "| ViT-Ti | IN-C ($\\downarrow$) | 72.15 | 1.41 | 2 | 71.1 | 1.05 |" in report

@@ -1,7 +1,8 @@
 """Datasets: the embedded generator, ImageNet-C shards, and readers for the published layouts."""
 
-# The robustness suites, each read from its own root folder.
-SUITES = ("clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch")
+# The robustness suites, each read from its own root folder (FGSM and PGD attack the clean val images).
+SUITES = ("clean", "imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch", "fgsm", "pgd")
+ATTACK_SUITES = ("fgsm", "pgd")
 
 # What each configured dataset root must hold (config errors and the README say the same).
 LAYOUTS = {

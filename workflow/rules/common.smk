@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from absvit.data import LAYOUTS, SUITES  # dataset layouts; the robustness suites (`absvit evaluate --suite`)
+from absvit.data import ATTACK_SUITES, LAYOUTS, SUITES  # dataset layouts; the suites of `absvit evaluate --suite`
 from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
 
 
@@ -105,7 +105,8 @@ else:
     DATA = {"train": root / "train", "val": root / "val", "imagenet-c": Path(P["data"]["imagenet_c"]),
             "imagenet-a": Path(P["data"]["imagenet_a"]), "imagenet-r": Path(P["data"]["imagenet_r"]),
             "imagenet-sketch": Path(P["data"]["imagenet_sketch"])}
-SUITE_DATA = {"clean": DATA["val"], **{s: DATA[s] for s in SUITES if s != "clean"}}
+SUITE_DATA = {**{s: DATA[s] for s in SUITES if s not in ("clean", *ATTACK_SUITES)},
+              **{s: DATA["val"] for s in ("clean", *ATTACK_SUITES)}}  # FGSM / PGD attack the clean val images
 SUITE_KEYS = {"clean": "imagenet", "imagenet-c": "imagenet_c", "imagenet-a": "imagenet_a", "imagenet-r": "imagenet_r",
               "imagenet-sketch": "imagenet_sketch"}  # each suite's key under presets.<preset>.data
 GENERATED = "generate" in P["data"]
@@ -171,7 +172,7 @@ def _check_label_spaces():
         except (CheckpointError, DatasetError) as e:
             problems[str(e)] = [run]
             continue
-        for suite in SUITES:
+        for suite in (s for s in SUITES if s not in ATTACK_SUITES):  # the attacks read the clean set: checked once
             for line in suite_problems(suite, SUITE_DATA[suite], classes):
                 problems.setdefault(f"presets.{PRESET}.data.{SUITE_KEYS[suite]} ({suite}): {line}", []).append(run)
     if problems:
@@ -258,11 +259,12 @@ def comparison_arms(table):
 
 
 def suite_inputs():
-    """Evaluation's data inputs: every suite's folder, generated ImageNet-C as its shards."""
+    """Evaluation's data inputs: every suite's folder (once: the attacks read the clean one), generated ImageNet-C as
+    its shards."""
+    folders = dict.fromkeys(SUITE_DATA[s] for s in SUITES if not (GENERATED and s == "imagenet-c"))
     if GENERATED:
-        shards = expand(rules.imagenet_c.output.shard, corruption=CORRUPTIONS, severity=SEVERITIES)
-        return [SUITE_DATA[s] for s in SUITES if s != "imagenet-c"] + shards
-    return [path for s in SUITES for path in configured(SUITE_DATA[s])]
+        return [*folders, *expand(rules.imagenet_c.output.shard, corruption=CORRUPTIONS, severity=SEVERITIES)]
+    return [path for folder in folders for path in configured(folder)]
 
 
 # Segmentation (Table 1)

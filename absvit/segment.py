@@ -21,7 +21,7 @@ from timm.scheduler import PolyLRScheduler
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from absvit import engine
-from absvit.checkpoint import agree, check_state_dict, read_checkpoint, recorded_setup
+from absvit.checkpoint import agree, read_checkpoint, recorded_setup
 from absvit.data.segmentation import (
     DATASETS,
     IGNORE,
@@ -36,6 +36,7 @@ from absvit.errors import UsageError
 from absvit.io import write_json
 from absvit.models import require_model
 from absvit.models.segmenter import Segmenter, build_backbone
+from absvit.models.weights import check_state_dict
 from absvit.recipe import SegmentRecipe
 from absvit.tracking import Tracker, run_tags
 from absvit.training import checkpoint_to_resume, restore_rng, rng_states, truncate_log

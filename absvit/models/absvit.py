@@ -30,6 +30,9 @@ from timm.models._registry import generate_default_cfgs
 from timm.models.vision_transformer import Block, VisionTransformer, init_weights_vit_timm
 from torch.utils.checkpoint import checkpoint
 
+from absvit.checkpoint import SAFE_GLOBALS, extract_state_dict, read_checkpoint
+from absvit.models.weights import check_state_dict, load_checkpoint
+
 __all__ = ["AbSViT", "AbSViTOutput", "FeedbackDecoder", "TopDownAttention", "TopDownBlock"]
 
 # A prior is None (the learned prompt), a class index / index tensor (that class's head
@@ -278,8 +281,6 @@ class AbSViT(VisionTransformer):
         return self.blocks[0].norm1(x0), td
 
     def load_checkpoint(self, path, *, ema: bool = False) -> "AbSViT":
-        from absvit.checkpoint import load_checkpoint
-
         return load_checkpoint(self, path, ema=ema)
 
 
@@ -331,8 +332,6 @@ def official_weights(state_dict: dict, model: nn.Module) -> dict:
     but for a ``file`` source its loader has already picked ``model_ema`` where there is one: that
     file is read again here.
     """
-    from absvit.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
-
     cfg = model.pretrained_cfg
     if cfg.get("state_dict") is not None:
         source = "the given state_dict"
@@ -360,8 +359,6 @@ def _build_model(model_cls, variant: str, pretrained: bool, model_args: dict, **
     ``weights_only`` download loader refuses unless it is allowed, as here. ``features_only=True``
     gives ``forward_intermediates`` maps at ``out_indices``, by default ``feature_taps`` (timm's ViTs: last 3).
     """
-    from absvit.checkpoint import SAFE_GLOBALS
-
     kwargs = dict(model_args, **kwargs)
     out_indices = kwargs.pop("out_indices", feature_taps(kwargs["depth"]))
     with torch.serialization.safe_globals(SAFE_GLOBALS):

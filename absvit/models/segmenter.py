@@ -20,7 +20,7 @@ from timm.layers import resample_abs_pos_embed
 
 from absvit.checkpoint import extract_state_dict, read_checkpoint
 from absvit.errors import CheckpointError
-from absvit.models.absvit import feature_taps as vit_taps
+from absvit.models.registry import feature_taps as vit_taps
 from absvit.models.resize import resize_bilinear
 from absvit.models.upernet import FCNHead, UperNetHead
 from absvit.models.weights import check_state_dict

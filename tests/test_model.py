@@ -6,7 +6,8 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from absvit.models import AbSViT
+from absvit.models import AbSViT, vit_attention_map, vit_first_layer_input
+from absvit.models.segmenter import Segmenter, build_backbone
 from tests.reference import reference_forward
 
 ABSVIT = ["absvit_tiny_patch16_224", "absvit_small_patch16_224", "absvit_base_patch16_224",
@@ -291,6 +292,33 @@ def test_import_absvit_is_light_and_absvit_models_registers():
             "import absvit.models; assert timm.is_model('absvit_pico_patch8_64') and timm.is_model('vit_pico_patch8_64')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_vit_readouts_are_absvit_bottom_up_and_prompt_values():
+    """The plain-ViT map and first-layer input equal AbSViT's without feedback (same weights), and on an
+    AbSViT they are its pass-2 values with the prompt prior."""
+    m, vit = _trained_like(_model()), _model("vit_pico_patch8_64")
+    vit.load_state_dict({k: v for k, v in m.state_dict().items() if k in vit.state_dict()})
+    x = _images(m)
+    torch.testing.assert_close(vit_attention_map(vit, x), m.attention_map(x, top_down=False))
+    torch.testing.assert_close(vit_attention_map(m, x), m.attention_map(x))
+    torch.testing.assert_close(vit_first_layer_input(vit, x), m.first_layer_inputs(x, top_down=False)[0])
+    assert vit_first_layer_input(vit, x).shape == (2, 65, 96)
+
+
+def test_segmenter_param_groups_leave_norms_and_no_weight_decay_names_undecayed():
+    with pytest.warns(UserWarning, match="random init"):
+        model = Segmenter(build_backbone("absvit", "absvit_pico_patch8_64", drop_path=0.0), 21, channels=16,
+                          aux_channels=8)
+    decay, plain = model.param_groups(0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain_names = {names[id(p)] for p in plain["params"]}
+    assert {"backbone.vit.pos_embed", "backbone.vit.cls_token", "backbone.vit.prompt", "backbone.vit.norm.weight",
+            "backbone.vit.blocks.0.norm1.bias", "decode_head.fuse.1.weight"} <= plain_names
+    assert {"backbone.vit.blocks.0.attn.qkv.bias", "backbone.vit.decoders.0.linear.weight"} <= {
+        names[id(p)] for p in decay["params"]}
+    assert len(decay["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert decay["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
 
 
 # -- as timm's own model tests see the models: fixed input size, TorchScript, FX ------------------------

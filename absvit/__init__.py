@@ -10,7 +10,8 @@
 starts a Python process per job, and most jobs (data shards, submit, tables) never build a
 model, so they do not pay the seconds that importing timm takes. Every module that builds
 models imports ``absvit.models``. ``absvit.AbSViT`` and the checkpoint functions below are
-imported on first use (``absvit.AbSViT`` imports, and so registers, the models).
+imported on first use (``absvit.AbSViT`` and ``absvit.load_checkpoint`` import, and so register,
+the models).
 """
 __version__ = "0.1.0"
 __all__ = ["AbSViT", "CheckpointError", "load_checkpoint", "save_checkpoint"]
@@ -21,8 +22,12 @@ def __getattr__(name):
         from absvit.models import AbSViT
 
         return AbSViT
-    if name in ("CheckpointError", "load_checkpoint", "save_checkpoint"):
+    if name in ("CheckpointError", "save_checkpoint"):
         from absvit import checkpoint
 
         return getattr(checkpoint, name)
+    if name == "load_checkpoint":
+        from absvit.models.weights import load_checkpoint
+
+        return load_checkpoint
     raise AttributeError(f"module 'absvit' has no attribute {name!r}")

@@ -4,7 +4,8 @@ An official file is a ``torch.save`` dict with ``model`` (and optionally ``model
 ``optimizer``, ``lr_scheduler``, ``epoch``, ``scaler``, ``args``); a plain state dict is
 accepted too. Files are read with ``weights_only=True``: nothing in them is executed, and
 the only class allowed besides tensors and containers is the ``argparse.Namespace`` that
-official files keep their training arguments in.
+official files keep their training arguments in. Fitting the weights to a model (strict checks,
+``load_checkpoint``) is ``absvit.models.weights``'s: this module knows no model.
 """
 from __future__ import annotations
 
@@ -72,57 +73,6 @@ def extract_state_dict(ckpt: Mapping, path, *, ema: bool = False) -> dict[str, t
     return dict(state)
 
 
-def _some(keys: list[str], n: int = 5) -> str:
-    more = f" ... +{len(keys) - n} more" if len(keys) > n else ""
-    return f"{keys[:n]}{more}"
-
-
-# The models a file is compared against when it does not fit: this project's and the paper's baselines.
-CANDIDATES = ("absvit_*", "vit_*_patch8_64", "vit_tiny_patch8_224_gap", "vit_tiny_patch16_224",
-              "vit_small_patch16_224", "vit_base_patch16_224")
-
-
-def likely_models(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Registered models whose weights have exactly the names and shapes of ``state`` (position
-    embedding and classifier size aside). Built on the meta device: no memory, milliseconds each."""
-    import timm
-
-    import absvit.models  # noqa: F401  (registers the candidates)
-
-    head = state.get("head.weight")
-    fits = []
-    for name in timm.list_models(list(CANDIDATES)):
-        with torch.device("meta"):
-            model = timm.create_model(name, num_classes=0 if head is None else head.shape[0])
-        ours = model.state_dict()
-        if set(ours) == set(state) and all(ours[k].shape == state[k].shape for k in ours if k != "pos_embed"):
-            fits.append(name)
-    return fits
-
-
-def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], path, *, arch: str | None = None) -> None:
-    """Strict match of names and shapes; a mismatch is summarised (counts, first keys, the likely model)."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys {_some(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys {_some(unexpected)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches {_some(mismatched, 3)}")
-    if problems:
-        guess = [arch] if arch else likely_models(state)
-        hint = f"; the file {'says it is' if arch else 'fits'} {' / '.join(guess[:4])}" if guess else ""
-        raise CheckpointError(f"{path}: does not fit {type(model).__name__} "
-                              f"({len(expected)} tensors; the file has {len(state)}): " + "; ".join(problems) + hint)
-
-
 def recorded_setup(ckpt: Mapping) -> dict:
     """What a checkpoint says about itself: model name, input size, class list (None where it is silent).
 
@@ -143,15 +93,6 @@ def agree(flag: str, given, recorded, path, show=repr):
         raise UsageError(f"{flag} {show(given)} disagrees with {path}, which records {show(recorded)}; "
                          f"drop {flag} to use the checkpoint's")
     return given if given is not None else recorded
-
-
-def load_checkpoint(model: nn.Module, path, *, ema: bool = False) -> nn.Module:
-    """Load an official-format checkpoint (or plain state dict) into ``model``, strictly."""
-    ckpt = read_checkpoint(path)
-    state = extract_state_dict(ckpt, path, ema=ema)
-    check_state_dict(model, state, path, arch=recorded_setup(ckpt)["model"])
-    model.load_state_dict(state, strict=True)
-    return model
 
 
 def save_checkpoint(path, model: nn.Module, **extra) -> None:

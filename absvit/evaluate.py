@@ -21,13 +21,14 @@ from torchvision import transforms
 
 from absvit import engine
 from absvit.attacks import ATTACKS, Attack, perturb
-from absvit.checkpoint import agree, check_state_dict, extract_state_dict, read_checkpoint, recorded_setup
+from absvit.checkpoint import agree, extract_state_dict, read_checkpoint, recorded_setup
 from absvit.data import SUITES
 from absvit.data.corruptions import ALEXNET_ERR, CORRUPTIONS, SEVERITIES
 from absvit.data.readers import SUBSET_SUITES, ClassFolder, DatasetError, imagenet_c_folders, label_space
 from absvit.errors import UsageError
 from absvit.io import write_json
 from absvit.models import require_model
+from absvit.models.weights import check_state_dict
 from absvit.progress import LOG_EVERY_S, Progress
 from absvit.tracking import Tracker, run_tags
 

@@ -33,21 +33,6 @@ from absvit.progress import LOG_EVERY_S, Progress
 from absvit.recipe import SegmentRecipe
 from absvit.tracking import Tracker, run_tags
 
-NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups as in MMSegmentation's ViT configs: no weight decay on norm layers nor on what the
-    backbone's own ``no_weight_decay()`` names (timm's ViT: pos_embed, cls_token; AbSViT adds prompt)."""
-    no_decay = {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters(recurse=False)}
-    for prefix, m in model.named_modules():
-        if callable(getattr(m, "no_weight_decay", None)):
-            no_decay |= {id(p) for name, p in m.named_parameters() if name in m.no_weight_decay()}
-    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in no_decay]
-    plain = [p for p in model.parameters() if p.requires_grad and id(p) in no_decay]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-
-
 def iou_from_confusion(cm: torch.Tensor) -> dict:
     """Per-class IoU (NaN for classes absent from both prediction and truth), mIoU over the rest, pixel accuracy."""
     cm = cm.double()
@@ -183,7 +168,7 @@ def build(backbone: str, model_name: str, dataset: str, recipe: SegmentRecipe, d
     model = Segmenter(build_backbone(backbone, model_name, checkpoint=checkpoint, ema=ema, drop_path=recipe.drop_path),
                       DATASETS[dataset].num_classes, channels=recipe.head_channels, aux_channels=recipe.aux_channels,
                       dropout=recipe.dropout).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr,
+    optimizer = torch.optim.AdamW(model.param_groups(recipe.weight_decay), lr=recipe.lr,
                                   betas=(recipe.beta1, recipe.beta2))
     scheduler = PolyLRScheduler(optimizer, t_initial=recipe.iterations, power=recipe.power, lr_min=recipe.min_lr,
                                 warmup_t=recipe.warmup_iters, warmup_lr_init=recipe.lr * recipe.warmup_ratio,

@@ -194,7 +194,7 @@ def loop_row(name: str, *, data: Path, batch: int, img_size: int, device, args) 
 
 def segment_row(kind: str, name: str, *, batch: int, crop: tuple[int, int], device, args) -> dict:
     from absvit.models.segmenter import Segmenter, build_backbone
-    from absvit.segment import SegmentationLoss, param_groups
+    from absvit.segment import SegmentationLoss
 
     torch.manual_seed(0)
     with warnings.catch_warnings():  # "starts from random init": known, not news
@@ -203,7 +203,7 @@ def segment_row(kind: str, name: str, *, batch: int, crop: tuple[int, int], devi
     model = Segmenter(backbone, 150, channels=args.head_channels, aux_channels=args.head_channels // 2, dropout=0.1)
     model = model.to(device).train()
     objective = SegmentationLoss(model, aux_weight=0.4)
-    optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=6e-5)
+    optimizer = torch.optim.AdamW(model.param_groups(0.01), lr=6e-5)
     images = torch.randn(batch, 3, *crop, device=device)
     labels = torch.randint(0, 150, (batch, *crop), device=device)
     labels[:, :8] = 255  # some ignored pixels, as real labels have

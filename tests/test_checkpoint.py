@@ -1,11 +1,14 @@
 import argparse
 import os
+import subprocess
+import sys
 
 import pytest
 import timm
 import torch
 
-from absvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from absvit.checkpoint import CheckpointError, save_checkpoint
+from absvit.models.weights import load_checkpoint
 
 
 def official_keys(depth: int) -> set[str]:
@@ -132,3 +135,10 @@ def test_missing_ema_and_non_dict(tmp_path):
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="expected a dict"):
         load_checkpoint(src, tmp_path / "list.pth")
+
+
+def test_file_io_knows_no_model():
+    """absvit.checkpoint reads and writes files; fitting them to models is absvit.models.weights' (no import circle)."""
+    code = "import sys, absvit.checkpoint; assert not [m for m in sys.modules if m.startswith(('absvit.models', 'timm'))]"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]

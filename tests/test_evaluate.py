@@ -7,7 +7,7 @@ import torch
 from absvit.checkpoint import save_checkpoint
 from absvit.data.corruptions import ALEXNET_ERR, CORRUPTIONS, SEVERITIES
 from absvit.data.readers import SUBSET_SUITES, ClassFolder, DatasetError, label_space
-from absvit.evaluate import SUITES, corruption_errors, evaluate, load_model, suite_transform
+from absvit.evaluate import corruption_errors, evaluate, load_model, suite_transform
 
 
 def test_mce_matches_a_hand_computation():

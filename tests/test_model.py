@@ -6,12 +6,14 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from absvit.models import AbSViT
+from absvit.models import AbSViT, vit_attention_map, vit_first_layer_input
+from absvit.models.segmenter import Segmenter, build_backbone
 from tests.reference import reference_forward
 
 ABSVIT = ["absvit_tiny_patch16_224", "absvit_small_patch16_224", "absvit_base_patch16_224",
           "absvit_tiny_patch8_224_gap", "absvit_pico_patch8_64", "absvit_nano_patch8_64"]
 EMBEDDED_VIT = ["vit_pico_patch8_64", "vit_nano_patch8_64"]
+OURS = ABSVIT + EMBEDDED_VIT + ["vit_tiny_patch8_224_gap"]
 
 
 def _model(name="absvit_pico_patch8_64", **kw):
@@ -290,3 +292,88 @@ def test_import_absvit_is_light_and_absvit_models_registers():
             "import absvit.models; assert timm.is_model('absvit_pico_patch8_64') and timm.is_model('vit_pico_patch8_64')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_vit_readouts_are_absvit_bottom_up_and_prompt_values():
+    """The plain-ViT map and first-layer input equal AbSViT's without feedback (same weights), and on an
+    AbSViT they are its pass-2 values with the prompt prior."""
+    m, vit = _trained_like(_model()), _model("vit_pico_patch8_64")
+    vit.load_state_dict({k: v for k, v in m.state_dict().items() if k in vit.state_dict()})
+    x = _images(m)
+    torch.testing.assert_close(vit_attention_map(vit, x), m.attention_map(x, top_down=False))
+    torch.testing.assert_close(vit_attention_map(m, x), m.attention_map(x))
+    torch.testing.assert_close(vit_first_layer_input(vit, x), m.first_layer_inputs(x, top_down=False)[0])
+    assert vit_first_layer_input(vit, x).shape == (2, 65, 96)
+
+
+def test_segmenter_param_groups_leave_norms_and_no_weight_decay_names_undecayed():
+    with pytest.warns(UserWarning, match="random init"):
+        model = Segmenter(build_backbone("absvit", "absvit_pico_patch8_64", drop_path=0.0), 21, channels=16,
+                          aux_channels=8)
+    decay, plain = model.param_groups(0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain_names = {names[id(p)] for p in plain["params"]}
+    assert {"backbone.vit.pos_embed", "backbone.vit.cls_token", "backbone.vit.prompt", "backbone.vit.norm.weight",
+            "backbone.vit.blocks.0.norm1.bias", "decode_head.fuse.1.weight"} <= plain_names
+    assert {"backbone.vit.blocks.0.attn.qkv.bias", "backbone.vit.decoders.0.linear.weight"} <= {
+        names[id(p)] for p in decay["params"]}
+    assert len(decay["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert decay["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+
+
+# -- as timm's own model tests see the models: fixed input size, TorchScript, FX ------------------------
+
+@pytest.mark.parametrize("name", OURS)
+def test_the_fixed_input_size_is_declared(name):
+    """The position embedding fixes the size: the cfg says so, and timm's data config gives the model's own size."""
+    assert timm.get_pretrained_cfg_value(name, "fixed_input_size") is True
+    with torch.device("meta"):
+        m = timm.create_model(name)
+        assert timm.data.resolve_model_data_config(m)["input_size"] == (3, *m.patch_embed.img_size)
+        with pytest.raises(AssertionError, match="doesn't match model"):  # why timm must not feed it another size
+            m(torch.empty(1, 3, 32, 32))
+
+
+# every form of prior and alpha (the pico model: D = 96)
+PRIORS = [{}, dict(prior=3), dict(prior=torch.tensor([3, 5]), alpha=2.0), dict(prior=torch.linspace(-1, 1, 96), alpha=4.0),
+          dict(prior=torch.linspace(-1, 1, 96).expand(2, -1))]
+
+
+@pytest.mark.parametrize("name", ["absvit_pico_patch8_64", "absvit_tiny_patch8_224_gap", "vit_pico_patch8_64"])
+def test_scripted_model_gives_the_eager_output(name):
+    with timm.set_scriptable(True):
+        m = _model(name)
+    if isinstance(m, AbSViT):
+        _trained_like(m)
+    scripted = torch.jit.script(m)
+    x = _images(m)
+    with torch.no_grad():
+        for kw in PRIORS if name == "absvit_pico_patch8_64" else [{}]:
+            torch.testing.assert_close(scripted(x, **kw), m(x, **kw), rtol=1e-5, atol=1e-6,
+                                       msg=lambda msg, kw=kw: f"{kw}: {msg}")
+
+
+def _fx_model(m):
+    """timm's FX feature extractor of the model's output (its tests' ``_create_fx_model``, one output)."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                  param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(m, tracer_kwargs=kwargs)
+    return create_feature_extractor(m, train_return_nodes=train_nodes[-1:], eval_return_nodes=eval_nodes[-1:],
+                                    tracer_kwargs=kwargs)
+
+
+@pytest.mark.parametrize("name", ["absvit_pico_patch8_64", "absvit_tiny_patch8_224_gap"])
+def test_fx_trace_is_the_eager_model_and_trains_every_parameter(name):
+    m = _trained_like(_model(name))
+    fx, x = _fx_model(m), _images(m)
+    with torch.no_grad():
+        for kw in PRIORS if name == "absvit_pico_patch8_64" else [{}]:
+            (out,) = fx(x, **kw).values()
+            assert torch.equal(out, m(x, **kw)), kw
+    m.train()
+    (out,) = _fx_model(m)(x).values()
+    out.mean().backward()
+    assert [n for n, p in m.named_parameters() if p.grad is None] == []

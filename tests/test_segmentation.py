@@ -14,7 +14,7 @@ from absvit.data.synthetic_seg import generate_segmentation
 from absvit.errors import CheckpointError, DatasetError
 from absvit.models.segmenter import Segmenter, ViTFeatures, build_backbone, vit_taps
 from absvit.recipe import SegmentRecipe
-from absvit.segment import iou_from_confusion, param_groups, segment
+from absvit.segment import iou_from_confusion, segment
 
 LABEL = np.array([[0, 1, 2, 255], [3, 4, 5, 6], [7, 8, 9, 10], [0, 0, 1, 1]], dtype=np.uint8)
 
@@ -159,7 +159,7 @@ def test_backbone_loads_pretraining_output_and_resizes_pos_embed(tmp_path):
 
 def test_no_weight_decay_on_pos_embed_cls_token_prompt_and_norms():
     model = Segmenter(build_backbone("absvit", "absvit_pico_patch8_64", drop_path=0.0), 21, channels=16, aux_channels=8)
-    decay, plain = param_groups(model, 0.01)
+    decay, plain = model.param_groups(0.01)
     names = {id(p): n for n, p in model.named_parameters()}
     plain_names = {names[id(p)] for p in plain["params"]}
     assert {"backbone.vit.pos_embed", "backbone.vit.cls_token", "backbone.vit.prompt", "backbone.vit.norm.weight",

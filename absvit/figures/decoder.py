@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from absvit.io import atomic_path
+from absvit.models import vit_first_layer_input
 
 RIDGE = 1e-4
 
@@ -80,8 +81,7 @@ def first_layer_tokens(model, images: torch.Tensor) -> torch.Tensor:
     """x0_bu patch tokens of any ViT: the first block's layer-normed input (AbSViT: ``first_layer_inputs``)."""
     if hasattr(model, "first_layer_inputs"):
         return patch_tokens(model, model.first_layer_inputs(images, top_down=False)[0])
-    x0 = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
-    return patch_tokens(model, model.blocks[0].norm1(x0))
+    return patch_tokens(model, vit_first_layer_input(model, images))
 
 
 @torch.no_grad()

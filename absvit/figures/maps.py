@@ -11,16 +11,9 @@ from absvit.errors import UsageError
 from absvit.evaluate import load_model
 from absvit.figures.decoder import LinearDecoder, patch_tokens
 from absvit.figures.scores import region_mse
-from absvit.models import AbSViT
+from absvit.models import AbSViT, vit_attention_map
 
 CHUNK = 64  # images per forward pass
-
-
-def vit_attention_map(vit, x):
-    """A plain timm ViT's map: per-patch L2 norm of the tokens after its first depth - 3 blocks, (B, H, W)."""
-    with torch.no_grad():
-        feats = vit.forward_intermediates(x, indices=[len(vit.blocks) - 4], stop_early=True, intermediates_only=True)
-    return feats[0].norm(dim=1)
 
 
 def chunked(fn, x, priors=None):

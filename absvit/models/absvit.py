@@ -14,27 +14,31 @@ from its output.
 Everything that is plain ViT (patch embedding, position embedding, blocks, norms, head,
 init, state-dict keys) is timm's own; this file adds only the feedback path. Dense features
 (``forward_intermediates``, ``features_only=True``) are pass-2 features.
-"""
-from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+Like timm's ViTs, the model scripts (``torch.jit.script``) and traces with FX (timm's
+``get_notrace_functions()`` as the tracer's leaves: the prior's and alpha's defaults are resolved
+in ``prior_vector`` and ``feedback_scale``, which FX records as calls).
+"""
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Attention
-from timm.models import build_model_with_cfg, register_model
+from timm.layers import Attention, register_notrace_function
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._registry import generate_default_cfgs
 from timm.models.vision_transformer import Block, VisionTransformer, init_weights_vit_timm
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["AbSViT", "AbSViTOutput", "FeedbackDecoder", "TopDownAttention", "TopDownBlock"]
+from absvit.models.registry import build_model, embedded_cfg, released_cfg
+from absvit.models.weights import load_checkpoint
+
+__all__ = ["AbSViT", "AbSViTOutput", "FeedbackDecoder", "TopDownAttention", "TopDownBlock", "create_absvit",
+           "feedback_scale", "prior_vector"]
 
 # A prior is None (the learned prompt), a class index / index tensor (that class's head
 # row), or a float vector of shape (D,) or (B, D).
-Prior = Union[None, int, torch.Tensor]
+Prior = Optional[Union[int, torch.Tensor]]
 
 
 class TopDownAttention(Attention):
@@ -48,13 +52,14 @@ class TopDownAttention(Attention):
     def forward(self, x: torch.Tensor, td: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, N, _ = x.shape
         if td is None:
-            q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         else:
-            w_qk, w_v = self.qkv.weight.split([2 * self.attn_dim, self.attn_dim])
-            b_qk, b_v = self.qkv.bias.split([2 * self.attn_dim, self.attn_dim]) if self.qkv.bias is not None else (None, None)
-            q, k = F.linear(x, w_qk, b_qk).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            v = F.linear(x + td, w_v, None if b_v is None else 2 * b_v)
-            v = v.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+            w = self.qkv.weight.split([2 * self.attn_dim, self.attn_dim])
+            bias = self.qkv.bias
+            b_qk, b_v = (None, None) if bias is None else (bias[:2 * self.attn_dim], 2 * bias[2 * self.attn_dim:])
+            qk = F.linear(x, w[0], b_qk).reshape(B, N, 2, self.num_heads, self.head_dim)
+            q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
+            v = F.linear(x + td, w[1], b_v).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         q, k = self.q_norm(q), self.k_norm(k)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
@@ -70,16 +75,42 @@ class TopDownBlock(Block):
 
 
 class FeedbackDecoder(nn.Module):
-    """One layer's decoder: ``linear`` carries the signal down, ``linear2`` reads it out."""
+    """One layer's decoder: ``linear`` carries the signal down, ``linear2`` reads it out.
+
+    ``AbSViT.feedback`` runs the decoders, from the top layer down."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.linear = nn.Linear(dim, dim, bias=False)
         self.linear2 = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.linear(x)
-        return x, self.linear2(x)
+
+def _class_rows(head_weight: Optional[torch.Tensor]) -> torch.Tensor:
+    if head_weight is None:
+        raise ValueError("a class index is a prior only for a model with a classifier head; give a vector")
+    return head_weight
+
+
+@register_notrace_function  # FX leaf: it branches on the prior's kind, which a traced argument hides
+def prior_vector(prior: Prior, prompt: torch.Tensor, head_weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """The prior as a float tensor of shape (D,) or (B, D): ``prompt`` for None, the rows of
+    ``head_weight`` for a class index or index tensor, a float vector as it is."""
+    if prior is None:
+        return prompt
+    if isinstance(prior, int):  # (TorchScript indexes by an int or by a tensor, not by their Union)
+        return _class_rows(head_weight)[prior]
+    if not prior.is_floating_point():
+        return _class_rows(head_weight)[prior]
+    if prior.shape[-1] != prompt.shape[-1] or prior.dim() not in [1, 2]:
+        raise ValueError(f"prior must have shape ({prompt.shape[-1]},) or (B, {prompt.shape[-1]}), "
+                         f"got shape {list(prior.shape)}")
+    return prior
+
+
+@register_notrace_function  # FX leaf: a traced ``alpha`` is never None at trace time
+def feedback_scale(alpha: Optional[float], default: float) -> float:
+    """``alpha`` if given, else the model's ``default``."""
+    return default if alpha is None else alpha
 
 
 class AbSViTOutput(NamedTuple):
@@ -98,7 +129,7 @@ class AbSViT(VisionTransformer):
 
     def __init__(self, *, alpha: float = 1.0, weight_init: str = "", **kwargs):
         super().__init__(block_fn=TopDownBlock, attn_layer=TopDownAttention, weight_init=weight_init, **kwargs)
-        self.alpha = alpha
+        self.alpha = float(alpha)
         self.decoders = nn.ModuleList([FeedbackDecoder(self.embed_dim) for _ in self.blocks])
         self.prompt = nn.Parameter(torch.randn(self.embed_dim))
         if weight_init != "skip":
@@ -113,73 +144,80 @@ class AbSViT(VisionTransformer):
         x = self._pos_embed(self.patch_embed(x))
         return self.norm_pre(self.patch_drop(x))
 
-    def run_blocks(self, x: torch.Tensor, tds=None, *, record: bool = False, depth: Optional[int] = None):
-        """Blocks ``[:depth]``; returns the tokens and, with ``record``, each block's (input, output)."""
-        blocks = self.blocks[:depth] if depth is not None else self.blocks
-        tds = tds if tds is not None else [None] * len(blocks)
-        trace = []
-        for blk, td in zip(blocks, tds):
-            x_in = x
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, td, use_reentrant=False)
-            else:
-                x = blk(x, td)
-            if record:
-                trace.append((x_in, x))
+    def run_blocks(self, x: torch.Tensor, tds: Optional[List[torch.Tensor]] = None, record: bool = False,
+                   depth: Optional[int] = None) -> Tuple[torch.Tensor, List[Tuple[torch.Tensor, torch.Tensor]]]:
+        """Blocks ``[:depth]``, block ``i`` given ``tds[i]``; returns the tokens and, with ``record``,
+        each block's (input, output)."""
+        trace: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        for i, blk in enumerate(self.blocks):
+            if depth is None or i < depth:
+                td = None if tds is None else tds[i]
+                x_in = x
+                if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                    x = checkpoint(blk, x, td, use_reentrant=False)
+                else:
+                    x = blk(x, td)
+                if record:
+                    trace.append((x_in, x))
         return x, trace
+
+    def head_weight(self) -> Optional[torch.Tensor]:
+        """The classifier's rows (a class index's prior); None without a head."""
+        if hasattr(self.head, "weight"):
+            return self.head.weight
+        return None
 
     def resolve_prior(self, prior: Prior) -> torch.Tensor:
         """The prior as a float tensor of shape (D,) or (B, D)."""
-        if prior is None:
-            return self.prompt
-        if isinstance(prior, int) or (torch.is_tensor(prior) and not prior.is_floating_point()):
-            if not isinstance(self.head, nn.Linear):
-                raise ValueError("a class index is a prior only for a model with a classifier head; give a vector")
-            return self.head.weight[prior]
-        if prior.shape[-1] != self.embed_dim or prior.dim() not in (1, 2):
-            raise ValueError(f"prior must have shape ({self.embed_dim},) or (B, {self.embed_dim}), got {tuple(prior.shape)}")
-        return prior
+        return prior_vector(prior, self.prompt, self.head_weight())
 
     def prior_mask(self, tokens: torch.Tensor, prior: Prior = None) -> torch.Tensor:
         """Per-token weight ``clamp(cos(token, prior), 0, 1)``, shape (B, N, 1)."""
         p = F.normalize(self.resolve_prior(prior), dim=-1)
-        t = F.normalize(tokens, dim=-1)
-        cos = t @ p.unsqueeze(-1) if p.dim() == 1 else torch.einsum("bnd,bd->bn", t, p).unsqueeze(-1)
-        return cos.clamp(0, 1)
+        # (B, N, D) @ (D, 1) or @ (B, D, 1): a (D,) and a (B, D) prior alike, without a branch
+        return (F.normalize(tokens, dim=-1) @ p.unsqueeze(-1)).clamp(0, 1)
 
-    def feedback(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Top-down signals, indexed by block: decoders run from the top layer down."""
-        tds: list[torch.Tensor] = [None] * len(self.decoders)  # type: ignore[list-item]
-        for i in reversed(range(len(self.decoders))):
-            x, tds[i] = self.decoders[i](x)
-        return tds
+    def feedback(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Top-down signals, indexed by block: from the top layer down, ``x = linear_l(x)``, ``td_l = linear2_l(x)``."""
+        # the decoders' weights, not the modules: TorchScript walks a ModuleList first to last only
+        maps: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        for decoder in self.decoders:
+            maps.append((decoder.linear.weight, decoder.linear2.weight))
+        tds: List[torch.Tensor] = []
+        for down, out in maps[::-1]:
+            x = F.linear(x, down)
+            tds.append(F.linear(x, out))
+        return tds[::-1]
 
-    def top_down(self, tokens: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None) -> list[torch.Tensor]:
-        alpha = self.alpha if alpha is None else alpha
-        return self.feedback(tokens * self.prior_mask(tokens, prior) * alpha)
+    def top_down(self, tokens: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None) -> List[torch.Tensor]:
+        """The top-down signals from pass-1 output ``tokens``: masked by the prior, scaled by alpha, decoded."""
+        return self.feedback(tokens * self.prior_mask(tokens, prior) * feedback_scale(alpha, self.alpha))
 
-    def variational_loss(self, trace) -> torch.Tensor:
+    def pass_one(self, x0: torch.Tensor, prior: Prior = None,
+                 alpha: Optional[float] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Pass 1 from the embedded tokens ``x0``: its normed output tokens and the top-down signals they give."""
+        tokens = self.norm(self.run_blocks(x0)[0])
+        return tokens, self.top_down(tokens, prior, alpha)
+
+    def variational_loss(self, trace: List[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """L_var = sum_l mse(linear_l(sg(out_l)), sg(in_l)); only ``linear`` gets gradient."""
         return sum(F.mse_loss(dec.linear(out.detach()), inp.detach()) for dec, (inp, out) in zip(self.decoders, trace))
 
     # -- forward forms -----------------------------------------------------------------
-    def _two_passes(self, x, prior, alpha, record):
-        x0 = self.embed(x)
-        bottom_up = self.norm(self.run_blocks(x0)[0])
-        tds = self.top_down(bottom_up, prior, alpha)
-        tokens, trace = self.run_blocks(x0, tds, record=record)
-        return bottom_up, self.norm(tokens), trace
-
     def forward_features(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None) -> torch.Tensor:
         """Pass-2 tokens after the final norm."""
-        return self._two_passes(x, prior, alpha, record=False)[1]
+        x0 = self.embed(x)
+        return self.norm(self.run_blocks(x0, self.pass_one(x0, prior, alpha)[1])[0])
 
     def forward(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None) -> torch.Tensor:
         return self.forward_head(self.forward_features(x, prior, alpha))
 
     def forward_train(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None) -> AbSViTOutput:
-        bottom_up, top_down, trace = self._two_passes(x, prior, alpha, record=True)
-        return AbSViTOutput(self.forward_head(bottom_up), self.forward_head(top_down), self.variational_loss(trace))
+        x0 = self.embed(x)
+        bottom_up, tds = self.pass_one(x0, prior, alpha)
+        tokens, trace = self.run_blocks(x0, tds, record=True)
+        return AbSViTOutput(self.forward_head(bottom_up), self.forward_head(self.norm(tokens)),
+                            self.variational_loss(trace))
 
     def forward_intermediates(
             self,
@@ -211,7 +249,7 @@ class AbSViT(VisionTransformer):
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         B, _, height, width = x.shape
         x0 = self.embed(x)
-        tds = self.top_down(self.norm(self.run_blocks(x0)[0]), prior, alpha)
+        tds = self.pass_one(x0, prior, alpha)[1]
         x, trace = self.run_blocks(x0, tds, record=True, depth=max_index + 1 if stop_early else None)
         intermediates = [self.norm(out) if norm else out for i, (_, out) in enumerate(trace) if i in take_indices]
 
@@ -251,7 +289,8 @@ class AbSViT(VisionTransformer):
         return take_indices
 
     @torch.no_grad()
-    def attention_map(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None, *, top_down: bool = True) -> torch.Tensor:
+    def attention_map(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None, *,
+                      top_down: bool = True) -> torch.Tensor:
         """Per-patch L2 norm of the tokens after the first ``depth - 3`` blocks, shape (B, H, W).
 
         ``top_down=False`` gives the bottom-up map (no feedback). Otherwise the feedback uses
@@ -259,156 +298,82 @@ class AbSViT(VisionTransformer):
         """
         depth = len(self.blocks) - 3
         x0 = self.embed(x)
-        tds = None
-        if top_down:
-            tds = self.top_down(self.norm(self.run_blocks(x0)[0]), prior, alpha)[:depth]
+        tds = self.pass_one(x0, prior, alpha)[1] if top_down else None
         tokens = self.run_blocks(x0, tds, depth=depth)[0][:, self.num_prefix_tokens:]
         return tokens.norm(dim=-1).reshape(x.shape[0], *self.patch_embed.grid_size)
 
     @torch.no_grad()
     def first_layer_inputs(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None, *,
-                           top_down: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                           top_down: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(x0_bu, x0_td)``, each (B, N, D): what block 0's attention values receive (appendix Fig. 4).
 
         x0_bu is the first block's layer-normed input, x0_td the top-down signal pass 2 adds to it
         (``v = W_v (x0_bu + x0_td) + 2 b_v``), so ``x0_bu + x0_td`` is what the values see. x0_td is
         None with ``top_down=False`` (pass 1 is then not run)."""
         x0 = self.embed(x)
-        td = self.top_down(self.norm(self.run_blocks(x0)[0]), prior, alpha)[0] if top_down else None
+        td = self.pass_one(x0, prior, alpha)[1][0] if top_down else None
         return self.blocks[0].norm1(x0), td
 
     def load_checkpoint(self, path, *, ema: bool = False) -> "AbSViT":
-        from absvit.checkpoint import load_checkpoint
-
         return load_checkpoint(self, path, ema=ema)
 
 
 # -- registered variants --------------------------------------------------------------
 
-RELEASE = "https://berkeley.box.com/shared/static/"  # the official release's files (its README, demo notebook)
-PAPER = "Top-Down Visual Attention from Analysis by Synthesis"
-
-
-def _cfg(input_size=(3, 224, 224), **kwargs):
-    # DeiT evaluation: ImageNet mean/std, bicubic resize, 0.875 centre crop.
-    return {
-        "num_classes": 1000, "input_size": input_size, "pool_size": None, "crop_pct": 0.875,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "head", **kwargs,
-    }
-
-
-def _released(file_id: str, top1: Optional[float] = None, mce: Optional[float] = None, **kwargs):
-    """cfg of an official release file; the paper's ImageNet top-1 / ImageNet-C mCE go in ``notes``."""
-    notes = (f"published: ImageNet top-1 {top1}, ImageNet-C mCE {mce}",) if top1 is not None else None
-    return _cfg(url=f"{RELEASE}{file_id}.pth", paper_name=PAPER, notes=notes, **kwargs)
-
-
 default_cfgs = generate_default_cfgs({
-    "absvit_tiny_patch16_224.in1k": _released("0n2tvn9hmx7bwv097nwb60vw1jf4841n", top1=74.1, mce=66.7),
-    "absvit_small_patch16_224.in1k": _released("3wpkf5qo31ghb4dzehczup4pfh24xmve", top1=80.7, mce=51.6),
-    "absvit_base_patch16_224.in1k": _released("aain2svhs9lfvz8o21xao91dsnylgsot", top1=81.0, mce=48.3),
-    "absvit_tiny_patch8_224_gap.in1k": _released("7415yz4d1l5z0ur6x32k35f8y99zgynq"),
-    "absvit_pico_patch8_64": _cfg(input_size=(3, 64, 64), num_classes=10, crop_pct=1.0),
-    "absvit_nano_patch8_64": _cfg(input_size=(3, 64, 64), num_classes=10, crop_pct=1.0),
+    "absvit_tiny_patch16_224.in1k": released_cfg("0n2tvn9hmx7bwv097nwb60vw1jf4841n", top1=74.1, mce=66.7),
+    "absvit_small_patch16_224.in1k": released_cfg("3wpkf5qo31ghb4dzehczup4pfh24xmve", top1=80.7, mce=51.6),
+    "absvit_base_patch16_224.in1k": released_cfg("aain2svhs9lfvz8o21xao91dsnylgsot", top1=81.0, mce=48.3),
+    "absvit_tiny_patch8_224_gap.in1k": released_cfg("7415yz4d1l5z0ur6x32k35f8y99zgynq"),
+    "absvit_pico_patch8_64": embedded_cfg(),
+    "absvit_nano_patch8_64": embedded_cfg(),
 })
 
 
-def _adapted_by_timm(model: nn.Module) -> tuple[str, ...]:
-    """Key prefixes timm replaces after the filter: a head of another size, a stem for other input channels."""
-    cfg = model.pretrained_cfg
-    new_head = model.num_classes != cfg["num_classes"]
-    new_stem = model.patch_embed.proj.in_channels != cfg["input_size"][0]
-    return ((cfg["classifier"] + ".",) if new_head else ()) + ((cfg["first_conv"] + ".weight",) if new_stem else ())
+def create_absvit(variant: str, pretrained: bool = False, **kwargs) -> AbSViT:
+    """The AbSViT family's factory (timm's ``_create_vision_transformer`` for this family).
 
-
-def official_weights(state_dict: dict, model: nn.Module) -> dict:
-    """``pretrained_filter_fn`` for the official release files: their ``model`` entry.
-
-    That entry holds the weights the published numbers are from (DeiT's ``--eval`` loads it), not
-    ``model_ema``. A DDP ``module.`` prefix is stripped, and names and shapes are checked, so that a
-    file for another model fails naming the file. timm passes the whole file for a ``url`` source,
-    but for a ``file`` source its loader has already picked ``model_ema`` where there is one: that
-    file is read again here.
-    """
-    from absvit.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
-
-    cfg = model.pretrained_cfg
-    if cfg.get("state_dict") is not None:
-        source = "the given state_dict"
-    elif cfg.get("file"):
-        source = cfg["file"]
-        state_dict = read_checkpoint(source)
-    else:
-        source = cfg.get("url")
-    state = extract_state_dict(state_dict, source)
-    adapted, own = _adapted_by_timm(model), model.state_dict()
-    check_state_dict(model, {**{k: v for k, v in state.items() if not k.startswith(adapted)},
-                             **{k: v for k, v in own.items() if k.startswith(adapted)}}, source)
-    return state
-
-
-def feature_taps(depth: int) -> list[int]:
-    """Four evenly spaced blocks ending with the last (2, 5, 8, 11 of 12): ``features_only``'s default maps."""
-    return [depth * (k + 1) // 4 - 1 for k in range(4)]
-
-
-def _build_model(model_cls, variant: str, pretrained: bool, model_args: dict, **kwargs) -> nn.Module:
-    """timm's ``build_model_with_cfg``, loading released weights through ``official_weights``.
-
-    Official files keep their training arguments in an ``argparse.Namespace``, which timm's
-    ``weights_only`` download loader refuses unless it is allowed, as here. ``features_only=True``
-    gives ``forward_intermediates`` maps at ``out_indices``, by default ``feature_taps`` (timm's ViTs: last 3).
-    """
-    from absvit.checkpoint import SAFE_GLOBALS
-
-    kwargs = dict(model_args, **kwargs)
-    out_indices = kwargs.pop("out_indices", feature_taps(kwargs["depth"]))
-    with torch.serialization.safe_globals(SAFE_GLOBALS):
-        return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=official_weights,
-                                    feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
-
-
-def _create_absvit(variant: str, pretrained: bool, model_args: dict, **kwargs) -> AbSViT:
-    return _build_model(AbSViT, variant, pretrained, model_args, **kwargs)
-
-
-def _args(**kwargs) -> dict:
-    # Official AbSViT: DeiT ViT, qkv bias, LayerNorm eps 1e-6 (timm's default), MLP ratio 4.
-    return dict(qkv_bias=True, mlp_ratio=4.0, **kwargs)
+    The official models are DeiT ViTs: qkv bias, MLP ratio 4, LayerNorm eps 1e-6 (timm's defaults)."""
+    return build_model(AbSViT, variant, pretrained, **kwargs)
 
 
 @register_model
 def absvit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> AbSViT:
     """AbSViT-Ti/16 (DeiT-Ti with top-down feedback), ImageNet-1k release."""
-    return _create_absvit("absvit_tiny_patch16_224", pretrained, _args(patch_size=16, embed_dim=192, depth=12, num_heads=3), **kwargs)
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return create_absvit("absvit_tiny_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def absvit_small_patch16_224(pretrained: bool = False, **kwargs) -> AbSViT:
     """AbSViT-S/16 (DeiT-S with top-down feedback), ImageNet-1k release."""
-    return _create_absvit("absvit_small_patch16_224", pretrained, _args(patch_size=16, embed_dim=384, depth=12, num_heads=6), **kwargs)
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return create_absvit("absvit_small_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def absvit_base_patch16_224(pretrained: bool = False, **kwargs) -> AbSViT:
     """AbSViT-B/16 (DeiT-B with top-down feedback), ImageNet-1k release."""
-    return _create_absvit("absvit_base_patch16_224", pretrained, _args(patch_size=16, embed_dim=768, depth=12, num_heads=12), **kwargs)
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return create_absvit("absvit_base_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def absvit_tiny_patch8_224_gap(pretrained: bool = False, **kwargs) -> AbSViT:
     """AbSViT-Ti/8 with global average pooling, ImageNet-1k release (the attention pictures' model)."""
-    return _create_absvit("absvit_tiny_patch8_224_gap", pretrained, _args(patch_size=8, embed_dim=192, depth=12, num_heads=3, global_pool="avg"), **kwargs)
+    model_args = dict(patch_size=8, embed_dim=192, depth=12, num_heads=3, global_pool="avg")
+    return create_absvit("absvit_tiny_patch8_224_gap", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def absvit_pico_patch8_64(pretrained: bool = False, **kwargs) -> AbSViT:
     """AbSViT at the embedded default size: 64 px, patch 8, 96 dim, 4 blocks, 10 classes."""
-    return _create_absvit("absvit_pico_patch8_64", pretrained, _args(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, num_classes=10), **kwargs)
+    model_args = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, num_classes=10)
+    return create_absvit("absvit_pico_patch8_64", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def absvit_nano_patch8_64(pretrained: bool = False, **kwargs) -> AbSViT:
     """AbSViT at the embedded default size: 64 px, patch 8, 192 dim, 6 blocks, 10 classes."""
-    return _create_absvit("absvit_nano_patch8_64", pretrained, _args(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=10), **kwargs)
+    model_args = dict(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=10)
+    return create_absvit("absvit_nano_patch8_64", pretrained=pretrained, **dict(model_args, **kwargs))

@@ -6,36 +6,41 @@ The paper-size baselines are timm's own ``vit_{tiny,small,base}_patch16_224``; t
 files load with ``absvit.load_checkpoint(model, path)`` (urls in the README). Built like the AbSViT
 models (``features_only=True`` gives the same blocks' maps, here of the only pass).
 """
-from timm.models import register_model
-from timm.models._registry import generate_default_cfgs
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from absvit.models.absvit import _args, _build_model, _cfg, _released
+from absvit.models.registry import build_model, embedded_cfg, released_cfg
+
+__all__ = ["create_vit"]
 
 default_cfgs = generate_default_cfgs({
-    "vit_tiny_patch8_224_gap.in1k": _released("zzy0bl6b59q05a3hobbehqeuhg5u1mhk"),
-    "vit_pico_patch8_64": _cfg(input_size=(3, 64, 64), num_classes=10, crop_pct=1.0),
-    "vit_nano_patch8_64": _cfg(input_size=(3, 64, 64), num_classes=10, crop_pct=1.0),
+    "vit_tiny_patch8_224_gap.in1k": released_cfg("zzy0bl6b59q05a3hobbehqeuhg5u1mhk"),
+    "vit_pico_patch8_64": embedded_cfg(),
+    "vit_nano_patch8_64": embedded_cfg(),
 })
 
 
-def _create_vit(variant: str, pretrained: bool, model_args: dict, **kwargs) -> VisionTransformer:
-    return _build_model(VisionTransformer, variant, pretrained, model_args, **kwargs)
+def create_vit(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """This project's ViT factory: timm's ``VisionTransformer``, official files loaded like AbSViT's."""
+    return build_model(VisionTransformer, variant, pretrained, **kwargs)
 
 
 @register_model
 def vit_tiny_patch8_224_gap(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-Ti/8 with global average pooling (``fc_norm`` into the head), the official ImageNet-1k release."""
-    return _create_vit("vit_tiny_patch8_224_gap", pretrained, _args(patch_size=8, embed_dim=192, depth=12, num_heads=3, global_pool="avg"), **kwargs)
+    model_args = dict(patch_size=8, embed_dim=192, depth=12, num_heads=3, global_pool="avg")
+    return create_vit("vit_tiny_patch8_224_gap", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def vit_pico_patch8_64(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT at the embedded default size (the baseline of ``absvit_pico_patch8_64``)."""
-    return _create_vit("vit_pico_patch8_64", pretrained, _args(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, num_classes=10), **kwargs)
+    model_args = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, num_classes=10)
+    return create_vit("vit_pico_patch8_64", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def vit_nano_patch8_64(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT at the embedded default size (the baseline of ``absvit_nano_patch8_64``)."""
-    return _create_vit("vit_nano_patch8_64", pretrained, _args(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=10), **kwargs)
+    model_args = dict(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=10)
+    return create_vit("vit_nano_patch8_64", pretrained=pretrained, **dict(model_args, **kwargs))

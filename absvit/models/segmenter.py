@@ -18,13 +18,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
-from absvit.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
+from absvit.checkpoint import extract_state_dict, read_checkpoint
 from absvit.errors import CheckpointError
-from absvit.models.absvit import feature_taps as vit_taps
+from absvit.models.registry import feature_taps as vit_taps
 from absvit.models.resize import resize_bilinear
 from absvit.models.upernet import FCNHead, UperNetHead
+from absvit.models.weights import check_state_dict
 
 BACKBONES = ("vit", "absvit", "resnet")
+# layers whose parameters get no weight decay (MMSegmentation's ViT configs)
+NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class ViTFeatures(nn.Module):
@@ -72,6 +75,18 @@ class Segmenter(nn.Module):
         if self.training:
             aux = resize_bilinear(self.auxiliary_head(feats[-1]), x.shape[-2:])
         return logits, aux
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups as in MMSegmentation's ViT configs: no weight decay on norm layers nor on what a
+        submodule's own ``no_weight_decay()`` names (timm's ViT: pos_embed, cls_token; AbSViT adds prompt)."""
+        no_decay = {id(p) for m in self.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+        for m in self.modules():
+            if callable(getattr(m, "no_weight_decay", None)):
+                names = m.no_weight_decay()
+                no_decay |= {id(p) for name, p in m.named_parameters() if name in names}
+        trained = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": [p for p in trained if id(p) not in no_decay], "weight_decay": weight_decay},
+                {"params": [p for p in trained if id(p) in no_decay], "weight_decay": 0.0}]
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor, out_size) -> torch.Tensor:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from absvit.data.synthetic import generate
+from absvit.data import SUITES
 from absvit.data.synthetic_seg import generate_segmentation
 from tests.helpers import PROGRESS, pretrain_argv, workflow_copy
 
@@ -81,7 +82,8 @@ def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_
     experiment = client.get_experiment_by_name("absvit-bench").experiment_id
     runs = client.search_runs([experiment])
     stages = sorted(f"{r.data.tags.get('absvit.stage')}/{r.data.tags.get('absvit.run')}" for r in runs)
-    assert len(runs) == 3 + 15 + 1 + 2 + 1 + 1, stages  # pretrain, evaluate, segment, the comparisons, figures, cost
+    # pretrain, evaluate (a run per suite), segment, the comparisons, figures, cost
+    assert len(runs) == 3 + 3 * len(SUITES) + 1 + 2 + 1 + 1, stages
     (bill,) = [r for r in runs if r.data.tags["absvit.stage"] == "cost"]  # priced by sacct: 7 jobs, 1 CPU each
     assert bill.data.metrics["cost.total.jobs"] >= 7 and bill.data.metrics["cost.pretrain.cpu_core_hours"] > 0
     assert "sacct" in (wd / "results" / "embedded" / "tables" / "report.md").read_text()

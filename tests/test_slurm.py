@@ -68,7 +68,7 @@ def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_
     while set((jobs := {j: s for j, s in slurm_cluster.job_states().items() if j not in before}).values()) != {"COMPLETED"}:
         assert time.monotonic() < deadline, jobs
         time.sleep(0.5)
-    assert len(jobs) == 3 + 3 + 1, jobs  # pretrain, evaluate (a job per run: five suites each), segment
+    assert len(jobs) == 3 + 3 + 1, jobs  # pretrain, evaluate (a job per run: every suite each), segment
     table1 = (wd / "results" / "embedded" / "tables" / "table1.tex").read_text()
     assert re.search(r"^absvit\\_pico\\_patch8\\_64 & \d+\.\d & -- & -- \\\\$", table1, re.M), table1
     for run in ("absvit", "absvit_novar"):

@@ -12,6 +12,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/released.smk"
 include: "workflow/rules/tables.smk"
 
 
@@ -23,3 +24,4 @@ rule all:
         rules.tables.output,
         eval_outputs(RUNS),
         figure_outputs(),
+        released_outputs(),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from absvit.arguments import job_arguments, job_kwargs, progress_arguments, recipe_arguments, tracking_arguments
 
@@ -112,8 +113,6 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _ablation(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from absvit.ablation import COMPARISONS, summarize
     from absvit.errors import UsageError
 
@@ -137,23 +136,27 @@ def _tables(args: argparse.Namespace) -> None:
     from absvit import tables
     from absvit.tracking import tracking_uri
 
+    label = args.label
     if args.from_mlflow:
         uri = tracking_uri(args.tracking_uri)
-        ablation, label = tables.ablation_from_mlflow(uri, args.preset, "lvar")
-        robustness = (tables.ablation_from_mlflow(uri, args.preset, "robustness", required=False) or (None,))[0]
+        found = {name: tables.ablation_from_mlflow(uri, args.preset, name, required=False) for name in ("lvar", "robustness")}
+        ablation, robustness = ((found[name] or (None,))[0] for name in ("lvar", "robustness"))
+        label = next((f[1] for f in found.values() if f), label)
         segmentation = tables.segmentation_from_mlflow(uri, args.preset)
-    else:
-        if not args.ablation:
-            from absvit.errors import UsageError
+        if ablation is None and robustness is None and segmentation is None:
+            from absvit.errors import TrackingError
 
-            raise UsageError("give --ablation lvar.csv, or --from-mlflow")
-        ablation, label = pd.read_csv(args.ablation), args.label  # pandas 3 reads floats round-trip
+            raise TrackingError(f"no finished ablation or segmentation run for preset {args.preset!r} in the MLflow "
+                                f"store {uri} (tags absvit.stage=ablation / segment)")
+    else:  # pandas 3 reads floats round-trip
+        ablation = pd.read_csv(args.ablation) if args.ablation else None
         robustness = pd.read_csv(args.robustness) if args.robustness else None
         segmentation = tables.segmentation_frame(args.segmentation) if args.segmentation else None
     t1 = tables.table1(segmentation, args.out_dir, label=label) if segmentation is not None else None
-    t2 = tables.table2(ablation, args.out_dir, label=label)
+    t2 = tables.table2(ablation, args.out_dir, label=label) if ablation is not None else None
     t3 = tables.table3(robustness, args.out_dir, label=label) if robustness is not None else None
     sections = [tables.figure_scores(args.figures, args.out_dir, label=label)] if args.figures else []
+    sections += [Path(path).read_text() for path in args.section or ()]
     if args.bench_dir:  # what the run cost, per stage: Snakemake's benchmark files, sacct for SLURM jobs
         from absvit import cost
 
@@ -162,6 +165,15 @@ def _tables(args: argparse.Namespace) -> None:
         cost.log_cost(bill, preset=args.preset, tracking_uri=args.tracking_uri, track=not args.no_mlflow,
                       artifacts=cost.write_cost(args.out_dir, bill), launcher=args.launcher)
     tables.report(args.out_dir, t1=t1, t2=t2, t3=t3, label=label, sections=sections)
+
+
+def _released(args: argparse.Namespace) -> None:
+    from absvit.arguments import key_values
+    from absvit.released import released
+
+    evals = {run: Path(folder) for run, folder in key_values(args.eval, "--eval").items()}
+    released(evals, args.out_dir, preset=args.preset, label=args.label, tracking_uri=args.tracking_uri,
+             track=not args.no_mlflow, from_mlflow=args.from_mlflow)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -273,7 +285,7 @@ def _training_verbs(verbs) -> None:
 
 
 def _table_verbs(verbs) -> None:
-    """``ablation``, ``tables``, ``plan``."""
+    """``ablation``, ``tables``, ``released``, ``plan``."""
     p = verbs.add_parser("ablation", help="two arms' robustness results side by side: Table 2 (lvar) or Table 3 (robustness)")
     p.add_argument("--name", required=True, choices=["lvar", "robustness"],
                    help="lvar: arms without_lvar, with_lvar (Table 2); robustness: arms vit, absvit (Table 3)")
@@ -293,6 +305,8 @@ def _table_verbs(verbs) -> None:
     p.add_argument("--label", default="", help="a sentence added to the captions (the embedded default says so)")
     p.add_argument("--from-mlflow", action="store_true", help="read the numbers from the tracking store instead")
     p.add_argument("--preset", default="embedded", help="with --from-mlflow: which preset's runs; the cost run's tag")
+    p.add_argument("--section", nargs="+", metavar="MD", help="Markdown files appended to report.md (the released "
+                   "files' table, released.md of `absvit released`)")
     p.add_argument("--figures", nargs="+", metavar="CSV",
                    help="`absvit figures` figures.csv files (one per seed): adds figures.{tex,csv,md} and a report section")
     p.add_argument("--bench-dir", help="Snakemake benchmark files of the run: adds cost.{csv,md,tex} and the report's cost section")
@@ -304,6 +318,16 @@ def _table_verbs(verbs) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not mirror the cost table into MLflow")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_tables)
+
+    p = verbs.add_parser("released", help="the official release's files re-measured beside their published numbers")
+    p.add_argument("--eval", nargs="+", default=[], metavar="RUN=EVAL_DIR",
+                   help="each released file's run and its eval folder (<suite>.json files of `absvit evaluate`)")
+    p.add_argument("--from-mlflow", action="store_true", help="read the numbers from the tracking store instead")
+    p.add_argument("--label", default="", help="a sentence added to the caption")
+    p.add_argument("--preset", default="released", help="the MLflow run's tag (with --from-mlflow: whose run)")
+    p.add_argument("--out-dir", required=True, help="writes released.{tex,csv,md}")
+    tracking_arguments(p)
+    p.set_defaults(func=_released)
 
     from absvit import plan
 

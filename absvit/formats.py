@@ -49,3 +49,16 @@ def flatten(mapping: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
+
+
+def display_name(model: str) -> str:
+    """The paper's name of a timm model (absvit_base_patch16_224 -> AbSViT-B, resnet101 -> ResNet-101),
+    or the timm name itself for any other model (absvit_pico_patch8_64, resnet10t)."""
+    m = re.fullmatch(r"(absvit|vit)_(tiny|small|base|large|huge)_patch16_224", model)
+    if m:
+        return f"{'AbSViT' if m[1] == 'absvit' else 'ViT'}-{SIZES[m[2]]}"
+    m = re.fullmatch(r"resnet(\d+)", model)
+    return f"ResNet-{m[1]}" if m else model

@@ -108,7 +108,7 @@ def write_tables(table, out_dir, *, label: str = "") -> list[Path]:
 
     from absvit.formats import markdown_table, tex_escape
     from absvit.io import write_text
-    from absvit.tables import display_name
+    from absvit.formats import display_name
 
     out_dir = Path(out_dir)
     names = [display_name(m) for m in table.model]
@@ -165,7 +165,7 @@ def log_table(table, *, preset: str, label: str, artifacts, tracking_uri=None, t
 def rows_from_mlflow(uri: str, preset: str) -> tuple[list[dict], str]:
     """The rows and label of the newest finished ``released`` run of ``preset`` in the store."""
     from absvit.errors import TrackingError
-    from absvit.tables import finished_runs
+    from absvit.tracking import finished_runs
 
     runs = finished_runs(uri, preset, "tags.`absvit.stage` = 'released'", max_results=1)
     if not runs:

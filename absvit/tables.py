@@ -14,7 +14,6 @@ only where the model (and, for Table 1, its ImageNet initialisation) is the pape
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +23,11 @@ from absvit import stats
 from absvit.ablation import COLUMNS, COMPARISONS
 from absvit.errors import TrackingError
 from absvit.figures.scores import CAPTION as FIGURES_CAPTION, DEFINITIONS as FIGURES_DEFINITIONS
-from absvit.formats import markdown_table, tex_escape
+from absvit.formats import display_name, markdown_table, tex_escape
 from absvit.io import write_text
+from absvit.tracking import finished_runs
+from absvit.released import RELEASED
 
-SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
 RANDOM_INIT = " (random init)"
 
 # The paper's numbers, keyed by the timm model they belong to.
@@ -38,28 +38,17 @@ PAPER_TABLE2 = pd.DataFrame(
     [{"arm": "without_lvar", "clean": 73.1, "in_c": 69.0, "in_a": 9.5, "in_r": 33.5, "in_sk": 20.8},
      {"arm": "with_lvar", "clean": 74.1, "in_c": 66.7, "in_a": 10.1, "in_r": 34.9, "in_sk": 22.6}]).set_index("arm")
 PAPER_TABLE2_MODEL = "absvit_tiny_patch16_224"  # its with-L_var row is AbSViT-Ti's released 74.1 / 66.7
-# Released ViT / AbSViT results (ImageNet top-1, IN-C mCE). The appendix has no ViT vs AbSViT
+# Released ViT / AbSViT results (ImageNet top-1, IN-C mCE: absvit.released). The appendix has no ViT vs AbSViT
 # IN-A / IN-R / IN-Sketch numbers: those stay empty ("--").
 PAPER_ROBUSTNESS = pd.DataFrame(
-    {"clean": [72.5, 74.1, 80.1, 80.7, 80.8, 81.0], "in_c": [71.1, 66.7, 54.6, 51.6, 49.3, 48.3]},
-    index=pd.Index([f"{kind}_{size}_patch16_224" for size in ("tiny", "small", "base") for kind in ("vit", "absvit")],
-                   name="model")).reindex(columns=list(COLUMNS))
+    {"clean": [r.top1 for r in RELEASED.values() if r.top1], "in_c": [r.mce for r in RELEASED.values() if r.top1]},
+    index=pd.Index([m for m, r in RELEASED.items() if r.top1], name="model")).reindex(columns=list(COLUMNS))
 
 ROBUST_HEAD = {"clean": "Clean", "in_c": r"IN-C ($\downarrow$)", "in_a": "IN-A", "in_r": "IN-R", "in_sk": "IN-SK",
                "fgsm": "FGSM", "pgd": "PGD"}
 TABLE2_COLUMNS = ("clean", "in_c", "in_a", "in_r", "in_sk")  # the paper's Table 2; Table 3 adds the attacks
 T1_HEAD = {"voc": "PASCAL VOC", "cityscapes": "Cityscapes", "ade20k": "ADE20K"}
 T1_KINDS = ("resnet", "vit", "absvit")  # Table 1's rows (segment --backbone kinds), in the paper's order
-
-
-def display_name(model: str) -> str:
-    """The paper's name of a timm model (absvit_base_patch16_224 -> AbSViT-B, resnet101 -> ResNet-101),
-    or the timm name itself for any other model (absvit_pico_patch8_64, resnet10t)."""
-    m = re.fullmatch(r"(absvit|vit)_(tiny|small|base|large|huge)_patch16_224", model)
-    if m:
-        return f"{'AbSViT' if m[1] == 'absvit' else 'ViT'}-{SIZES[m[2]]}"
-    m = re.fullmatch(r"resnet(\d+)", model)
-    return f"ResNet-{m[1]}" if m else model
 
 
 def _random_init(checkpoint) -> bool:
@@ -297,23 +286,10 @@ def segmentation_frame(result_files) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["backbone", "model", "checkpoint", "dataset", "miou", "seed"])
 
 
-def _finished_runs(uri: str, preset: str, where: str, max_results: int = 1000) -> list:
-    """Finished runs of ``preset`` matching ``where`` (an MLflow filter), newest first."""
-    from mlflow.tracking import MlflowClient
-
-    from absvit.tracking import EXPERIMENT
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    return [] if exp is None else client.search_runs(
-        [exp.experiment_id], f"{where} and tags.`absvit.preset` = '{preset}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=max_results)
-
-
 def segmentation_from_mlflow(uri: str, preset: str) -> pd.DataFrame | None:
     """The newest finished segmentation run of each (backbone, dataset, seed) of ``preset``; None if there are none."""
     latest = {}
-    for run in _finished_runs(uri, preset, "tags.`absvit.stage` = 'segment'"):
+    for run in finished_runs(uri, preset, "tags.`absvit.stage` = 'segment'"):
         tags = run.data.tags
         latest.setdefault((tags["absvit.backbone"], tags["absvit.dataset"], int(tags.get("absvit.seed", 0))), run)
     if not latest:
@@ -326,7 +302,7 @@ def segmentation_from_mlflow(uri: str, preset: str) -> pd.DataFrame | None:
 def ablation_from_mlflow(uri: str, preset: str, name: str = "lvar", *, required: bool = True) -> tuple[pd.DataFrame, str] | None:
     """The rows and caption label of the newest finished `absvit ablation --name NAME` run of ``preset``
     (None if there is none and not ``required``)."""
-    runs = _finished_runs(uri, preset, f"tags.`absvit.stage` = 'ablation' and tags.`absvit.run` = '{name}'", max_results=1)
+    runs = finished_runs(uri, preset, f"tags.`absvit.stage` = 'ablation' and tags.`absvit.run` = '{name}'", max_results=1)
     if not runs:
         if not required:
             return None

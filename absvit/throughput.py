@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ CPU_EVAL = (10.0, 300.0)  # start-up s, img/s: 200 images in 12.4 s, 3,000 in 21
 CPU_SEGMENT = (8.0, 0.042)  # start-up s, s per 64x64 crop trained: 60 iterations x batch 8 in ~28 s
 CPU_SHARD = (0.8, 0.005)  # start-up s, s per image
 CPU_FIXED = {"embedded_dataset": 5.9, "segmentation_dataset": 1.9, "lvar_ablation": 3.9, "robustness_comparison": 3.2,
+             "released": 3.2,  # as a comparison: a few JSON files into a table (not measured on its own)
              "tables": 0.8}  # s per job (the local stages, any preset)
 DEFAULT_GPU_BENCH = Path("results") / "benchmarks" / "gpu.json"
 
@@ -163,6 +165,10 @@ class Throughputs:
         if model in DEFAULT_STEP:
             rate, scale = self._scaled(DEFAULT_STEP[model], img_size)
             return rate, f"default step {DEFAULT_STEP[model]} img/s ({H200}{scale})" + self._absent()
+        patch16 = re.sub(r"_patch8_(\d+)(_gap)?$", r"_patch16_\1", model)
+        if patch16 != model:  # a patch-8 model has 4x the tokens of its patch-16 twin
+            rate, source = self.step(patch16, img_size)
+            return rate / 4, f"{source} / 4 ({model}: 4x the tokens of {patch16}; attention's quadratic part not counted)"
         return math.nan, f"no measured step for {model}"
 
     def train(self, model: str, img_size: int) -> tuple[float, str]:

@@ -140,3 +140,14 @@ class Tracker:
             except Exception as e:  # noqa: BLE001
                 self._warn(e)
             self.active = False
+
+
+def finished_runs(uri: str, preset: str, where: str, max_results: int = 1000) -> list:
+    """Finished runs of ``preset`` matching ``where`` (an MLflow filter), newest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return [] if exp is None else client.search_runs(
+        [exp.experiment_id], f"{where} and tags.`absvit.preset` = '{preset}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=max_results)

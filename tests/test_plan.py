@@ -182,7 +182,8 @@ def test_the_jobs_are_snakemakes_before_the_data_exist(tmp_path):
     jobs = plan.workflow_dag(_workflow_copy(tmp_path, edit), "paper").jobs
     counts = {rule: len(js) for rule, js in jobs.items()}
     assert counts == {"pretrain": 2 * 2, "evaluate": 2 * 2 + 1, "segment": 3 * 3 * 2, "decoder": 1, "figures": 1,
-                      "lvar_ablation": 1, "robustness_comparison": 1, "tables": 1, "all": 1}  # released: evaluated once
+                      "lvar_ablation": 1, "robustness_comparison": 1, "released": 1, "tables": 1,
+                      "all": 1}  # released: evaluated once, and set beside its published numbers
     assert {"run": "absvit_tiny", "seed": "0"} in jobs["evaluate"] and {"run": "absvit_tiny", "seed": "1"} not in jobs["evaluate"]
     assert {"backbone": "absvit", "dataset": "ade20k", "seed": "1"} in jobs["segment"]
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from absvit import tables
+from absvit.formats import display_name
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"resnet": "resnet101", "vit": "vit_base_patch16_224", "absvit": "absvit_base_patch16_224"}
@@ -41,7 +42,7 @@ def _arms(name: str, models: tuple[str, str], numbers: tuple[tuple, tuple]) -> p
                                          ("absvit_pico_patch8_64", "absvit_pico_patch8_64"), ("resnet10t", "resnet10t"),
                                          ("absvit_tiny_patch8_224_gap", "absvit_tiny_patch8_224_gap")])
 def test_display_name_is_the_papers_name_only_for_the_papers_models(model, name):
-    assert tables.display_name(model) == name
+    assert display_name(model) == name
 
 
 def test_table1_has_the_papers_rows_columns_and_gains(tmp_path):

@@ -16,9 +16,8 @@ from absvit.data.scenes import read_scenes
 from absvit.figures.draw import draw_figures
 from absvit.figures.maps import analyse, load_models, short_class_names
 from absvit.figures.scores import CAPTION, pointing_chance, score_rows
-from absvit.formats import markdown_table, tex_escape
+from absvit.formats import display_name, markdown_table, tex_escape
 from absvit.io import write_json, write_text
-from absvit.tables import display_name
 from absvit.tracking import Tracker, run_tags
 
 

@@ -321,10 +321,10 @@ class AbSViT(VisionTransformer):
 # -- registered variants --------------------------------------------------------------
 
 default_cfgs = generate_default_cfgs({
-    "absvit_tiny_patch16_224.in1k": released_cfg("0n2tvn9hmx7bwv097nwb60vw1jf4841n", top1=74.1, mce=66.7),
-    "absvit_small_patch16_224.in1k": released_cfg("3wpkf5qo31ghb4dzehczup4pfh24xmve", top1=80.7, mce=51.6),
-    "absvit_base_patch16_224.in1k": released_cfg("aain2svhs9lfvz8o21xao91dsnylgsot", top1=81.0, mce=48.3),
-    "absvit_tiny_patch8_224_gap.in1k": released_cfg("7415yz4d1l5z0ur6x32k35f8y99zgynq"),
+    "absvit_tiny_patch16_224.in1k": released_cfg("absvit_tiny_patch16_224"),
+    "absvit_small_patch16_224.in1k": released_cfg("absvit_small_patch16_224"),
+    "absvit_base_patch16_224.in1k": released_cfg("absvit_base_patch16_224"),
+    "absvit_tiny_patch8_224_gap.in1k": released_cfg("absvit_tiny_patch8_224_gap"),
     "absvit_pico_patch8_64": embedded_cfg(),
     "absvit_nano_patch8_64": embedded_cfg(),
 })

@@ -14,7 +14,7 @@ from absvit.models.registry import build_model, embedded_cfg, released_cfg
 __all__ = ["create_vit"]
 
 default_cfgs = generate_default_cfgs({
-    "vit_tiny_patch8_224_gap.in1k": released_cfg("zzy0bl6b59q05a3hobbehqeuhg5u1mhk"),
+    "vit_tiny_patch8_224_gap.in1k": released_cfg("vit_tiny_patch8_224_gap"),
     "vit_pico_patch8_64": embedded_cfg(),
     "vit_nano_patch8_64": embedded_cfg(),
 })

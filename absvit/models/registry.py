@@ -6,7 +6,6 @@ official release files through ``official_weights``.
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -15,11 +14,11 @@ from timm.models import build_model_with_cfg
 
 from absvit.checkpoint import SAFE_GLOBALS, extract_state_dict, read_checkpoint
 from absvit.models.weights import check_state_dict
+from absvit.released import RELEASED
 
-__all__ = ["PAPER", "RELEASE", "build_model", "embedded_cfg", "feature_taps", "model_cfg", "official_weights",
+__all__ = ["PAPER", "build_model", "embedded_cfg", "feature_taps", "model_cfg", "official_weights",
            "released_cfg"]
 
-RELEASE = "https://berkeley.box.com/shared/static/"  # the official release's files (its README, demo notebook)
 PAPER = "Top-Down Visual Attention from Analysis by Synthesis"
 
 
@@ -36,10 +35,12 @@ def model_cfg(input_size=(3, 224, 224), **kwargs) -> dict:
     }
 
 
-def released_cfg(file_id: str, top1: Optional[float] = None, mce: Optional[float] = None, **kwargs) -> dict:
-    """cfg of an official release file; the paper's ImageNet top-1 / ImageNet-C mCE go in ``notes``."""
-    notes = (f"published: ImageNet top-1 {top1}, ImageNet-C mCE {mce}",) if top1 is not None else None
-    return model_cfg(url=f"{RELEASE}{file_id}.pth", paper_name=PAPER, notes=notes, **kwargs)
+def released_cfg(model: str, **kwargs) -> dict:
+    """cfg of ``model``'s official release file (``absvit.released.RELEASED``); the published ImageNet top-1 /
+    ImageNet-C mCE go in ``notes``."""
+    release = RELEASED[model]
+    notes = (f"published: ImageNet top-1 {release.top1}, ImageNet-C mCE {release.mce}",) if release.top1 else None
+    return model_cfg(url=release.url, paper_name=PAPER, notes=notes, **kwargs)
 
 
 def embedded_cfg() -> dict:

@@ -11,6 +11,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from absvit.data import ATTACK_SUITES, LAYOUTS, SUITES  # dataset layouts; the suites of `absvit evaluate --suite`
 from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
+from absvit.released import download_hint
 
 
 def _validate(config):
@@ -40,6 +41,11 @@ LOGS = OUT / "logs"
 BENCH = OUT / "benchmarks"
 RUNS = P["runs"]
 SEEDS = P["seeds"]  # every pretraining run, and every job downstream of it, runs once per seed
+# What the preset makes besides evaluations: Tables 1-3 where it configures them (a preset of released files, such as
+# `released`, has none of them) and the released files' table where it names released checkpoints.
+COMPARISONS = [t for t in ("table2", "table3") if t in P]
+SEG = P.get("segmentation") or {"backbones": {}, "datasets": {}, "recipe": {}}
+TRAINED = [run for run in RUNS if run not in P["checkpoints"]]
 ENV = "../../envs/environment.yaml"  # each rule's conda environment (relative to workflow/rules/)
 
 
@@ -48,16 +54,24 @@ def _check_config():
     from absvit.recipe import PretrainRecipe, SegmentRecipe, check_patch_multiple
 
     where = f"presets.{PRESET}"
-    for table, keys in (("table2", ("without_lvar", "with_lvar")), ("table3", ("vit", "absvit"))):
-        for key in keys:
-            if P[table][key] not in RUNS:
-                raise WorkflowError(f"config key '{where}.{table}.{key}': run {P[table][key]!r} is not in {where}.runs")
-    for key in ("vit", "absvit"):  # Table 3 compares a ViT with an AbSViT
+    for table in COMPARISONS:
+        for key, run in P[table].items():
+            if run not in RUNS:
+                raise WorkflowError(f"config key '{where}.{table}.{key}': run {run!r} is not in {where}.runs")
+    for key in ("vit", "absvit") if "table3" in P else ():  # Table 3 compares a ViT with an AbSViT
         if not RUNS[P["table3"][key]]["model"].startswith(f"{key}_"):
             raise WorkflowError(f"config key '{where}.table3.{key}': run {P['table3'][key]!r} is a "
                                 f"{RUNS[P['table3'][key]]['model']}, not a {key}_* model")
-    for key, recipe in (("recipe", P["recipe"]), ("segmentation.recipe", P["segmentation"]["recipe"]),
-                        *((f"segmentation.datasets.{d}.recipe", v["recipe"]) for d, v in P["segmentation"]["datasets"].items())):
+    stages = [("recipe", P, TRAINED, "its runs without a released checkpoint are pretrained"),
+              ("pretrain", P["resources"], TRAINED, "its runs without a released checkpoint are pretrained"),
+              ("segment", P["resources"], SEG["datasets"], "it configures segmentation"),
+              ("imagenet_c", P["resources"], "generate" in P["data"], "it generates ImageNet-C")]
+    for key, section, needed, why in stages:
+        if needed and key not in section:
+            prefix = "" if section is P else "resources."
+            raise WorkflowError(f"config key '{where}.{prefix}{key}': required, as {why}")
+    for key, recipe in (("recipe", P.get("recipe", {})), ("segmentation.recipe", SEG["recipe"]),
+                        *((f"segmentation.datasets.{d}.recipe", v["recipe"]) for d, v in SEG["datasets"].items())):
         if "seed" in recipe:
             raise WorkflowError(f"config key '{where}.{key}.seed': set the seeds with '{where}.seeds' (a list)")
     fig = P.get("figures")
@@ -67,7 +81,7 @@ def _check_config():
     for run in P["checkpoints"]:
         if run not in RUNS:
             raise WorkflowError(f"config key '{where}.checkpoints.{run}': no such run in {where}.runs")
-    seg = P["segmentation"]
+    seg = SEG
     for name, b in seg["backbones"].items():
         if b.get("run") and b["run"] not in RUNS:
             raise WorkflowError(f"config key '{where}.segmentation.backbones.{name}.run': no run {b['run']!r} in {where}.runs")
@@ -78,10 +92,9 @@ def _check_config():
         if "generate" not in seg and "root" not in d:
             raise WorkflowError(f"config key '{where}.segmentation.datasets.{name}.root': required (the dataset's folder)")
     try:
-        recipe = PretrainRecipe.from_dict(P["recipe"], where=f"{where}.recipe")  # types and ranges of every key
-        for run in RUNS:  # the img_size each pretraining run trains at: a multiple of its model's patch size
-            if run not in P["checkpoints"]:
-                check_patch_multiple(recipe.img_size, RUNS[run]["model"], where=f"{where}.recipe")
+        recipe = PretrainRecipe.from_dict(P.get("recipe", {}), where=f"{where}.recipe")  # types and ranges of every key
+        for run in TRAINED:  # the img_size each pretraining run trains at: a multiple of its model's patch size
+            check_patch_multiple(recipe.img_size, RUNS[run]["model"], where=f"{where}.recipe")
         for name, d in seg["datasets"].items():
             SegmentRecipe.from_dict({**seg["recipe"], **d["recipe"]}, where=f"{where}.segmentation.datasets.{name}.recipe")
     except UsageError as e:
@@ -121,11 +134,11 @@ def _configured_paths():
         for key in ("imagenet_c", "imagenet_a", "imagenet_r", "imagenet_sketch"):
             yield f"{where}.data.{key}", Path(P["data"][key]), LAYOUTS[key]
     for run, path in P["checkpoints"].items():
-        yield f"{where}.checkpoints.{run}", Path(path), LAYOUTS["checkpoint"]
+        yield f"{where}.checkpoints.{run}", Path(path), LAYOUTS["checkpoint"] + download_hint(RUNS[run]["model"])
     if P.get("figures") and not isinstance(P["figures"]["scenes"], dict):
         yield f"{where}.figures.scenes", Path(P["figures"]["scenes"]) / "manifest.csv", LAYOUTS["scenes"]
-    seg = P["segmentation"]
-    if "generate" not in seg:
+    seg = SEG
+    if "generate" not in seg and seg["datasets"]:
         for name, d in seg["datasets"].items():
             yield f"{where}.segmentation.datasets.{name}.root", Path(d["root"]), LAYOUTS[name]
     for name, b in seg["backbones"].items():
@@ -268,7 +281,6 @@ def suite_inputs():
 
 
 # Segmentation (Table 1)
-SEG = P["segmentation"]
 SEG_BACKBONES = SEG["backbones"]
 SEG_DATASETS = SEG["datasets"]
 SEG_GENERATED = "generate" in SEG
@@ -307,3 +319,15 @@ def figure_outputs():
 def seg_recipe_json(dataset, seed):
     """A segmentation job's recipe (the preset's, then the dataset's keys), as one JSON object for `--recipe`."""
     return json.dumps({**SEG["recipe"], **SEG_DATASETS[dataset]["recipe"], "seed": int(seed)}, sort_keys=True)
+
+
+def table_stems():
+    """The tables the preset writes (each as .tex, .csv, .md): Table 1 with segmentation, Tables 2 / 3 where the
+    preset names their runs, the figures' scores with figures, and the cost table always."""
+    return ([*(["table1"] if SEG_DATASETS else []), *(["table2"] if "table2" in P else []),
+             *(["table3"] if "table3" in P else []), "cost", *(["figures"] if FIG else [])])
+
+
+def released_outputs(*exts):
+    """The released files' table (`absvit released`) of a preset with released checkpoints: released.<ext>."""
+    return [TABLES / f"released.{ext}" for ext in (exts or ("tex", "csv", "md"))] if P["checkpoints"] else []

@@ -62,17 +62,21 @@ def _centres(rng: np.random.Generator, size: int, radii: list[float]) -> list[tu
     raise RuntimeError("could not place the objects")  # not reached for 2-3 objects at the default scale
 
 
-def draw_scene(rng: np.random.Generator, size: int, classes: list[int]) -> tuple[Image.Image, list[np.ndarray]]:
-    """One scene with an object of each of ``classes``; returns the image and one boolean mask per object."""
+def draw_scene(rng: np.random.Generator, size: int, classes: list[int],
+               colours: list[tuple[int, int, int]] | None = None) -> tuple[Image.Image, list[np.ndarray]]:
+    """One scene with an object of each of ``classes``; returns the image and one boolean mask per object.
+
+    ``colours``: each object's RGB colour (the V&L scenes name them); by default each is drawn at random,
+    contrasting with the background."""
     img, bg = background(rng, size, 4)
     radii = [rng.uniform(0.19, 0.26) * size for _ in classes]
     centres = _centres(rng, size, radii)
     masks: list[np.ndarray] = []
-    for cls, radius, centre in zip(classes, radii, centres):
+    for k, (cls, radius, centre) in enumerate(zip(classes, radii, centres)):
         polys = place(SHAPES[cls], centre, radius, rng.uniform(0, 2 * math.pi))
         # a ring is a thick band, as in the pretraining images (here at least a pixel wide)
         mask = silhouette(SHAPES[cls], polys, img.size, max(1, band_width(radius)))
-        paint(img, mask, cls, rng, contrasting(rng, bg))
+        paint(img, mask, cls, rng, contrasting(rng, bg) if colours is None else colours[k])
         m = np.asarray(mask) > 127
         masks = [prev & ~m for prev in masks] + [m]  # a later object hides what it covers
     return img.filter(ImageFilter.GaussianBlur(0.4)), masks

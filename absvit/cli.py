@@ -135,6 +135,7 @@ def _tables(args: argparse.Namespace) -> None:
 
     from absvit import tables
     from absvit.tracking import tracking_uri
+    from absvit.vl import table as vl_table
 
     label = args.label
     if args.from_mlflow:
@@ -143,19 +144,23 @@ def _tables(args: argparse.Namespace) -> None:
         ablation, robustness = ((found[name] or (None,))[0] for name in ("lvar", "robustness"))
         label = next((f[1] for f in found.values() if f), label)
         segmentation = tables.segmentation_from_mlflow(uri, args.preset)
-        if ablation is None and robustness is None and segmentation is None:
+        vl = vl_table.vl_from_mlflow(uri, args.preset)
+        if ablation is None and robustness is None and segmentation is None and vl is None:
             from absvit.errors import TrackingError
 
-            raise TrackingError(f"no finished ablation or segmentation run for preset {args.preset!r} in the MLflow "
-                                f"store {uri} (tags absvit.stage=ablation / segment)")
+            raise TrackingError(f"no finished ablation, segmentation or V&L run for preset {args.preset!r} in the "
+                                f"MLflow store {uri} (tags absvit.stage=ablation / segment / vl-*)")
     else:  # pandas 3 reads floats round-trip
         ablation = pd.read_csv(args.ablation) if args.ablation else None
         robustness = pd.read_csv(args.robustness) if args.robustness else None
         segmentation = tables.segmentation_frame(args.segmentation) if args.segmentation else None
+        vl = vl_table.vl_frame(args.vl) if args.vl else None
     t1 = tables.table1(segmentation, args.out_dir, label=label) if segmentation is not None else None
     t2 = tables.table2(ablation, args.out_dir, label=label) if ablation is not None else None
     t3 = tables.table3(robustness, args.out_dir, label=label) if robustness is not None else None
+    t4 = vl_table.table4(vl, args.out_dir, label=label) if vl is not None else None
     sections = [tables.figure_scores(args.figures, args.out_dir, label=label)] if args.figures else []
+    sections += [vl_table.figure5_scores(args.figure5, args.out_dir, label=label)] if args.figure5 else []
     sections += [Path(path).read_text() for path in args.section or ()]
     if args.bench_dir:  # what the run cost, per stage: Snakemake's benchmark files, sacct for SLURM jobs
         from absvit import cost
@@ -164,7 +169,7 @@ def _tables(args: argparse.Namespace) -> None:
         sections.append(cost.cost_section(bill))
         cost.log_cost(bill, preset=args.preset, tracking_uri=args.tracking_uri, track=not args.no_mlflow,
                       artifacts=cost.write_cost(args.out_dir, bill), launcher=args.launcher)
-    tables.report(args.out_dir, t1=t1, t2=t2, t3=t3, label=label, sections=sections)
+    tables.report(args.out_dir, t1=t1, t2=t2, t3=t3, t4=t4, label=label, sections=sections)
 
 
 def _released(args: argparse.Namespace) -> None:
@@ -193,6 +198,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from absvit.figures import add_verbs as figures_verbs
+    from absvit.vl import add_verbs as vl_verbs
 
     parser = argparse.ArgumentParser(prog="absvit", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -208,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     _table_verbs(verbs)
     _submit_verb(verbs)
     figures_verbs(verbs, data)  # the appendix figures' stage: `data embedded-scenes`, `decoder`, `figures`
+    vl_verbs(verbs, data)  # V&L fine-tuning: `data embedded-vl`, `vl-vqa`, `vl-retrieval`, `vl-figure`
     return parser
 
 
@@ -305,6 +312,8 @@ def _table_verbs(verbs) -> None:
     p.add_argument("--label", default="", help="a sentence added to the captions (the embedded default says so)")
     p.add_argument("--from-mlflow", action="store_true", help="read the numbers from the tracking store instead")
     p.add_argument("--preset", default="embedded", help="with --from-mlflow: which preset's runs; the cost run's tag")
+    p.add_argument("--vl", nargs="+", metavar="JSON", help="`absvit vl-vqa` / `vl-retrieval` result.json files (Table 4)")
+    p.add_argument("--figure5", nargs="+", metavar="CSV", help="`absvit vl-figure` fig5.csv files (one per seed)")
     p.add_argument("--section", nargs="+", metavar="MD", help="Markdown files appended to report.md (the released "
                    "files' table, released.md of `absvit released`)")
     p.add_argument("--figures", nargs="+", metavar="CSV",

@@ -341,3 +341,53 @@ class SegmentRecipe(Recipe):
         "aux_weight": Range(0), "dropout": FRACTION, "drop_path": FRACTION, "checkpoint_every": Range(1),
         "seed": Range(0), "workers": Range(0),
     }
+
+
+@dataclass
+class VLRecipe(Recipe):
+    """V&L fine-tuning (appendix section 4; the official ``vision_language/`` on METER): the VQAv2 values as
+    defaults; Flickr30k retrieval overrides ``batch_size`` (4 per GPU on 8 GPUs: 32)."""
+
+    epochs: int = 10
+    batch_size: int = 512  # global, over all processes
+    lr: float = 1e-5  # the encoders'; the fusion, heads and feedback get multiples of it
+    fusion_mult: float = 10.0  # `cross_modal` parameters (the appendix: 5e-5, the released code: 1e-4)
+    head_mult: float = 50.0
+    feedback_mult: float = 3.0  # AbSViT's decoders and the prompt projection (`lr_mult_feedback=3`)
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # share of the steps with a linear warm-up, then linear decay to 0
+    img_size: int = 224
+    max_text_len: int = 50
+    hidden: int = 768  # the fusion's width, heads, layers per modality, MLP ratio, dropout
+    heads: int = 12
+    layers: int = 6
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    var_weight: float = 0.3  # L_var of the AbSViT encoder
+    prior_loss: str = "none"  # "none": the released code; "clip": the appendix's prior loss
+    prior_weight: float = 0.1
+    feedback: bool = True  # AbSViT's top-down pass (False: its pass-1 tokens)
+    min_answer_count: int = 9  # VQA: answers given as `multiple_choice_answer` at least this often (3,129 on VQAv2)
+    trainval: bool = False  # VQA: train on train2014 + val2014 and write the test-dev submission
+    negatives: int = 15  # retrieval: negative texts per image for the ranking loss
+    itm_weight: float = 0.5
+    eval_batch_size: int = 256
+    seed: int = 0
+    workers: int = 8
+
+    RESOURCE_KEYS = ("workers", "eval_batch_size")
+    PRIOR_LOSSES = ("none", "clip")
+    CHECKS = {
+        "epochs": Range(1), "batch_size": Range(1), "lr": Range(0, lo_open=True), "fusion_mult": Range(0, lo_open=True),
+        "head_mult": Range(0, lo_open=True), "feedback_mult": Range(0, lo_open=True), "weight_decay": Range(0),
+        "warmup": FRACTION, "img_size": Range(16), "max_text_len": Range(3), "hidden": Range(1), "heads": Range(1),
+        "layers": Range(1), "mlp_ratio": Range(0, lo_open=True), "dropout": FRACTION, "var_weight": Range(0),
+        "prior_loss": OneOf(PRIOR_LOSSES, "a prior loss", " ('none': the released code; 'clip': the appendix)"),
+        "prior_weight": Range(0), "feedback": ANY, "min_answer_count": Range(1), "trainval": ANY, "negatives": Range(1),
+        "itm_weight": Range(0), "eval_batch_size": Range(1), "seed": Range(0), "workers": Range(0),
+    }
+
+    def check(self, where: str = "recipe") -> None:
+        super().check(where)
+        if self.hidden % self.heads:
+            raise UsageError(f"{where}.heads: {self.heads} does not divide hidden {self.hidden}; expected a divisor of it")

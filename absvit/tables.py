@@ -104,7 +104,7 @@ def _with_seed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame if "seed" in frame else frame.assign(seed=0)
 
 
-def _write_table(out: Path, stem: str, spread: Spread, labels: dict, heads: dict, first: dict, *,
+def write_table(out: Path, stem: str, spread: Spread, labels: dict, heads: dict, first: dict, *,
                  caption: str, ref: str, column_format: str, label: str | None, cells: pd.DataFrame | None = None,
                  tex_heads: dict | None = None) -> None:
     """``first``: the leading LaTeX column(s) (header -> values per row); ``cells``: the LaTeX number cells
@@ -131,7 +131,7 @@ def _write_table(out: Path, stem: str, spread: Spread, labels: dict, heads: dict
     write_text(out / f"{stem}.md", (f"{label}\n\n" if label else "") + markdown_table(md.rename_axis(index="Model", columns=None)) + "\n")
 
 
-def _comparison(spread: Spread, labels: dict, paper: dict, heads: dict) -> pd.DataFrame:
+def paper_comparison(spread: Spread, labels: dict, paper: dict, heads: dict) -> pd.DataFrame:
     """The report's long form: row label, column, our number, the paper's (NaN where not comparable)
     (+ std and n over several seeds)."""
     ours = spread.mean
@@ -166,10 +166,10 @@ def table1(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
         cells.loc["absvit"] = [c if pd.isna(g) else f"{c} ({g:+.1f})" for c, g in zip(cells.loc["absvit"], gain)]
         significance = stats.compare(wide, "backbone", "vit", "absvit", T1_HEAD,
                                      pair=f"{labels['absvit']} - {labels['vit']}")
-    _write_table(Path(out_dir), "table1", spread, labels, T1_HEAD, {"Model": [tex_escape(labels[k]) for k in spread.mean.index]},
+    write_table(Path(out_dir), "table1", spread, labels, T1_HEAD, {"Model": [tex_escape(labels[k]) for k in spread.mean.index]},
                  caption="Semantic segmentation results on three datasets (mIoU).", ref="tab:segmentation",
                  column_format="lccc", label=label, cells=cells)
-    return Reported(_comparison(spread, labels, paper, T1_HEAD), significance)
+    return Reported(paper_comparison(spread, labels, paper, T1_HEAD), significance)
 
 
 def _arms(frame: pd.DataFrame, name: str, columns) -> tuple[pd.DataFrame, Spread, pd.Series]:
@@ -198,20 +198,20 @@ def table2(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
     labels = {arm: f"{display_name(models[arm])} {mark} L_var" for arm, mark in zip(spread.mean.index, ("w/o", "w/"))}
     # $\times$ / $\surd$: the paper's cross and tick in base LaTeX (\checkmark would need amssymb)
     first = {"": [tex_escape(display_name(m)) for m in models], r"$\mathcal{L}_{var}$": [r"$\times$", r"$\surd$"]}
-    _write_table(Path(out_dir), "table2", spread, labels, heads, first,
+    write_table(Path(out_dir), "table2", spread, labels, heads, first,
                  caption=r"Ablation on the variational loss $\mathcal{L}_{var}$." + _label_space_note(long), ref="tab:lvar",
                  column_format="llccccc", label=label)
     paper = {arm: PAPER_TABLE2.loc[arm] if models[arm] == PAPER_TABLE2_MODEL else None for arm in spread.mean.index}
     significance = stats.compare(long, "arm", "without_lvar", "with_lvar", heads,
                                  pair=f"{labels['with_lvar']} - {labels['without_lvar']}")
-    return Reported(_comparison(spread, labels, paper, heads), significance)
+    return Reported(paper_comparison(spread, labels, paper, heads), significance)
 
 
 def table3(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reported:
     """``frame``: `absvit ablation --name robustness` rows: arm (vit / absvit), run, model, seed and COLUMNS."""
     long, spread, models = _arms(frame, "robustness", COLUMNS)
     labels = {arm: display_name(models[arm]) for arm in spread.mean.index}
-    _write_table(Path(out_dir), "table3", spread, labels, ROBUST_HEAD, {"Model": [tex_escape(labels[a]) for a in spread.mean.index]},
+    write_table(Path(out_dir), "table3", spread, labels, ROBUST_HEAD, {"Model": [tex_escape(labels[a]) for a in spread.mean.index]},
                  caption="Robustness of ViT and AbSViT: ImageNet top-1 (Clean), ImageNet-C mCE (IN-C, lower is better), "
                          "ImageNet-A, -R and -Sketch top-1, and top-1 under FGSM and 5-step PGD attacks of the clean "
                          "images (epsilon 1/255)." + _label_space_note(long),
@@ -219,11 +219,11 @@ def table3(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
     paper = {arm: PAPER_ROBUSTNESS.loc[models[arm]] if models[arm] in PAPER_ROBUSTNESS.index else None
              for arm in spread.mean.index}
     significance = stats.compare(long, "arm", "vit", "absvit", ROBUST_HEAD, pair=f"{labels['absvit']} - {labels['vit']}")
-    return Reported(_comparison(spread, labels, paper, ROBUST_HEAD), significance)
+    return Reported(paper_comparison(spread, labels, paper, ROBUST_HEAD), significance)
 
 
 def report(out_dir, *, t1: Reported | None = None, t2: Reported | None = None, t3: Reported | None = None,
-           label: str | None = None, sections: list[str] = ()) -> None:
+           t4: Reported | None = None, label: str | None = None, sections: list[str] = ()) -> None:
     """Each reproduced number beside the paper's, with the difference; each compared pair's difference
     against the seed spread; then any further ``sections`` (Markdown: figures, cost)."""
     parts = ["# Reproduction report", ""] + ([label, ""] if label else [])
@@ -233,8 +233,10 @@ def report(out_dir, *, t1: Reported | None = None, t2: Reported | None = None, t
                "ViT vs AbSViT IN-A / IN-R / IN-Sketch numbers, and the official code's FGSM / PGD evaluation "
                "(epsilon 1/255 per channel; PGD: 5 steps of 0.5/255 from a random start) has no published numbers.")
     tests = []
+    t4_note = "The appendix gives no V&L numbers: the paper column says --."
     for title, reported, note in (("Table 1 (segmentation, mIoU)", t1, None), ("Table 2 (L_var ablation)", t2, None),
-                                  ("Table 3 (ViT vs AbSViT robustness)", t3, t3_note)):
+                                  ("Table 3 (ViT vs AbSViT robustness)", t3, t3_note),
+                                  ("Table 4 (V&L fine-tuning: VQAv2, Flickr30k retrieval)", t4, t4_note)):
         if reported is None:
             continue
         long = reported.comparison
@@ -266,7 +268,7 @@ def figure_scores(score_files, out_dir, *, label: str | None = None) -> str:
     first = long.drop_duplicates("row").set_index("row").loc[spread.mean.index]
     tex_first = {"Model": [tex_escape(display_name(m)) for m in first.model], "Attention": list(first.attention),
                  r"$\alpha$": list(first.alpha)}
-    _write_table(Path(out_dir), "figures", spread, {r: r for r in spread.mean.index}, FIG_HEAD, tex_first,
+    write_table(Path(out_dir), "figures", spread, {r: r for r in spread.mean.index}, FIG_HEAD, tex_first,
                  caption=tex_escape(FIGURES_CAPTION), ref="tab:figures", column_format="lllccccc", label=label,
                  tex_heads={"pointing": "Pointing game (\\%)"})
     md = markdown_table(spread.cells(tex=False).assign(n=spread.seeds().astype(int)).rename(columns=FIG_HEAD)

@@ -18,4 +18,9 @@ LAYOUTS = {
     "scenes": "a folder with manifest.csv (image, object, class_index[, mask]) and the files it names",
     "checkpoint": "a checkpoint file (official layout with 'model', or absvit pretrain's model.pth)",
     "resnet_weights": "timm ImageNet weights (.safetensors or .pth state dict)",
+    "vqa": "{train2014,val2014}/COCO_<split>_<12-digit id>.jpg, v2_OpenEnded_mscoco_<split>_questions.json, "
+           "v2_mscoco_<split>_annotations.json",
+    "flickr30k": "dataset_flickr30k.json (the Karpathy split) and flickr30k-images/*.jpg",
+    "text_encoder": "a folder saved by transformers' save_pretrained (e.g. roberta-base: config.json, tokenizer, weights)",
+    "figure5": "a CSV with question_id, question, image, mask, class_index (paths relative to it)",
 }

@@ -92,7 +92,8 @@ def save_grid(stem, rows: list[list[dict | None]], *, width: float = 7.0, row_la
     return out
 
 
-def _unit(amap):
+def unit(amap):
+    """A map as shown: display-normalised, scaled to [0, 1]."""
     shown = display(amap)
     return shown / shown.max() if shown.max() > 0 else shown
 
@@ -102,11 +103,11 @@ def draw_figures(r: dict, scenes, names: list[str], out_dir: Path, *, alphas, pr
     shown = list(range(min(show, len(scenes))))
     ncols = 2 + max(len(scenes[i].objects) for i in shown)
     index = {p: n for n, p in enumerate(r["pairs"])}
-    fig1 = [[{"image": r["rgb"][i], "title": "image"}, {"image": r["rgb"][i], "map": _unit(r["bu"][i]), "title": "bottom-up"}]
-            + [{"image": r["rgb"][i], "map": _unit(r["td"][prior_scale][index[i, k]]),
+    fig1 = [[{"image": r["rgb"][i], "title": "image"}, {"image": r["rgb"][i], "map": unit(r["bu"][i]), "title": "bottom-up"}]
+            + [{"image": r["rgb"][i], "map": unit(r["td"][prior_scale][index[i, k]]),
                 "title": f"top-down: {names[o.class_index]}"} for k, o in enumerate(scenes[i].objects)]
             + [None] * (ncols - 2 - len(scenes[i].objects)) for i in shown]
-    fig3 = [[{"image": r["rgb"][i]}] + [{"image": r["rgb"][i], "map": _unit(r["td"][a][index[i, 0]])} for a in alphas]
+    fig3 = [[{"image": r["rgb"][i]}] + [{"image": r["rgb"][i], "map": unit(r["td"][a][index[i, 0]])} for a in alphas]
             for i in shown[:3]]
     pairs4 = [(i, k) for i in shown for k in range(len(scenes[i].objects))][:6]
     d = r["decoded"]

@@ -46,12 +46,13 @@ SEEDS = P["seeds"]  # every pretraining run, and every job downstream of it, run
 COMPARISONS = [t for t in ("table2", "table3") if t in P]
 SEG = P.get("segmentation") or {"backbones": {}, "datasets": {}, "recipe": {}}
 TRAINED = [run for run in RUNS if run not in P["checkpoints"]]
+VL = P.get("vl")  # V&L fine-tuning (vl.smk), where the preset configures it
 ENV = "../../envs/environment.yaml"  # each rule's conda environment (relative to workflow/rules/)
 
 
 def _check_config():
     from absvit.errors import UsageError
-    from absvit.recipe import PretrainRecipe, SegmentRecipe, check_patch_multiple
+    from absvit.recipe import PretrainRecipe, SegmentRecipe, VLRecipe, check_patch_multiple
 
     where = f"presets.{PRESET}"
     for table in COMPARISONS:
@@ -65,7 +66,8 @@ def _check_config():
     stages = [("recipe", P, TRAINED, "its runs without a released checkpoint are pretrained"),
               ("pretrain", P["resources"], TRAINED, "its runs without a released checkpoint are pretrained"),
               ("segment", P["resources"], SEG["datasets"], "it configures segmentation"),
-              ("imagenet_c", P["resources"], "generate" in P["data"], "it generates ImageNet-C")]
+              ("imagenet_c", P["resources"], "generate" in P["data"], "it generates ImageNet-C"),
+              ("vl", P["resources"], VL, "it configures V&L fine-tuning")]
     for key, section, needed, why in stages:
         if needed and key not in section:
             prefix = "" if section is P else "resources."
@@ -91,7 +93,15 @@ def _check_config():
     for name, d in seg["datasets"].items():
         if "generate" not in seg and "root" not in d:
             raise WorkflowError(f"config key '{where}.segmentation.datasets.{name}.root': required (the dataset's folder)")
+    for kind, e in (VL or {}).get("encoders", {}).items():
+        if e.get("run") and (e["run"] not in RUNS or RUNS[e["run"]]["model"] != e["model"]):
+            raise WorkflowError(f"config key '{where}.vl.encoders.{kind}.run': {e['run']!r} is not a run of "
+                                f"{where}.runs with model {e['model']!r}")
+        if not e["model"].startswith(f"{kind}_"):
+            raise WorkflowError(f"config key '{where}.vl.encoders.{kind}.model': {e['model']!r} is not a {kind}_* model")
     try:
+        for task in ("vqa", "retrieval") if VL else ():
+            VLRecipe.from_dict({**VL["recipe"], **VL.get(task, {})}, where=f"{where}.vl.{task}")
         recipe = PretrainRecipe.from_dict(P.get("recipe", {}), where=f"{where}.recipe")  # types and ranges of every key
         for run in TRAINED:  # the img_size each pretraining run trains at: a multiple of its model's patch size
             check_patch_multiple(recipe.img_size, RUNS[run]["model"], where=f"{where}.recipe")
@@ -145,6 +155,21 @@ def _configured_paths():
         if b.get("checkpoint"):
             kind = "resnet_weights" if b["kind"] == "resnet" else "checkpoint"
             yield f"{where}.segmentation.backbones.{name}.checkpoint", Path(b["checkpoint"]), LAYOUTS[kind]
+    if VL:
+        yield from _configured_vl_paths(f"{where}.vl")
+
+
+def _configured_vl_paths(where):
+    for kind, e in VL["encoders"].items():
+        if e.get("checkpoint"):
+            yield f"{where}.encoders.{kind}.checkpoint", Path(e["checkpoint"]), LAYOUTS["checkpoint"]
+    if "generate" not in VL["data"]:
+        yield f"{where}.data.vqa", Path(VL["data"]["vqa"]), LAYOUTS["vqa"]
+        yield f"{where}.data.flickr30k", Path(VL["data"]["flickr30k"]), LAYOUTS["flickr30k"]
+    if not isinstance(VL["text_encoder"], dict):
+        yield f"{where}.text_encoder", Path(VL["text_encoder"]) / "config.json", LAYOUTS["text_encoder"]
+    if VL.get("figure5"):
+        yield f"{where}.figure5", Path(VL["figure5"]), LAYOUTS["figure5"]
 
 
 def _check_paths():
@@ -331,3 +356,44 @@ def table_stems():
 def released_outputs(*exts):
     """The released files' table (`absvit released`) of a preset with released checkpoints: released.<ext>."""
     return [TABLES / f"released.{ext}" for ext in (exts or ("tex", "csv", "md"))] if P["checkpoints"] else []
+
+
+# V&L fine-tuning (vl.smk): the generated data and text encoder of the embedded default, or the configured ones
+VL_GENERATED = bool(VL) and "generate" in VL["data"]
+VL_DATA_ROOT = Path("results") / "data" / PRESET / "vl"
+VL_TEXT = (Path("results") / "data" / PRESET / "vl-text-encoder" if VL and isinstance(VL["text_encoder"], dict)
+           else Path(VL["text_encoder"]) if VL else None)
+VL_DATA = ({"vqa": VL_DATA_ROOT / "vqa", "retrieval": VL_DATA_ROOT / "flickr30k"} if VL_GENERATED
+           else {"vqa": Path(VL["data"]["vqa"]), "retrieval": Path(VL["data"]["flickr30k"])} if VL else {})
+VL_FIGURE5 = VL_DATA_ROOT / "vqa" / "figure5.csv" if VL_GENERATED else Path(VL["figure5"]) if VL and VL.get("figure5") else None
+VL_OUT = OUT / "vl" / "{task}" / "{encoder}" / "s{seed}"
+
+
+def vl_inputs(task):
+    """A V&L job's data and text encoder: made by `vl_data`, or the configured folders."""
+    if VL_GENERATED:
+        return {"data": VL_DATA_ROOT, "text_encoder": VL_TEXT}
+    return {"data": configured(VL_DATA[task]), "text_encoder": configured(VL_TEXT)}
+
+
+def vl_encoder(kind, seed):
+    """The visual encoder's weights: its pretraining run's of ``seed``, or the configured file."""
+    e = VL["encoders"][kind]
+    return weights(e["run"], seed) if e.get("run") else configured(e["checkpoint"])
+
+
+def vl_recipe_json(task, seed):
+    """A V&L job's recipe (the preset's, then the task's keys) as one JSON object for `--recipe`."""
+    return json.dumps({**VL["recipe"], **VL.get(task, {}), "seed": int(seed)}, sort_keys=True)
+
+
+def vl_outputs():
+    """Every V&L result: task x encoder x seed."""
+    if not VL:
+        return []
+    return expand(VL_OUT / "result.json", task=("vqa", "retrieval"), encoder=("vit", "absvit"), seed=SEEDS)
+
+
+def figure5_outputs():
+    """Figure 5's score table of every seed (none without a Figure 5 manifest)."""
+    return expand(FIGURES / "s{seed}" / "fig5.csv", seed=SEEDS) if VL_FIGURE5 else []

@@ -1,0 +1,163 @@
+"""``absvit vl-vqa`` / ``absvit vl-retrieval``: an ImageNet ViT / AbSViT fine-tuned as the visual encoder of METER.
+
+Output folder: ``checkpoint.pth`` (everything a resume needs, rewritten atomically after every epoch),
+``metrics.jsonl`` (one line per epoch), and when the run is complete ``model.pth`` (the fine-tuned weights and what
+rebuilds the model: task, encoder, text encoder, answer vocabulary, recipe), ``result.json`` (VQA accuracy on val2014,
+or retrieval recall@1/5/10 both ways on Flickr30k's test split) and, for VQA with ``trainval``, ``submission.json``
+for the evaluation server. A restarted job resumes from ``checkpoint.pth`` only if it belongs to the same run
+(task, encoder weights, text encoder, data, recipe, world size) and ends exactly where an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+from absvit import engine, runtime
+from absvit.checkpoint import (checkpoint_to_resume, read_checkpoint, resumable, resume, rng_states, save_state,
+                               truncate_log)
+from absvit.data.sampling import SampleSeeds, Seeded
+from absvit.errors import CheckpointError
+from absvit.evaluate import load_model
+from absvit.io import append_jsonl, write_json
+from absvit.progress import LOG_EVERY_S, Progress
+from absvit.recipe import VLRecipe
+from absvit.tracking import Tracker, run_tags
+from absvit.vl.encoders import TextEncoder, VisualEncoder
+from absvit.vl.fusion import METER
+from absvit.vl.model import VQAHead, VQAObjective, lr_schedule, param_groups
+from absvit.vl.tasks import TASKS
+
+
+def tokenizer_of(folder):
+    """The text encoder folder's tokenizer (``save_pretrained`` layout), read without the hub."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def build(task_name: str, encoder_checkpoint, text_encoder, data_root, recipe: VLRecipe, *, model_name=None):
+    """(the task with its data, the objective (METER + head) on this encoder, what the encoder's file records:
+    model name, classes, the MLflow run that made it)."""
+    task = TASKS[task_name](data_root, recipe, tokenizer_of(text_encoder))
+    vit, classes, _, ckpt = load_model(encoder_checkpoint, model_name=model_name)
+    text = TextEncoder(text_encoder)
+    visual = VisualEncoder(vit, text_dim=text.hidden_size, feedback=recipe.feedback)
+    meter = METER(visual, text, hidden=recipe.hidden, heads=recipe.heads, layers=recipe.layers,
+                  mlp_ratio=recipe.mlp_ratio, dropout=recipe.dropout)
+    encoder = {"model": vit.pretrained_cfg["architecture"], "classes": classes, "source": ckpt.get("mlflow_run_id")}
+    return task, task.objective(meter), encoder
+
+
+def load_finetuned(path, *, device="cpu"):
+    """(objective, described) of a finished run's ``model.pth``: the model rebuilt from what the file records (the
+    encoder's architecture and the text encoder folder must be where they were)."""
+    ckpt = read_checkpoint(path)
+    vl = ckpt.get("vl")
+    if not vl:
+        raise CheckpointError(f"{path}: not a model.pth of `absvit vl-vqa` / `vl-retrieval` (no 'vl' entry)")
+    recipe = VLRecipe.from_dict(vl["recipe"], where=f"{path}: recipe")
+    vit = timm.create_model(vl["encoder_model"], num_classes=len(vl["encoder_classes"]), img_size=recipe.img_size)
+    # (VisualEncoder drops the classifier, as it did when the model was trained)
+    text = TextEncoder(vl["text_encoder"])
+    meter = METER(VisualEncoder(vit, text_dim=text.hidden_size, feedback=recipe.feedback), text, hidden=recipe.hidden,
+                  heads=recipe.heads, layers=recipe.layers, mlp_ratio=recipe.mlp_ratio, dropout=recipe.dropout)
+    if vl["task"] != "vqa":
+        raise CheckpointError(f"{path}: a {vl['task']} model; rebuilding is for VQA models (the figure's)")
+    objective = VQAObjective(meter, VQAHead(2 * recipe.hidden, len(vl["vocab"])), var_weight=recipe.var_weight)
+    objective.load_state_dict(ckpt["model"])
+    return objective.to(device).eval(), vl
+
+
+def loader(task, recipe: VLRecipe, dist, device):
+    """The training loader: a (seed, epoch)-shuffled sampler, each sample augmented under its own seed."""
+    pairs = task.train_pairs()
+    sampler = torch.utils.data.DistributedSampler(pairs, dist.world_size, dist.rank, shuffle=True, seed=recipe.seed)
+    return torch.utils.data.DataLoader(Seeded(pairs), batch_size=recipe.batch_size // dist.world_size,
+                                       sampler=SampleSeeds(sampler, seed=recipe.seed, rank=dist.rank), drop_last=True,
+                                       num_workers=recipe.workers, pin_memory=device.type == "cuda",
+                                       generator=torch.Generator().manual_seed(recipe.seed))
+
+
+def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_dir, recipe: VLRecipe, *,
+             model_name: str | None = None, tracking_uri: str | None = None, track: bool = True,
+             run_name: str | None = None, preset: str | None = None, run: str | None = None,
+             stop_after_epoch: int | None = None, fresh_on_change: bool = False,
+             log_every_s: float = LOG_EVERY_S) -> dict:
+    """Fine-tune on ``task_name`` ("vqa", "retrieval") and evaluate. Longer than most functions here on purpose:
+    set-up, resume and the epochs read top to bottom, as ``absvit.pretrain.pretrain`` does."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dist, device = runtime.setup(recipe.seed)
+    task, objective, encoder_file = build(task_name, encoder_checkpoint, text_encoder, data_root, recipe,
+                                          model_name=model_name)
+    encoder, source = encoder_file["model"], encoder_file["source"]
+    objective.to(device)
+    train_loader = loader(task, recipe, dist, device)
+    optimizer = torch.optim.AdamW(param_groups(objective, lr=recipe.lr, fusion_mult=recipe.fusion_mult,
+                                               head_mult=recipe.head_mult, feedback_mult=recipe.feedback_mult,
+                                               weight_decay=recipe.weight_decay), betas=(0.9, 0.98), eps=1e-8)
+    scheduler = lr_schedule(optimizer, recipe.epochs * len(train_loader), recipe.warmup)
+    ckpt_path = out / "checkpoint.pth"
+    identity = {"task": task_name, "encoder": str(Path(encoder_checkpoint).resolve()), "encoder_model": encoder,
+                "text_encoder": str(Path(text_encoder).resolve()), "data_root": str(Path(data_root).resolve()),
+                "recipe": recipe.identity(), "world_size": dist.world_size}
+    described = {"arch": f"meter-{task_name}/{encoder}", "img_size": recipe.img_size, "classes": None, "run": identity,
+                 "vl": {**identity, "recipe": recipe.to_dict(), "encoder_classes": encoder_file["classes"],
+                        **task.described}}
+    start, run_id = 0, None
+    ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
+    if ckpt is not None:
+        start, run_id = resume(ckpt, ckpt_path, model=objective, optimizer=optimizer, scheduler=scheduler,
+                               rank=dist.rank, counter="epoch")
+        truncate_log(out / "metrics.jsonl", "epoch", start)
+        print(f"resuming {task_name} ({encoder}) from {ckpt_path} at epoch {start}", flush=True)
+    scheduler.step_update(start * len(train_loader))
+    trained = runtime.distributed(objective, dist, device)
+
+    params = {"task": task_name, "encoder": str(encoder_checkpoint), "encoder_model": encoder,
+              "text_encoder": str(text_encoder), "data_root": str(data_root), "world_size": dist.world_size,
+              "recipe": recipe.to_dict(), "source_run_id": source, **{k: v for k, v in task.described.items() if k != "vocab"}}
+    tags = run_tags(f"vl-{task_name}", preset, run or out.parent.name, seed=recipe.seed, source_run_id=source)
+    with Tracker(run_name or f"vl-{task_name}/{encoder}", uri=tracking_uri, run_id=run_id, params=params, tags=tags,
+                 enabled=track and dist.is_main) as tracker:
+        for epoch in range(start + 1, recipe.epochs + 1):
+            header = f"Epoch: [{epoch}/{recipe.epochs}] ({task_name})"
+            train_loader.sampler.set_epoch(epoch - 1)
+            if hasattr(task.train, "set_epoch"):  # retrieval's negatives are drawn per (seed, epoch, sample)
+                task.train.set_epoch(epoch - 1)
+            progress = Progress(header, len(train_loader), every_s=log_every_s, dist=dist, device=device)
+            done = (epoch - 1) * len(train_loader)  # the schedule is per step over the whole run
+            engine.train_one_epoch(trained, train_loader, optimizer, device, progress=progress,
+                                   finite=engine.FiniteCheck(ckpt_path, dist=dist), where=f"epoch {epoch}, step {{step}}",
+                                   on_step=lambda step, loss, lr, done=done: scheduler.step_update(done + step))
+            train = progress.summary()
+            rng = rng_states(dist)
+            row = {"epoch": epoch, "train_loss": train["loss"], "lr": optimizer.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - progress.t0}
+            if dist.is_main:
+                with resumable(ckpt_path, f"epoch {epoch - 1}" if epoch > 1 else None):
+                    save_state(ckpt_path, objective, described, tracker.run_id, optimizer=optimizer.state_dict(),
+                               lr_scheduler=scheduler.state_dict(), epoch=epoch, rng=rng)
+                append_jsonl(out / "metrics.jsonl", row)
+                tracker.log_metrics({**{k: v for k, v in row.items() if k != "epoch"},
+                                     "images_per_s": train["images_per_s"]}, step=epoch)
+                print(f"{header} done: train loss {train['loss']:.4f}, {train['images_per_s']:.0f} img/s", flush=True)
+            if stop_after_epoch is not None and stop_after_epoch <= epoch < recipe.epochs:
+                tracker.finish("KILLED")
+                return row
+        result = {"task": task_name, "encoder": encoder, "checkpoint": str(encoder_checkpoint), "seed": recipe.seed,
+                  "epochs": recipe.epochs, "feedback": recipe.feedback, "prior_loss": recipe.prior_loss}
+        if dist.is_main:
+            result.update(task.evaluate(objective, device, workers=recipe.workers, every_s=log_every_s))
+            if "submission" in result:
+                write_json(out / "submission.json", result.pop("submission"))
+            with resumable(ckpt_path, f"epoch {recipe.epochs}"):
+                save_state(out / "model.pth", objective, described, tracker.run_id, epoch=recipe.epochs)
+            write_json(out / "result.json", result)
+            tracker.log_metrics({k: v for k, v in result.items() if isinstance(v, float)})
+            for path in (out / "result.json", out / "metrics.jsonl"):
+                tracker.log_artifact(path)
+    return result

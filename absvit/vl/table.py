@@ -1,0 +1,96 @@
+"""Table 4 (V&L fine-tuning: ViT vs AbSViT on VQAv2 and Flickr30k retrieval) and Figure 5's scores, over seeds, for
+``absvit tables``: the same mean +- std cells, LaTeX / CSV / Markdown files and Welch's tests as Tables 1-3."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from absvit import stats
+from absvit.formats import display_name, markdown_table, tex_escape
+from absvit.tables import Reported, Spread, paper_comparison, write_table
+from absvit.tracking import finished_runs
+
+HEAD = {"vqa_accuracy": "VQA", "i2t_r1": "TR@1", "i2t_r5": "TR@5", "i2t_r10": "TR@10", "t2i_r1": "IR@1",
+        "t2i_r5": "IR@5", "t2i_r10": "IR@10"}
+CAPTION = ("V\\&L fine-tuning with ViT and AbSViT as the visual encoder of METER: VQAv2 accuracy (val2014, the official "
+           "metric) and Flickr30k retrieval recall@1/5/10 (test split; TR: image to text, IR: text to image). The "
+           "appendix gives no V\\&L numbers.")
+KINDS = ("vit", "absvit")
+
+
+def _kind(model: str) -> str:
+    return "absvit" if model.startswith("absvit_") else "vit"
+
+
+def vl_frame(result_files) -> pd.DataFrame:
+    """One row per (encoder kind, seed): model and the numbers of both tasks, from `absvit vl-*` result.json files."""
+    rows: dict = {}
+    for path in result_files:
+        r = json.loads(Path(path).read_text())
+        row = rows.setdefault((_kind(r["encoder"]), int(r["seed"])), {"encoder": _kind(r["encoder"]), "seed": int(r["seed"]),
+                                                                        "model": r["encoder"]})
+        row.update({k: float(r[k]) for k in HEAD if k in r})
+    return pd.DataFrame(list(rows.values())).reindex(columns=["encoder", "seed", "model", *HEAD])
+
+
+def vl_from_mlflow(uri: str, preset: str) -> pd.DataFrame | None:
+    """The newest finished V&L run of each (task, encoder run, seed) of ``preset``, as ``vl_frame``; None if none."""
+    latest: dict = {}
+    for stage in ("vl-vqa", "vl-retrieval"):
+        for run in finished_runs(uri, preset, f"tags.`absvit.stage` = '{stage}'"):
+            latest.setdefault((stage, run.data.params["encoder_model"], run.data.tags.get("absvit.seed", "0")), run)
+    if not latest:
+        return None
+    rows: dict = {}
+    for (_, model, seed), run in sorted(latest.items()):
+        row = rows.setdefault((_kind(model), int(seed)), {"encoder": _kind(model), "seed": int(seed), "model": model})
+        row.update({k: v for k, v in run.data.metrics.items() if k in HEAD})
+    return pd.DataFrame(list(rows.values())).reindex(columns=["encoder", "seed", "model", *HEAD])
+
+
+def table4(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reported:
+    """``frame``: ``vl_frame`` rows; rows ViT then AbSViT, mean +- std over seeds, the pair's Welch test."""
+    frame = frame.set_index("encoder").loc[[k for k in KINDS if k in set(frame.encoder)]].reset_index()
+    spread = Spread.of(frame, "encoder", list(HEAD))
+    models = frame.groupby("encoder", sort=False)["model"].agg(lambda m: " / ".join(sorted(set(m))))
+    labels = {kind: display_name(models[kind]) for kind in spread.mean.index}
+    write_table(Path(out_dir), "table4", spread, labels, HEAD, {"Model": [tex_escape(labels[k]) for k in spread.mean.index]},
+                caption=CAPTION, ref="tab:vl", column_format="l" + "c" * len(HEAD), label=label)
+    significance = (stats.compare(frame, "encoder", "vit", "absvit", HEAD, pair=f"{labels['absvit']} - {labels['vit']}")
+                    if set(KINDS) <= set(spread.mean.index) else None)
+    return Reported(paper_comparison(spread, labels, {}, HEAD), significance)
+
+
+FIGURE5_CAPTION = ("V&L Figure 5: the VQA-fine-tuned encoders' attention on the object each question names: selectivity "
+                   "(mass inside the object / its share of the image; 1 = none; displayed and raw map), pointing game (% "
+                   "of questions whose map peaks inside the object) and map shift (mean absolute change of the displayed "
+                   "map between two questions about different objects of the same image; 0 = the question moves "
+                   "nothing).")
+FIG5_HEAD = {"selectivity": "Selectivity", "selectivity_raw": "Selectivity (raw map)", "pointing": "Pointing game (%)",
+             "map_shift": "Map shift"}
+FIG5_DIGITS = {"selectivity": 2, "selectivity_raw": 2, "pointing": 1, "map_shift": 4}
+
+
+def figure5_scores(score_files, out_dir, *, label: str | None = None) -> str:
+    """Figure 5's scores (`absvit vl-figure`'s fig5.csv, one per seed) as mean +- std per (model, attention):
+    ``figure5.{tex,csv,md}``; returns the report's section, with AbSViT's top-down rows tested against its bottom-up
+    ones and against the ViT's (Welch)."""
+    long = pd.concat([pd.read_csv(f).assign(seed=i) for i, f in enumerate(score_files)])
+    long["row"] = [f"{m} {a}" for m, a in zip(long.model, long.attention)]
+    spread = Spread.of(long, "row", list(FIG5_HEAD), FIG5_DIGITS)
+    first = long.drop_duplicates("row").set_index("row").loc[spread.mean.index]
+    write_table(Path(out_dir), "figure5", spread, {r: r for r in spread.mean.index}, FIG5_HEAD,
+                {"Model": [tex_escape(m) for m in first.model], "Attention": list(first.attention)},
+                caption=tex_escape("V&L Figure 5: attention on the object the question names (the VQA models)."),
+                ref="tab:figure5", column_format="llcccc", label=label, tex_heads={"pointing": "Pointing game (\\%)"})
+    rows = list(spread.mean.index)
+    tests = [stats.compare(long, "row", other, rows[0], FIG5_HEAD, pair=f"{rows[0]} - {other}") for other in rows[1:]]
+    md = markdown_table(spread.cells(tex=False).assign(n=spread.seeds().astype(int)).rename(columns=FIG5_HEAD)
+                        .rename_axis(index="Model", columns=None))
+    return "\n".join(["## V&L Figure 5 (attention moved by the question)", "",
+                      f"Over {len(score_files)} seed(s) of the VQA fine-tuning (mean ± sample std where n > 1). "
+                      f"{FIGURE5_CAPTION} The figures of each seed are in `figures/s<seed>/fig5_vqa.png`.", "", md, "",
+                      f"AbSViT's top-down rows against the others: difference of means and {stats.TEST}.", "",
+                      markdown_table(pd.concat(tests).round({"difference": 4, "t": 2, "p": 4}), index=False), ""])

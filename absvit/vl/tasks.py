@@ -1,0 +1,168 @@
+"""The two V&L tasks, each its data, its model head and objective, and its evaluation:
+
+- ``VQATask``: VQAv2 (train2014, or train + val with ``trainval``); the official VQA accuracy on val2014, or the
+  test-dev submission JSON for the evaluation server with ``trainval``.
+- ``RetrievalTask``: Flickr30k's Karpathy split; every (image, text) pair of the test split scored, image->text and
+  text->image recall@1/5/10.
+
+``absvit.vl.finetune`` runs either the same way (``engine.train_one_epoch``, ``engine.evaluate``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from absvit import engine
+from absvit.progress import Progress
+from absvit.recipe import VLRecipe
+from absvit.vl.answers import answer_vocabulary, normalize_answer, soft_targets, vqa_accuracy
+from absvit.vl.datasets import (CaptionDataset, ImageDataset, TextDataset, VQADataset, read_karpathy, read_vqa,
+                                vl_transform)
+from absvit.vl.fusion import METER
+from absvit.vl.model import ITMHead, RankHead, RetrievalObjective, VQAHead, VQAObjective, recall_at_k
+
+
+class AsPairs(torch.utils.data.Dataset):
+    """A dataset of dicts as ``(inputs, target)`` for the engine's loops: the ``inputs`` keys as a tuple, then the
+    ``target`` key's tensor (the sample's index where the task has no target)."""
+
+    def __init__(self, dataset, inputs: tuple[str, ...], target: str = "index"):
+        self.dataset, self.inputs, self.target = dataset, inputs, target
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        return tuple(item[k] for k in self.inputs), item[self.target]
+
+
+class VQAAnswers:
+    """``engine.evaluate``'s metric of VQA: each question's predicted answer (the logits' argmax), kept on the device
+    and read once; ``compute`` gives the official accuracy against the 10 annotators' answers."""
+
+    def __init__(self, records, vocab: list[str]):
+        self.records, self.vocab, self.picks, self.indices = records, vocab, [], []
+
+    def update(self, logits: torch.Tensor, indices: torch.Tensor) -> None:
+        self.picks.append(logits.argmax(-1))
+        self.indices.append(indices)
+
+    def predictions(self) -> dict[int, str]:
+        """question index -> answer."""
+        picks, indices = torch.cat(self.picks).tolist(), torch.cat(self.indices).tolist()  # the one host sync
+        return {i: self.vocab[p] for i, p in zip(indices, picks)}
+
+    def compute(self) -> dict:
+        predicted = self.predictions()
+        scores = [vqa_accuracy(predicted[i], self.records[i].answers) for i in sorted(predicted)]
+        return {"vqa_accuracy": 100.0 * sum(scores) / max(len(scores), 1), "questions": len(scores)}
+
+
+class VQATask:
+    name, prior_kind = "vqa", "mean"
+    inputs = ("image", "input_ids", "attention_mask")
+
+    def __init__(self, root, recipe: VLRecipe, tokenizer):
+        root = Path(root)
+        train = read_vqa(root, "train2014")
+        val = read_vqa(root, "val2014")
+        self.vocab = answer_vocabulary([normalize_answer(r.multiple_choice_answer) for r in train + val],
+                                       recipe.min_answer_count)
+        index = {a: i for i, a in enumerate(self.vocab)}
+        fitted = [r for r in train + (val if recipe.trainval else []) if soft_targets(r.answers, index)[0]]
+        self.eval_split = "test-dev2015" if recipe.trainval else "val2014"
+        self.eval_records = read_vqa(root, self.eval_split) if recipe.trainval else val
+        self.train = VQADataset(fitted, self.vocab, tokenizer, vl_transform(recipe.img_size, True), recipe.max_text_len)
+        self.eval_set = VQADataset(self.eval_records, self.vocab, tokenizer, vl_transform(recipe.img_size, False),
+                                   recipe.max_text_len)
+        self.recipe, self.described = recipe, {"vocab": self.vocab, "train_questions": len(fitted)}
+
+    def train_pairs(self):
+        return AsPairs(self.train, self.inputs, "targets")
+
+    def objective(self, meter: METER) -> VQAObjective:
+        r = self.recipe
+        return VQAObjective(meter, VQAHead(2 * r.hidden, len(self.vocab)), var_weight=r.var_weight,
+                            prior_loss=r.prior_loss, prior_weight=r.prior_weight)
+
+    def evaluate(self, objective: VQAObjective, device, *, workers: int, every_s: float) -> dict:
+        """The official accuracy on val2014; with ``trainval``, the test-dev predictions (``submission``)."""
+        loader = torch.utils.data.DataLoader(AsPairs(self.eval_set, self.inputs), batch_size=self.recipe.eval_batch_size,
+                                             num_workers=workers)
+        metric = VQAAnswers(self.eval_records, self.vocab)
+        engine.evaluate(objective, loader, device, metric, forward=lambda m, inputs, _: m.logits(inputs),
+                        progress=Progress(f"Test: [vqa {self.eval_split}]", len(loader), every_s=every_s, device=device))
+        if self.recipe.trainval:
+            predicted = metric.predictions()
+            return {"split": self.eval_split, "questions": len(predicted),
+                    "submission": [{"question_id": self.eval_records[i].question_id, "answer": a}
+                                   for i, a in sorted(predicted.items())]}
+        return {"split": self.eval_split, **metric.compute()}
+
+
+class PairScores:
+    """``engine.evaluate``'s metric of retrieval: the score of each (image, text) pair into an (images, texts) matrix."""
+
+    def __init__(self, images: int, texts: int):
+        self.scores = torch.full((images, texts), float("nan"))
+
+    def update(self, scores: torch.Tensor, pairs: torch.Tensor) -> None:
+        pairs = pairs.cpu()
+        self.scores[pairs[:, 0], pairs[:, 1]] = scores.float().cpu()
+
+
+class AllPairs(torch.utils.data.Dataset):
+    """Every (image, text) pair of a split, from preloaded image tensors and token ids: ((image, ids, mask), (i, j))."""
+
+    def __init__(self, images: torch.Tensor, ids: torch.Tensor, masks: torch.Tensor):
+        self.images, self.ids, self.masks = images, ids, masks
+
+    def __len__(self) -> int:
+        return len(self.images) * len(self.ids)
+
+    def __getitem__(self, index: int):
+        i, j = divmod(index, len(self.ids))
+        return (self.images[i], self.ids[j], self.masks[j]), torch.tensor([i, j])
+
+
+class RetrievalTask:
+    name, prior_kind = "retrieval", "eos"
+    inputs = ("image", "input_ids", "attention_mask", "negative_input_ids", "negative_attention_mask")
+
+    def __init__(self, root, recipe: VLRecipe, tokenizer):
+        train, self.test = read_karpathy(root, "train"), read_karpathy(root, "test")
+        self.train = CaptionDataset(train, tokenizer, vl_transform(recipe.img_size, True), negatives=recipe.negatives,
+                                    seed=recipe.seed, max_len=recipe.max_text_len)
+        self.tokenizer, self.recipe = tokenizer, recipe
+        self.described = {"train_images": len(train), "train_captions": len(self.train)}
+
+    def train_pairs(self):
+        return AsPairs(self.train, self.inputs)
+
+    def objective(self, meter: METER) -> RetrievalObjective:
+        r = self.recipe
+        itm = ITMHead(2 * r.hidden)
+        return RetrievalObjective(meter, itm, RankHead(2 * r.hidden, itm=itm), negatives=r.negatives,
+                                  itm_weight=r.itm_weight, var_weight=r.var_weight, prior_loss=r.prior_loss,
+                                  prior_weight=r.prior_weight)
+
+    def evaluate(self, objective: RetrievalObjective, device, *, workers: int, every_s: float) -> dict:
+        """Scores every (image, text) pair of the test split with the rank head (AbSViT's visual tokens depend on
+        the text: no cache), then recall@k both ways."""
+        images = torch.stack([d["image"] for d in ImageDataset(self.test, vl_transform(self.recipe.img_size, False))])
+        texts = TextDataset(self.test, self.tokenizer, self.recipe.max_text_len)
+        ids = torch.stack([texts[j]["input_ids"] for j in range(len(texts))])
+        masks = torch.stack([texts[j]["attention_mask"] for j in range(len(texts))])
+        loader = torch.utils.data.DataLoader(AllPairs(images, ids, masks), batch_size=self.recipe.eval_batch_size,
+                                             num_workers=workers)
+        metric = PairScores(len(images), len(ids))
+        engine.evaluate(objective, loader, device, metric, forward=lambda m, inputs, _: m.score(*inputs),
+                        progress=Progress("Test: [retrieval test]", len(loader), every_s=every_s, device=device))
+        text_image = torch.tensor([image for image, _ in texts.samples])
+        return {"split": "test", "images": len(images), "texts": len(ids),
+                **recall_at_k(metric.scores, text_image)}
+
+
+TASKS = {"vqa": VQATask, "retrieval": RetrievalTask}

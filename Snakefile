@@ -2,7 +2,11 @@
 #   snakemake all                    the embedded default, locally (profiles/default); `all` is the default target
 #   snakemake --profile slurm all    GPU stages through submitit on SLURM
 # The plan: snakemake -n all; the picture: snakemake --rulegraph all | dot -Tsvg
+# After a run, one page to share: snakemake --report results/embedded/report.html (report.zip: with the files)
 configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -164,6 +164,13 @@ def _tables(args: argparse.Namespace) -> None:
     tables.report(args.out_dir, t1=t1, t2=t2, t3=t3, label=label, sections=sections)
 
 
+def _html(args: argparse.Namespace) -> None:
+    from absvit.pages import write_pages
+
+    for page in write_pages(args.markdown):
+        print(page)
+
+
 def _submit(args: argparse.Namespace) -> int:
     from absvit.launch import Resources, submit
 
@@ -273,7 +280,7 @@ def _training_verbs(verbs) -> None:
 
 
 def _table_verbs(verbs) -> None:
-    """``ablation``, ``tables``, ``plan``."""
+    """``ablation``, ``tables``, ``html``, ``plan``."""
     p = verbs.add_parser("ablation", help="two arms' robustness results side by side: Table 2 (lvar) or Table 3 (robustness)")
     p.add_argument("--name", required=True, choices=["lvar", "robustness"],
                    help="lvar: arms without_lvar, with_lvar (Table 2); robustness: arms vit, absvit (Table 3)")
@@ -304,6 +311,11 @@ def _table_verbs(verbs) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not mirror the cost table into MLflow")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_tables)
+
+    p = verbs.add_parser("html", help="Markdown files as standalone HTML pages (X.md -> X.html beside it): "
+                                      "what Snakemake's report shows inline")
+    p.add_argument("markdown", nargs="+", metavar="MD", help="Markdown files (the tables' .md, report.md)")
+    p.set_defaults(func=_html)
 
     from absvit import plan
 

@@ -293,6 +293,8 @@ def seg_weights(name, seed):
 # The appendix figures (figures.smk), when the preset has a `figures:` key
 FIG = P.get("figures")
 FIGURES = OUT / "figures"
+FIGURE_TITLES = {"fig1_attention": "Fig. 1: bottom-up vs top-down attention",  # each figure's file stem (PNG + PDF)
+                 "fig3_alpha": "Fig. 3: the feedback scale alpha", "fig4_decoder": "Fig. 4: what the first-layer tokens hold"}
 SCENES_GENERATED = bool(FIG) and isinstance(FIG["scenes"], dict)
 SCENES = Path("results") / "data" / PRESET / "scenes" if SCENES_GENERATED else Path(FIG["scenes"]) if FIG else None
 
@@ -307,3 +309,20 @@ def figure_outputs():
 def seg_recipe_json(dataset, seed):
     """A segmentation job's recipe (the preset's, then the dataset's keys), as one JSON object for `--recipe`."""
     return json.dumps({**SEG["recipe"], **SEG_DATASETS[dataset]["recipe"], "seed": int(seed)}, sort_keys=True)
+
+
+# Snakemake's report (`snakemake --report results/<preset>/report.html`): which outputs it shows, under which
+# category (one per table, "Figures", "Cost", "Report"), each captioned by workflow/report/<kind>.rst
+def reported(path, kind, category, label, subcategory=None):
+    """``path`` marked for the report: listed as ``label`` under ``category`` (and ``subcategory``; wildcards such as
+    ``{seed}`` are filled in), with the caption workflow/report/<kind>.rst (RST with Jinja: ``snakemake.config``,
+    ``snakemake.wildcards``, ``snakemake.params``)."""
+    return report(path, caption=f"../report/{kind}.rst", category=category, subcategory=subcategory,
+                  labels={"result": label})
+
+
+def table_report(stem, category, title, subcategory=None):
+    """A table in the report as two results, both captioned by workflow/report/<stem>.rst: its HTML page
+    (``absvit html`` writes it from <stem>.md; shown inline) and its CSV (a download)."""
+    return [reported(TABLES / f"{stem}.html", stem, category, title, subcategory),
+            reported(TABLES / f"{stem}.csv", stem, category, f"{title} (CSV)", subcategory)]

@@ -2,7 +2,11 @@
 #   snakemake all                    the embedded default, locally (profiles/default); `all` is the default target
 #   snakemake --profile slurm all    GPU stages through submitit on SLURM
 # The plan: snakemake -n all; the picture: snakemake --rulegraph all | dot -Tsvg
+# After a run, one page to share: snakemake --report results/embedded/report.html (report.zip: with the files)
 configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -12,6 +16,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/vl.smk"
 include: "workflow/rules/released.smk"
 include: "workflow/rules/tables.smk"
 
@@ -25,3 +30,5 @@ rule all:
         eval_outputs(RUNS),
         figure_outputs(),
         released_outputs(),
+        vl_outputs(),
+        figure5_outputs(),

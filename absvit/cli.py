@@ -181,6 +181,13 @@ def _released(args: argparse.Namespace) -> None:
              track=not args.no_mlflow, from_mlflow=args.from_mlflow)
 
 
+def _html(args: argparse.Namespace) -> None:
+    from absvit.pages import write_pages
+
+    for page in write_pages(args.markdown):
+        print(page)
+
+
 def _submit(args: argparse.Namespace) -> int:
     from absvit.launch import Resources, submit
 
@@ -292,7 +299,7 @@ def _training_verbs(verbs) -> None:
 
 
 def _table_verbs(verbs) -> None:
-    """``ablation``, ``tables``, ``released``, ``plan``."""
+    """``ablation``, ``tables``, ``released``, ``html``, ``plan``."""
     p = verbs.add_parser("ablation", help="two arms' robustness results side by side: Table 2 (lvar) or Table 3 (robustness)")
     p.add_argument("--name", required=True, choices=["lvar", "robustness"],
                    help="lvar: arms without_lvar, with_lvar (Table 2); robustness: arms vit, absvit (Table 3)")
@@ -337,6 +344,11 @@ def _table_verbs(verbs) -> None:
     p.add_argument("--out-dir", required=True, help="writes released.{tex,csv,md}")
     tracking_arguments(p)
     p.set_defaults(func=_released)
+
+    p = verbs.add_parser("html", help="Markdown files as standalone HTML pages (X.md -> X.html beside it): "
+                                      "what Snakemake's report shows inline")
+    p.add_argument("markdown", nargs="+", metavar="MD", help="Markdown files (the tables' .md, report.md)")
+    p.set_defaults(func=_html)
 
     from absvit import plan
 

@@ -330,6 +330,8 @@ def seg_weights(name, seed):
 # The appendix figures (figures.smk), when the preset has a `figures:` key
 FIG = P.get("figures")
 FIGURES = OUT / "figures"
+FIGURE_TITLES = {"fig1_attention": "Fig. 1: bottom-up vs top-down attention",  # each figure's file stem (PNG + PDF)
+                 "fig3_alpha": "Fig. 3: the feedback scale alpha", "fig4_decoder": "Fig. 4: what the first-layer tokens hold"}
 SCENES_GENERATED = bool(FIG) and isinstance(FIG["scenes"], dict)
 SCENES = Path("results") / "data" / PRESET / "scenes" if SCENES_GENERATED else Path(FIG["scenes"]) if FIG else None
 
@@ -347,15 +349,45 @@ def seg_recipe_json(dataset, seed):
 
 
 def table_stems():
-    """The tables the preset writes (each as .tex, .csv, .md): Table 1 with segmentation, Tables 2 / 3 where the
-    preset names their runs, the figures' scores with figures, and the cost table always."""
-    return ([*(["table1"] if SEG_DATASETS else []), *(["table2"] if "table2" in P else []),
-             *(["table3"] if "table3" in P else []), "cost", *(["figures"] if FIG else [])])
+    """What the tables job writes, each table as .tex, .csv, .md and .html: Table 1 with segmentation, Tables 2 / 3
+    where the preset names their runs, Table 4 with V&L, the figures' scores with figures (Figure 5's with a manifest),
+    and the cost table always."""
+    wanted = {"table1": SEG_DATASETS, "table2": "table2" in P, "table3": "table3" in P, "table4": VL,
+              "figures": FIG, "figure5": VL_FIGURE5, "cost": True}
+    return [stem for stem, want in wanted.items() if want]
+
+
+# Each table's category and title in Snakemake's report (a caption each: workflow/report/<stem>.rst)
+TABLE_TITLES = {"table1": ("Table 1", "Table 1: semantic segmentation (mIoU)"),
+                "table2": ("Table 2", "Table 2: the L_var ablation"),
+                "table3": ("Table 3", "Table 3: ViT vs AbSViT robustness"),
+                "table4": ("Table 4", "Table 4: V&L fine-tuning, ViT vs AbSViT"),
+                "figures": ("Figures", "Scores of Figs. 1, 3, 4", "Scores (all seeds)"),
+                "figure5": ("Figures", "Scores of Figure 5 (V&L)", "Scores (all seeds)"),
+                "released": ("Released", "The released checkpoints re-measured"),
+                "cost": ("Cost", "What the run cost, per stage")}
 
 
 def released_outputs(*exts):
     """The released files' table (`absvit released`) of a preset with released checkpoints: released.<ext>."""
     return [TABLES / f"released.{ext}" for ext in (exts or ("tex", "csv", "md"))] if P["checkpoints"] else []
+
+
+# Snakemake's report (`snakemake --report results/<preset>/report.html`): which outputs it shows, under which
+# category (one per table, "Figures", "Cost", "Report"), each captioned by workflow/report/<kind>.rst
+def reported(path, kind, category, label, subcategory=None):
+    """``path`` marked for the report: listed as ``label`` under ``category`` (and ``subcategory``; wildcards such as
+    ``{seed}`` are filled in), with the caption workflow/report/<kind>.rst (RST with Jinja: ``snakemake.config``,
+    ``snakemake.wildcards``, ``snakemake.params``)."""
+    return report(path, caption=f"../report/{kind}.rst", category=category, subcategory=subcategory,
+                  labels={"result": label})
+
+
+def table_report(stem, category, title, subcategory=None):
+    """A table in the report as two results, both captioned by workflow/report/<stem>.rst: its HTML page
+    (``absvit html`` writes it from <stem>.md; shown inline) and its CSV (a download)."""
+    return [reported(TABLES / f"{stem}.html", stem, category, title, subcategory),
+            reported(TABLES / f"{stem}.csv", stem, category, f"{title} (CSV)", subcategory)]
 
 
 # V&L fine-tuning (vl.smk): the generated data and text encoder of the embedded default, or the configured ones

@@ -71,8 +71,8 @@ if FIG:
             decoder=lambda wc: expand(rules.decoder.output.decoder, run=FIG["absvit_run"], seed=wc.seed),
             scenes=configured(SCENES, SCENES_GENERATED),
         output:
-            [FIGURES / "s{seed}" / f"{stem}.{ext}" for stem in ("fig1_attention", "fig3_alpha", "fig4_decoder")
-             for ext in ("png", "pdf")],
+            [reported(FIGURES / "s{seed}" / f"{stem}.png", stem, "Figures", title, "Seed {seed}") if ext == "png"
+             else FIGURES / "s{seed}" / f"{stem}.pdf" for stem, title in FIGURE_TITLES.items() for ext in ("png", "pdf")],
             [FIGURES / "s{seed}" / f"figures.{ext}" for ext in ("csv", "md", "tex", "json")],
         wildcard_constraints:
             seed=r"\d+",

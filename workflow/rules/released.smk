@@ -8,7 +8,8 @@ if P["checkpoints"]:
         input:
             eval_outputs(P["checkpoints"]),
         output:
-            released_outputs(),
+            released_outputs("tex", "md"),
+            table_report("released", *TABLE_TITLES["released"]),
         params:
             python=PYTHON,
             evals=" ".join(f"{run}={expand(EVAL_DIR, run=run, seed=run_seeds(run)[0])[0]}" for run in P["checkpoints"]),
@@ -26,3 +27,4 @@ if P["checkpoints"]:
         shell:
             "{params.python} -m absvit released --eval {params.evals} --label {params.label:q} --out-dir {params.out}"
             " --preset {params.preset} {params.tracking} > {log} 2>&1"
+            " && {params.python} -m absvit html {params.out}/released.md >> {log} 2>&1"

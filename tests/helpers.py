@@ -65,10 +65,15 @@ def job_counts(stdout: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
-def paper_config(config, root, *, small=True):
+def paper_config(config, root, *, small=True, vl=None):
     """The paper preset pointed at ``root`` (the ``paper_datasets`` layout); with ``small``, iteration counts,
-    batches and crops cut to CPU size."""
+    batches and crops cut to CPU size. ``vl``: the V&L keys to set (data, text_encoder, encoders' checkpoints, ...);
+    without them the preset has no V&L stage (its base-size fine-tuning is no CPU test)."""
     paper = config["presets"]["paper"]
+    if vl is None:
+        del paper["vl"]
+    else:
+        paper["vl"].update(vl)
     paper["data"] = {"imagenet": str(root / "imagenet"), "imagenet_c": str(root / "imagenet-c"),
                      "imagenet_a": str(root / "robustness" / "imagenet-a"),
                      "imagenet_r": str(root / "robustness" / "imagenet-r"),

@@ -18,10 +18,13 @@ from tests.helpers import SNAKEMAKE, workflow_copy
 SCREENSHOTS = Path("/tmp/absvit-report-screenshots")  # a copy of each screenshot, outside pytest's tmp folders
 TABLES = {"Table 1": ("table1", "Table 1: semantic segmentation (mIoU)"),
           "Table 2": ("table2", "Table 2: the L_var ablation"),
-          "Table 3": ("table3", "Table 3: ViT vs AbSViT robustness")}
-FIGURES = ("Fig. 1: bottom-up vs top-down attention", "Fig. 3: the feedback scale alpha",
-           "Fig. 4: what the first-layer tokens hold")
-CATEGORIES = ["Cost", "Figures", "Report", "Table 1", "Table 2", "Table 3"]
+          "Table 3": ("table3", "Table 3: ViT vs AbSViT robustness"),
+          "Table 4": ("table4", "Table 4: V&L fine-tuning, ViT vs AbSViT")}
+PAPER = {"Table 4": "The appendix gives no V&L numbers"}  # what a caption says of the paper's values (default below)
+FIGURES = {"Fig. 1: bottom-up vs top-down attention": "fig1_attention", "Fig. 3: the feedback scale alpha": "fig3_alpha",
+           "Fig. 4: what the first-layer tokens hold": "fig4_decoder",
+           "Figure 5: attention moved by the question (V&L)": "fig5_vqa"}
+CATEGORIES = ["Cost", "Figures", "Report", "Table 1", "Table 2", "Table 3", "Table 4"]
 
 
 def test_a_markdown_table_becomes_an_html_table_and_html_in_it_is_escaped():
@@ -70,6 +73,8 @@ def _toy(config):
     seg["datasets"] = {"voc": seg["datasets"]["voc"]}
     seg["recipe"].update(iterations=4, batch_size=4, checkpoint_every=2)
     p["figures"].update(scenes={"seed": 0, "count": 4, "size": 64}, decoder_images=64, show=2)
+    p["vl"]["data"]["generate"]["counts"] = {"train": 4, "val": 2, "test": 2}
+    p["vl"]["recipe"].update(epochs=1, batch_size=8, hidden=32, layers=1)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +213,7 @@ def test_tables_render_with_the_csv_numbers_and_captions_naming_the_preset(finis
     reader.result(label, 1)
     caption = reader.description()
     assert "preset embedded, seeds 0" in caption and "say nothing about ImageNet" in caption, caption
-    assert "The paper's values" in caption
+    assert PAPER.get(category, "The paper's values") in caption
     if category == "Table 3":
         reader.screenshot(tmp_path / "report-table3-caption.png")
     reader.open(category)
@@ -220,7 +225,7 @@ def test_tables_render_with_the_csv_numbers_and_captions_naming_the_preset(finis
 def test_figures_render_per_seed_with_their_captions(finished_run, browser, tmp_path):
     wd, report = finished_run
     reader = Reader(browser, report)
-    for label, stem in zip(FIGURES, ("fig1_attention", "fig3_alpha", "fig4_decoder")):
+    for label, stem in FIGURES.items():
         reader.open("Figures", "Seed 0")
         reader.result(label, 0)
         with Image.open(wd / "results" / "embedded" / "figures" / "s0" / f"{stem}.png") as png:
@@ -235,6 +240,7 @@ def test_figures_render_per_seed_with_their_captions(finished_run, browser, tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("category, label, expect", [
     ("Figures", "Scores of Figs. 1, 3, 4", "Pointing game (%)"),
+    ("Figures", "Scores of Figure 5 (V&L)", "Map shift"),
     ("Cost", "What the run cost, per stage", "total"),
     ("Report", "Reproduction report: each number beside the paper's", "paper"),
 ])

@@ -15,10 +15,13 @@ def test_dry_run_plans_the_whole_embedded_dag():
     seeds = 3  # presets.embedded.seeds: every pretraining run and everything downstream, once per seed
     assert counts == {"all": 1, "embedded_dataset": 1, "imagenet_c": 75, "pretrain": 3 * seeds, "evaluate": 3 * seeds,
                       "lvar_ablation": 1, "robustness_comparison": 1, "segmentation_dataset": 1, "segment": 9 * seeds,
-                      "scenes": 1, "decoder": seeds, "figures": seeds, "tables": 1}, counts
+                      "scenes": 1, "decoder": seeds, "figures": seeds, "tables": 1,
+                      "vl_data": 1, "vl": 2 * 2 * seeds, "vl_figure": seeds}, counts  # V&L: task x encoder x seed
     for seed in range(seeds):
         assert f"results/embedded/pretrain/absvit/s{seed}/model.pth" in out.stdout
         assert f"results/embedded/segment/absvit/voc/s{seed}/result.json" in out.stdout
+        assert f"results/embedded/vl/retrieval/absvit/s{seed}/result.json" in out.stdout
+        assert f"--encoder results/embedded/pretrain/absvit/s{seed}/model.pth" in out.stdout  # its own seed's weights
 
 
 def test_one_seed_runs_each_job_once(tmp_path):

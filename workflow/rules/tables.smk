@@ -15,8 +15,8 @@ rule tables:
     the figures' scores, the cost table, and report.md (+ its page) from the comparisons, the segmentation results,
     the V&L results, the figures and the released files' table."""
     input:
-        ablation=rules.lvar_ablation.output.csv if "table2" in P else [],
-        robustness=rules.robustness_comparison.output.csv if "table3" in P else [],
+        ablation=[rules.lvar_ablation.output.csv] if "table2" in P else [],
+        robustness=[rules.robustness_comparison.output.csv] if "table3" in P else [],
         segmentation=expand(rules.segment.output.result, backbone=SEG_BACKBONES, dataset=SEG_DATASETS, seed=SEEDS)
         if SEG_DATASETS else [],
         vl=vl_outputs(),

@@ -32,7 +32,7 @@ if VL_GENERATED:
 
 if VL:
 
-    rule vl_finetune:
+    rule vl:
         """Fine-tune METER with one visual encoder (ViT or AbSViT) and one seed on one task, then evaluate it."""
         input:
             encoder=lambda wc: vl_encoder(wc.encoder, wc.seed),
@@ -74,8 +74,8 @@ if VL_FIGURE5:
     rule vl_figure:
         """Figure 5 of one seed: the VQA models' attention on the object each question names, and its scores."""
         input:
-            absvit=expand(rules.vl_finetune.output.model, task="vqa", encoder="absvit", seed="{seed}"),
-            vit=expand(rules.vl_finetune.output.model, task="vqa", encoder="vit", seed="{seed}"),
+            absvit=expand(rules.vl.output.model, task="vqa", encoder="absvit", seed="{seed}"),
+            vit=expand(rules.vl.output.model, task="vqa", encoder="vit", seed="{seed}"),
             data=VL_DATA_ROOT if VL_GENERATED else configured(VL_FIGURE5),
         output:
             FIGURES / "s{seed}" / "fig5.csv",

@@ -1,0 +1,115 @@
+"""The V&L stage end to end on the embedded data: fine-tuning resumes exactly, Table 4 and Figure 5's scores come from
+the runs' files and again from MLflow alone, and the paper preset plans the stage on data in the published layouts."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from absvit.checkpoint import read_checkpoint
+from absvit.cli import main
+from absvit.pretrain import pretrain
+from absvit.recipe import VLRecipe
+from absvit.vl.embedded import build_text_encoder, generate_vl, vl_corpus
+from absvit.vl.finetune import finetune
+from tests.helpers import dry_run, job_counts, paper_config, tiny_recipe, workflow_copy
+
+RECIPE = dict(epochs=2, batch_size=8, lr=1e-4, hidden=32, heads=2, layers=1, img_size=64, max_text_len=16,
+              min_answer_count=1, negatives=2, eval_batch_size=64, workers=0)
+
+
+@pytest.fixture(scope="module")
+def vl_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vl")
+    paths = generate_vl(root / "data", seed=0, size=64, counts={"train": 6, "val": 3, "test": 3})
+    build_text_encoder(root / "text", vl_corpus(root / "data"), hidden=32, layers=1, heads=2)
+    return {**paths, "text": root / "text"}
+
+
+@pytest.fixture(scope="module")
+def encoders(pico_run, embedded, tmp_path_factory):
+    """The session's pico AbSViT run and a ViT of the same size (one epoch each)."""
+    vit = tmp_path_factory.mktemp("vit")
+    pretrain("vit_pico_patch8_64", embedded, vit, tiny_recipe(epochs=1), track=False)
+    return {"absvit": pico_run / "model.pth", "vit": vit / "model.pth"}
+
+
+def _weights(path):
+    return read_checkpoint(path)["model"]
+
+
+def test_a_killed_run_resumes_where_an_uninterrupted_one_ends(tmp_path, vl_data, encoders):
+    recipe = VLRecipe(**RECIPE, seed=3)
+    args = ("vqa", encoders["absvit"], vl_data["text"], vl_data["vqa"])
+    whole = finetune(*args, tmp_path / "whole", recipe, track=False)
+    assert finetune(*args, tmp_path / "killed", recipe, track=False, stop_after_epoch=1)["epoch"] == 1
+    resumed = finetune(*args, tmp_path / "killed", recipe, track=False)
+    assert resumed == whole
+    a, b = _weights(tmp_path / "whole" / "model.pth"), _weights(tmp_path / "killed" / "model.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_table4_and_figure5_from_the_runs_and_from_mlflow_alone(tmp_path, vl_data, encoders):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    results = []
+    for task, data in (("vqa", vl_data["vqa"]), ("retrieval", vl_data["flickr30k"])):
+        for kind, weights in encoders.items():
+            out = tmp_path / "vl" / task / kind / "s0"
+            assert main([f"vl-{task}", "--encoder", str(weights), "--text-encoder", str(vl_data["text"]), "--data",
+                         str(data), "--out", str(out), "--recipe", json.dumps(RECIPE), "--tracking-uri", uri,
+                         "--preset", "embedded", "--run", kind]) == 0
+            results.append(out / "result.json")
+    vqa = json.loads(results[0].read_text())
+    assert vqa["split"] == "val2014" and 0 <= vqa["vqa_accuracy"] <= 100 and vqa["questions"] > 0
+    retrieval = json.loads(results[2].read_text())
+    assert retrieval["images"] == 3 and retrieval["texts"] == 15 and retrieval["i2t_r10"] == 100.0  # 3 images: all found
+
+    fig = tmp_path / "figures" / "s0"
+    assert main(["vl-figure", "--absvit-model", str(tmp_path / "vl/vqa/absvit/s0/model.pth"), "--vit-model",
+                 str(tmp_path / "vl/vqa/vit/s0/model.pth"), "--manifest", str(vl_data["figure5"]), "--out-dir", str(fig),
+                 "--tracking-uri", uri, "--preset", "embedded"]) == 0
+    scores = {(r["model"], r["attention"]): r for r in json.loads((fig / "fig5.json").read_text())["rows"]}
+    assert scores[("vit_pico_patch8_64", "bottom-up")]["map_shift"] == 0.0  # a ViT's map ignores the question
+    assert scores[("absvit_pico_patch8_64", "bottom-up")]["map_shift"] == 0.0
+    assert scores[("absvit_pico_patch8_64", "top-down")]["map_shift"] > 0.0  # the question moves AbSViT's top-down map
+
+    files = ["tables", "--vl", *map(str, results), "--figure5", str(fig / "fig5.csv"), "--label", "Embedded.",
+             "--out-dir", str(tmp_path / "files"), "--tracking-uri", uri, "--no-mlflow"]
+    assert main(files) == 0
+    table4 = (tmp_path / "files" / "table4.tex").read_text()
+    assert "Model & VQA & TR@1 & TR@5 & TR@10 & IR@1 & IR@5 & IR@10" in table4 and "vit\\_pico\\_patch8\\_64 &" in table4
+    report = (tmp_path / "files" / "report.md").read_text()
+    assert "## Table 4 (V&L fine-tuning" in report and "## V&L Figure 5" in report
+    shutil.rmtree(tmp_path / "vl")
+    assert main(["tables", "--from-mlflow", "--tracking-uri", uri, "--preset", "embedded", "--label", "Embedded.",
+                 "--out-dir", str(tmp_path / "store"), "--no-mlflow"]) == 0
+    for ext in ("tex", "csv", "md"):
+        assert (tmp_path / "store" / f"table4.{ext}").read_bytes() == (tmp_path / "files" / f"table4.{ext}").read_bytes()
+
+
+def test_the_paper_preset_plans_the_stage_on_the_published_layouts(tmp_path, paper_datasets, vl_data):
+    checkpoints = paper_datasets / "checkpoints"
+    vl = {"data": {"vqa": str(vl_data["vqa"]), "flickr30k": str(vl_data["flickr30k"])},
+          "text_encoder": str(vl_data["text"]),  # a folder in roberta-base's save_pretrained layout
+          "figure5": str(vl_data["figure5"]),
+          "encoders": {kind: {"model": f"{kind}_base_patch16_224", "checkpoint": str(checkpoints / f"{kind}_base_patch16_224.pth")}
+                       for kind in ("vit", "absvit")}}
+
+    def edit(config):
+        paper_config(config, paper_datasets, small=False, vl=vl)
+
+    wd = workflow_copy(tmp_path, edit)
+    out = dry_run("--config", "preset=paper", "--printshellcmds", cwd=wd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = job_counts(out.stdout)
+    assert (counts["vl"], counts["vl_figure"]) == (2 * 2, 1) and "vl_data" not in counts
+    assert f"--data {vl_data['vqa']} " in out.stdout and f"--text-encoder {vl_data['text']} " in out.stdout
+
+    def missing(config):
+        edit(config)
+        config["presets"]["paper"]["vl"]["text_encoder"] = "/nonexistent/roberta-base"
+
+    out = dry_run("--config", "preset=paper", cwd=workflow_copy(tmp_path / "missing", missing))
+    assert out.returncode != 0 and "presets.paper.vl.text_encoder: /nonexistent/roberta-base/config.json does not exist" in out.stderr

@@ -53,9 +53,12 @@ CPU_PRETRAIN = {"absvit": 127.0, "vit": 223.0}  # img/s: 8 epochs x 2,400 images
 CPU_EVAL = (10.0, 300.0)  # start-up s, img/s: 200 images in 12.4 s, 3,000 in 21.7 s
 CPU_SEGMENT = (8.0, 0.042)  # start-up s, s per 64x64 crop trained: 60 iterations x batch 8 in ~28 s
 CPU_SHARD = (0.8, 0.005)  # start-up s, s per image
-CPU_FIXED = {"embedded_dataset": 5.9, "segmentation_dataset": 1.9, "lvar_ablation": 3.9, "robustness_comparison": 3.2,
-             "released": 3.2,  # as a comparison: a few JSON files into a table (not measured on its own)
-             "tables": 0.8}  # s per job (the local stages, any preset)
+CPU_REF_VL = "embedded DAG run on a 2-core machine, 2026-12-03 (32 V&L train scenes)"
+CPU_FIXED = {  # s per job of the local stages (any preset), and where it was measured
+    **{rule: (s, CPU_REF) for rule, s in (("embedded_dataset", 5.9), ("segmentation_dataset", 1.9),
+                                          ("lvar_ablation", 3.9), ("robustness_comparison", 3.2), ("tables", 0.8))},
+    "vl_data": (9.9, CPU_REF_VL),
+    "released": (3.2, "`absvit released` on the embedded run's 6 evaluations, 2-core machine, 2026-12-03")}
 DEFAULT_GPU_BENCH = Path("results") / "benchmarks" / "gpu.json"
 
 
@@ -257,7 +260,8 @@ def estimate_stage(inp: StageInputs, rule: str, jobs: Jobs, notes: list[str]) ->
         mean, files = inp.previous[rule]
         return [mean] * len(jobs), f"previous run: mean {mean:.1f} s/job of {files} benchmark file(s) in {inp.results}"
     if rule in CPU_FIXED:
-        return [CPU_FIXED[rule]] * len(jobs), f"{CPU_FIXED[rule]} s/job measured on the {CPU_REF}"
+        seconds, where = CPU_FIXED[rule]
+        return [seconds] * len(jobs), f"{seconds} s/job measured on the {where}"
     if rule in MODELS:
         return MODELS[rule](inp, jobs, notes)
     hint = " (a previous run's benchmark files give one)" if local else ""

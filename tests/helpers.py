@@ -42,6 +42,7 @@ def tiny_recipe(**overrides):
 def workflow_copy(tmp_path: Path, edit=None) -> Path:
     """A copy of the workflow (Snakefile, rules, profiles, envs) in ``tmp_path`` whose config.yaml was changed by
     ``edit(config)``; returns ``tmp_path``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "workflow", "profiles", "envs"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)

@@ -183,6 +183,7 @@ def test_the_jobs_are_snakemakes_before_the_data_exist(tmp_path):
     counts = {rule: len(js) for rule, js in jobs.items()}
     assert counts == {"pretrain": 2 * 2, "evaluate": 2 * 2 + 1, "segment": 3 * 3 * 2, "decoder": 1, "figures": 1,
                       "lvar_ablation": 1, "robustness_comparison": 1, "released": 1, "tables": 1,
+                      "vl": 2 * 2 * 2,  # task x encoder x seed: the encoders' files are fine-tuned under each seed
                       "all": 1}  # released: evaluated once, and set beside its published numbers
     assert {"run": "absvit_tiny", "seed": "0"} in jobs["evaluate"] and {"run": "absvit_tiny", "seed": "1"} not in jobs["evaluate"]
     assert {"backbone": "absvit", "dataset": "ade20k", "seed": "1"} in jobs["segment"]

@@ -30,9 +30,6 @@ PUBLISHED = {"train": 1_281_167, "clean": 50_000, "imagenet-c": 15 * 5 * 50_000,
              "imagenet-r": 30_000, "imagenet-sketch": 50_889}
 DATA_KEYS = {"clean": "imagenet", "imagenet-c": "imagenet_c", "imagenet-a": "imagenet_a", "imagenet-r": "imagenet_r",
              "imagenet-sketch": "imagenet_sketch"}  # each suite's key under presets.<preset>.data (attacks: clean's)
-# The work of one image of a suite in forward passes: an attack step is a forward and backward pass (about
-# EVAL_SPEEDUP forward passes: the bare training step), then the adversarial image is classified.
-
 # Measured on one NVIDIA H200 (bf16 autocast, channels-last, fused AdamW, eager) with the code of 2026-11-27.
 H200 = "one NVIDIA H200, code of 2026-11-27, bf16, channels-last"
 DEFAULT_STEP = {  # bare training step, img/s at 224 px (batch 256 for Ti/S, 128 for B)
@@ -53,14 +50,12 @@ CPU_PRETRAIN = {"absvit": 127.0, "vit": 223.0}  # img/s: 8 epochs x 2,400 images
 CPU_EVAL = (10.0, 300.0)  # start-up s, img/s: 200 images in 12.4 s, 3,000 in 21.7 s
 CPU_SEGMENT = (8.0, 0.042)  # start-up s, s per 64x64 crop trained: 60 iterations x batch 8 in ~28 s
 CPU_SHARD = (0.8, 0.005)  # start-up s, s per image
-CPU_REF_VL = "embedded DAG run on a 2-core machine, 2026-12-03 (32 V&L train scenes)"
 CPU_FIXED = {  # s per job of the local stages (any preset), and where it was measured
     **{rule: (s, CPU_REF) for rule, s in (("embedded_dataset", 5.9), ("segmentation_dataset", 1.9),
                                           ("lvar_ablation", 3.9), ("robustness_comparison", 3.2), ("tables", 0.8))},
-    "vl_data": (9.9, CPU_REF_VL),
-    "released": (3.2, "`absvit released` on the embedded run's 6 evaluations, 2-core machine, 2026-12-03")}
+    "vl_data": (7.6, "embedded DAG run on a 2-core machine, 2026-12-03 (32 V&L train scenes)"),
+    "released": (4.1, "2-core machine, 2026-12-03: `absvit released` on 3 evaluations, MLflow store included")}
 DEFAULT_GPU_BENCH = Path("results") / "benchmarks" / "gpu.json"
-
 
 # -- inputs ------------------------------------------------------------------------------------
 
@@ -100,10 +95,7 @@ def load_gpu_bench(path) -> dict:
 
 
 def _count_images(folder: Path) -> int:
-    n = 0
-    for _, _, files in os.walk(folder):
-        n += sum(1 for f in files if f.lower().endswith((".jpeg", ".jpg", ".png")))
-    return n
+    return sum(f.lower().endswith((".jpeg", ".jpg", ".png")) for _, _, files in os.walk(folder) for f in files)
 
 
 def dataset_sizes(preset_cfg: dict, *, count: bool = True, shards: int = 0) -> dict[str, tuple[int, str]]:
@@ -373,7 +365,6 @@ def estimate_segment(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate
     return secs, _sources({**formulas, ", ".join(per_job): None} if per_job else formulas, used, jobs)
 
 
-# The rules with a throughput model; any other rule is estimated from a previous run, or not at all.
 # V&L: the published sizes (VQAv2 train2014 / val2014 questions, Flickr30k's Karpathy split) and the stated
 # assumption that METER's text encoder and fusion add half of the visual encoder's cost to each pair
 VL_SIZES = {"vqa": {"train": 443_757, "val": 214_354}, "retrieval": {"train": 145_000, "test_pairs": 1_000 * 5_000}}
@@ -406,5 +397,6 @@ def estimate_vl(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
                   f"{EVAL_SPEEDUP:g} x that; published sizes; " + "; ".join(used.values()) + f"; {len(jobs)} job(s)")
 
 
+# The rules with a throughput model; any other rule is estimated from a previous run, or not at all.
 MODELS = {"imagenet_c": estimate_shards, "pretrain": estimate_pretrain, "evaluate": estimate_evaluate,
           "segment": estimate_segment, "vl": estimate_vl}

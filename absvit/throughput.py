@@ -54,7 +54,7 @@ CPU_FIXED = {  # s per job of the local stages (any preset), and where it was me
     **{rule: (s, CPU_REF) for rule, s in (("embedded_dataset", 5.9), ("segmentation_dataset", 1.9),
                                           ("lvar_ablation", 3.9), ("robustness_comparison", 3.2), ("tables", 0.8))},
     "vl_data": (7.6, "embedded DAG run on a 2-core machine, 2026-12-03 (32 V&L train scenes)"),
-    "released": (4.1, "2-core machine, 2026-12-03: `absvit released` on 3 evaluations, MLflow store included")}
+    "released": (4.1, "embedded run's 3 evaluations by `absvit released` (MLflow store included), 2-core machine, 2026-12-03")}
 DEFAULT_GPU_BENCH = Path("results") / "benchmarks" / "gpu.json"
 
 # -- inputs ------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from absvit.pretrain import pretrain
 from absvit.recipe import VLRecipe
 from absvit.vl.embedded import build_text_encoder, generate_vl, vl_corpus
 from absvit.vl.finetune import finetune
+from absvit.vl.table import UNTRAINED_TEXT
 from tests.helpers import dry_run, job_counts, paper_config, tiny_recipe, workflow_copy
 
 RECIPE = dict(epochs=2, batch_size=8, lr=1e-4, hidden=32, heads=2, layers=1, img_size=64, max_text_len=16,
@@ -63,6 +64,7 @@ def test_table4_and_figure5_from_the_runs_and_from_mlflow_alone(tmp_path, vl_dat
             results.append(out / "result.json")
     vqa = json.loads(results[0].read_text())
     assert vqa["split"] == "val2014" and 0 <= vqa["vqa_accuracy"] <= 100 and vqa["questions"] > 0
+    assert vqa["text_encoder_pretrained"] is False  # what the generated text encoder's absvit.json declares
     retrieval = json.loads(results[2].read_text())
     assert retrieval["images"] == 3 and retrieval["texts"] == 15 and retrieval["i2t_r10"] == 100.0  # 3 images: all found
 
@@ -82,11 +84,15 @@ def test_table4_and_figure5_from_the_runs_and_from_mlflow_alone(tmp_path, vl_dat
     assert "Model & VQA & TR@1 & TR@5 & TR@10 & IR@1 & IR@5 & IR@10" in table4 and "vit\\_pico\\_patch8\\_64 &" in table4
     report = (tmp_path / "files" / "report.md").read_text()
     assert "## Table 4 (V&L fine-tuning" in report and "## V&L Figure 5" in report
+    assert UNTRAINED_TEXT in report  # said in plain words under Table 4
+    shift = scores[("absvit_pico_patch8_64", "top-down")]["map_shift"]
+    assert f"a question moves AbSViT's top-down map by {shift:.4f} on average" in report
     shutil.rmtree(tmp_path / "vl")
     assert main(["tables", "--from-mlflow", "--tracking-uri", uri, "--preset", "embedded", "--label", "Embedded.",
                  "--out-dir", str(tmp_path / "store"), "--no-mlflow"]) == 0
     for ext in ("tex", "csv", "md"):
         assert (tmp_path / "store" / f"table4.{ext}").read_bytes() == (tmp_path / "files" / f"table4.{ext}").read_bytes()
+    assert UNTRAINED_TEXT in (tmp_path / "store" / "report.md").read_text()
 
 
 def test_the_paper_preset_plans_the_stage_on_the_published_layouts(tmp_path, paper_datasets, vl_data):

@@ -18,7 +18,7 @@ from timm.models.vision_transformer import init_weights_vit_timm
 from absvit.errors import CheckpointError
 from absvit.models import AbSViT, vit_attention_map
 
-__all__ = ["PRIOR_KINDS", "PROMPT_SCALE", "TextEncoder", "VisualEncoder"]
+__all__ = ["PRIOR_KINDS", "PROMPT_SCALE", "TextEncoder", "VisualEncoder", "declared_pretrained"]
 
 PROMPT_SCALE = 5.0  # the official V&L code's fixed scale of the prompt projection
 PRIOR_KINDS = ("mean", "eos")  # VQA: mean of all text tokens; retrieval: the </s> token
@@ -101,6 +101,17 @@ class VisualEncoder(nn.Module):
         x0 = vit.embed(images)
         tokens = vit.run_blocks(x0, self.top_down_signals(x0, prior), depth=len(vit.blocks) - 3)[0]
         return tokens[:, vit.num_prefix_tokens:].norm(dim=-1).reshape(images.shape[0], *vit.patch_embed.grid_size)
+
+
+def declared_pretrained(folder) -> bool | None:
+    """What a text encoder folder says of itself in ``absvit.json`` (the embedded one: False, not pretrained);
+    None when it says nothing (e.g. ``roberta-base`` saved by ``transformers``)."""
+    marker = Path(folder) / "absvit.json"
+    try:
+        value = json.loads(marker.read_text()).get("pretrained")
+    except (OSError, json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, bool) else None
 
 
 def roberta_config_problem(folder: Path) -> str | None:

@@ -25,7 +25,7 @@ from absvit.io import append_jsonl, write_json
 from absvit.progress import LOG_EVERY_S, Progress
 from absvit.recipe import VLRecipe
 from absvit.tracking import Tracker, run_tags
-from absvit.vl.encoders import TextEncoder, VisualEncoder
+from absvit.vl.encoders import TextEncoder, VisualEncoder, declared_pretrained
 from absvit.vl.fusion import METER
 from absvit.vl.model import VQAHead, VQAObjective, lr_schedule, param_groups
 from absvit.vl.tasks import TASKS
@@ -118,7 +118,8 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
     trained = runtime.distributed(objective, dist, device)
 
     params = {"task": task_name, "encoder": str(encoder_checkpoint), "encoder_model": encoder,
-              "text_encoder": str(text_encoder), "data_root": str(data_root), "world_size": dist.world_size,
+              "text_encoder": str(text_encoder), "text_encoder_pretrained": declared_pretrained(text_encoder),
+              "data_root": str(data_root), "world_size": dist.world_size,
               "recipe": recipe.to_dict(), "source_run_id": source, **{k: v for k, v in task.described.items() if k != "vocab"}}
     tags = run_tags(f"vl-{task_name}", preset, run or out.parent.name, seed=recipe.seed, source_run_id=source)
     with Tracker(run_name or f"vl-{task_name}/{encoder}", uri=tracking_uri, run_id=run_id, params=params, tags=tags,
@@ -149,7 +150,8 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
                 tracker.finish("KILLED")
                 return row
         result = {"task": task_name, "encoder": encoder, "checkpoint": str(encoder_checkpoint), "seed": recipe.seed,
-                  "epochs": recipe.epochs, "feedback": recipe.feedback, "prior_loss": recipe.prior_loss}
+                  "epochs": recipe.epochs, "feedback": recipe.feedback, "prior_loss": recipe.prior_loss,
+                  "text_encoder_pretrained": declared_pretrained(text_encoder)}
         if dist.is_main:
             result.update(task.evaluate(objective, device, workers=recipe.workers, every_s=log_every_s))
             if "submission" in result:

@@ -18,6 +18,11 @@ CAPTION = ("V\\&L fine-tuning with ViT and AbSViT as the visual encoder of METER
            "metric) and Flickr30k retrieval recall@1/5/10 (test split; TR: image to text, IR: text to image). The "
            "appendix gives no V\\&L numbers.")
 KINDS = ("vit", "absvit")
+COLUMNS = ["encoder", "seed", "model", *HEAD, "text_pretrained"]  # text_pretrained: what the text encoder declares
+NOTE = "The appendix gives no V&L numbers: the paper column says --."
+UNTRAINED_TEXT = (" The text encoder of these runs is NOT pretrained (a small RoBERTa from random init, made by `absvit "
+                  "data embedded-vl`; the paper starts from roberta-base): these numbers say nothing about the paper's "
+                  "setting, and two questions differ little as AbSViT's prior.")
 
 
 def _kind(model: str) -> str:
@@ -31,8 +36,8 @@ def vl_frame(result_files) -> pd.DataFrame:
         r = json.loads(Path(path).read_text())
         row = rows.setdefault((_kind(r["encoder"]), int(r["seed"])), {"encoder": _kind(r["encoder"]), "seed": int(r["seed"]),
                                                                         "model": r["encoder"]})
-        row.update({k: float(r[k]) for k in HEAD if k in r})
-    return pd.DataFrame(list(rows.values())).reindex(columns=["encoder", "seed", "model", *HEAD])
+        row.update({k: float(r[k]) for k in HEAD if k in r}, text_pretrained=r.get("text_encoder_pretrained"))
+    return pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS)
 
 
 def vl_from_mlflow(uri: str, preset: str) -> pd.DataFrame | None:
@@ -46,8 +51,9 @@ def vl_from_mlflow(uri: str, preset: str) -> pd.DataFrame | None:
     rows: dict = {}
     for (_, model, seed), run in sorted(latest.items()):
         row = rows.setdefault((_kind(model), int(seed)), {"encoder": _kind(model), "seed": int(seed), "model": model})
-        row.update({k: v for k, v in run.data.metrics.items() if k in HEAD})
-    return pd.DataFrame(list(rows.values())).reindex(columns=["encoder", "seed", "model", *HEAD])
+        row.update({k: v for k, v in run.data.metrics.items() if k in HEAD},
+                   text_pretrained={"True": True, "False": False}.get(run.data.params.get("text_encoder_pretrained")))
+    return pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS)
 
 
 def table4(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reported:
@@ -60,7 +66,8 @@ def table4(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
                 caption=CAPTION, ref="tab:vl", column_format="l" + "c" * len(HEAD), label=label)
     significance = (stats.compare(frame, "encoder", "vit", "absvit", HEAD, pair=f"{labels['absvit']} - {labels['vit']}")
                     if set(KINDS) <= set(spread.mean.index) else None)
-    return Reported(paper_comparison(spread, labels, {}, HEAD), significance)
+    untrained = frame.text_pretrained.map(lambda v: v is False).any()  # None: the folder does not say
+    return Reported(paper_comparison(spread, labels, {}, HEAD), significance, NOTE + (UNTRAINED_TEXT if untrained else ""))
 
 
 FIGURE5_CAPTION = ("V&L Figure 5: the VQA-fine-tuned encoders' attention on the object each question names: selectivity "
@@ -70,7 +77,20 @@ FIGURE5_CAPTION = ("V&L Figure 5: the VQA-fine-tuned encoders' attention on the 
                    "nothing).")
 FIG5_HEAD = {"selectivity": "Selectivity", "selectivity_raw": "Selectivity (raw map)", "pointing": "Pointing game (%)",
              "map_shift": "Map shift"}
+SHIFT_VISIBLE = 0.01  # a map shift below this is reported as "no visible effect of the question"
 FIG5_DIGITS = {"selectivity": 2, "selectivity_raw": 2, "pointing": 1, "map_shift": 4}
+
+
+def shown(spread: Spread, tests: list[pd.DataFrame]) -> str:
+    """What Figure 5's numbers show, in words: how far the question moves AbSViT's top-down map, and whether its
+    selectivity differs from its bottom-up map's beyond the seed spread (``tests[0]``: top-down vs bottom-up)."""
+    shift = float(spread.mean["map_shift"].iloc[0])
+    verdict = tests[0].set_index("column").loc[FIG5_HEAD["selectivity"], "verdict"] if tests else "not tested"
+    seen = ("no effect of the question is visible in this run" if shift < SHIFT_VISIBLE
+            else "the question visibly moves the map")
+    return (f"What this run shows: a question moves AbSViT's top-down map by {shift:.4f} on average (the mean absolute "
+            f"change of a map scaled to [0, 1]; 0 = not at all): {seen} (threshold {SHIFT_VISIBLE}); its selectivity "
+            f"against AbSViT's bottom-up map: {verdict}.")
 
 
 def figure5_scores(score_files, out_dir, *, label: str | None = None) -> str:
@@ -89,7 +109,7 @@ def figure5_scores(score_files, out_dir, *, label: str | None = None) -> str:
     tests = [stats.compare(long, "row", other, rows[0], FIG5_HEAD, pair=f"{rows[0]} - {other}") for other in rows[1:]]
     md = markdown_table(spread.cells(tex=False).assign(n=spread.seeds().astype(int)).rename(columns=FIG5_HEAD)
                         .rename_axis(index="Model", columns=None))
-    return "\n".join(["## V&L Figure 5 (attention moved by the question)", "",
+    return "\n".join(["## V&L Figure 5 (attention moved by the question)", "", shown(spread, tests), "",
                       f"Over {len(score_files)} seed(s) of the VQA fine-tuning (mean ± sample std where n > 1). "
                       f"{FIGURE5_CAPTION} The figures of each seed are in `figures/s<seed>/fig5_vqa.png`.", "", md, "",
                       f"AbSViT's top-down rows against the others: difference of means and {stats.TEST}.", "",

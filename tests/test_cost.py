@@ -133,7 +133,7 @@ def test_local_jobs_cost_the_gpus_their_stage_requests(tmp_path):
     out = subprocess.run([BIN / "snakemake", "tables", "-n", "--forceall", "-p", "--workflow-profile", "none",
                           "--config", "preset=paper", "plan_only=True"], cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "--gpus pretrain=8 evaluate=1 imagenet_c=0 segment=8 " in out.stdout  # presets.paper.resources
+    assert "--gpus pretrain=8 evaluate=1 imagenet_c=0 segment=8 vl=8 " in out.stdout  # presets.paper.resources
 
 
 def test_slurm_jobs_cost_elapsed_times_allocated_cpus(slurm_cluster, tmp_path, monkeypatch):
@@ -143,7 +143,7 @@ def test_slurm_jobs_cost_elapsed_times_allocated_cpus(slurm_cluster, tmp_path, m
     monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
     results = tmp_path / "results" / "demo"
     folder = results / "submitit" / "pretrain" / "absvit-s0"
-    argv = ["data", "embedded", "--out", str(tmp_path / "data"), "--per-class", "train=60"]  # a second or two
+    argv = ["data", "embedded", "--out", str(tmp_path / "data"), "--per-class", "train=400"]  # seconds: sacct counts whole ones
     assert submit(argv, entry=main, launcher="slurm", folder=folder, name="absvit-pretrain-absvit-s0",
                   resources=Resources(timeout_min=5, cpus_per_task=2, mem_gb=1)) == 0
     (job,) = [p.name for p in folder.iterdir() if p.is_dir()]

@@ -40,6 +40,7 @@ def _slurm_workflow(tmp_path: Path, embedded: Path, embedded_c: Path) -> Path:
         seg["backbones"] = {"absvit": seg["backbones"]["absvit"]}  # one segmentation job: absvit on voc
         seg["datasets"] = {"voc": seg["datasets"]["voc"]}
         seg["recipe"].update(iterations=4, batch_size=4, checkpoint_every=2)
+        p["vl"]["recipe"].update(epochs=1)
 
     workflow_copy(tmp_path, shrink)
     (tmp_path / "slurm").symlink_to("profiles/slurm")
@@ -58,8 +59,9 @@ def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_
                          env=_env(slurm_cluster), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 
-    # Pretraining (3 runs: Table 2's two arms and Table 3's ViT), evaluation (5 suites each, one job) and segmentation (1)
-    # went to SLURM; the data existed.
+    # Pretraining (3 runs: Table 2's two arms and Table 3's ViT), evaluation (5 suites each, one job), segmentation (1)
+    # and Table 4's V&L fine-tuning (2 tasks x 2 encoders) went to SLURM; the image data existed, the V&L data is made
+    # on the login node (a local rule: seconds of CPU).
     assert "rule embedded_dataset" not in out.stdout and "rule imagenet_c" not in out.stdout
     assert "rule segmentation_dataset" not in out.stdout
     table = (wd / "results" / "embedded" / "tables" / "table2.tex").read_text()
@@ -68,12 +70,13 @@ def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_
     while set((jobs := {j: s for j, s in slurm_cluster.job_states().items() if j not in before}).values()) != {"COMPLETED"}:
         assert time.monotonic() < deadline, jobs
         time.sleep(0.5)
-    assert len(jobs) == 3 + 3 + 1, jobs  # pretrain, evaluate (a job per run: every suite each), segment
+    assert len(jobs) == 3 + 3 + 1 + 4, jobs  # pretrain, evaluate (a job per run: every suite each), segment, vl
     table1 = (wd / "results" / "embedded" / "tables" / "table1.tex").read_text()
     assert re.search(r"^absvit\\_pico\\_patch8\\_64 & \d+\.\d & -- & -- \\\\$", table1, re.M), table1
-    for run in ("absvit", "absvit_novar"):
-        log = (wd / "results" / "embedded" / "logs" / "pretrain" / f"{run}-s0.log").read_text()
-        assert "as slurm job" in log and "Job completed successfully" in log
+    logs = wd / "results" / "embedded" / "logs"
+    for log in (logs / "pretrain" / "absvit-s0.log", logs / "pretrain" / "absvit_novar-s0.log",
+                logs / "vl" / "vqa-absvit-s0.log", logs / "vl" / "retrieval-vit-s0.log"):
+        assert "as slurm job" in log.read_text() and "Job completed successfully" in log.read_text(), log
 
     # Every MLflow run of the DAG carries the pipeline's tags; each evaluation names the pretraining run it read.
     from mlflow.tracking import MlflowClient
@@ -82,17 +85,17 @@ def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_
     experiment = client.get_experiment_by_name("absvit-bench").experiment_id
     runs = client.search_runs([experiment])
     stages = sorted(f"{r.data.tags.get('absvit.stage')}/{r.data.tags.get('absvit.run')}" for r in runs)
-    # pretrain, evaluate (a run per suite), segment, the comparisons, figures, cost
-    assert len(runs) == 3 + 3 * len(SUITES) + 1 + 2 + 1 + 1, stages
-    (bill,) = [r for r in runs if r.data.tags["absvit.stage"] == "cost"]  # priced by sacct: 7 jobs, 1 CPU each
-    assert bill.data.metrics["cost.total.jobs"] >= 7 and bill.data.metrics["cost.pretrain.cpu_core_hours"] > 0
+    # pretrain, evaluate (a run per suite), segment, V&L (task x encoder), the comparisons, figures, Figure 5, cost
+    assert len(runs) == 3 + 3 * len(SUITES) + 1 + 4 + 2 + 1 + 1 + 1, stages
+    (bill,) = [r for r in runs if r.data.tags["absvit.stage"] == "cost"]  # priced by sacct: 11 jobs, 1 CPU each
+    assert bill.data.metrics["cost.total.jobs"] >= 11 and bill.data.metrics["cost.pretrain.cpu_core_hours"] > 0
     assert "sacct" in (wd / "results" / "embedded" / "tables" / "report.md").read_text()
     assert len(client.search_runs([experiment], "tags.`absvit.preset` = 'embedded'")) == len(runs)
     pretrained = {r.data.tags["absvit.run"]: r.info.run_id for r in runs if r.data.tags["absvit.stage"] == "pretrain"}
     assert set(pretrained) == {"absvit", "absvit_novar", "vit"}
     for r in runs:
         stage, run = r.data.tags["absvit.stage"], r.data.tags["absvit.run"]
-        if stage in ("evaluate", "segment"):
+        if stage in ("evaluate", "segment", "vl-vqa", "vl-retrieval"):
             assert r.data.tags["absvit.source_run_id"] == pretrained[run], (stage, run)
 
     # A no-op rerun submits nothing.

@@ -44,7 +44,8 @@ def save_grid(stem, rows: list[list[dict | None]], *, width: float = 7.0, row_la
     per_panel = any(p is not None and p.get("title") for r in rows for p in r)  # titles on every row
     # a fixed layout (inches), cheaper than matplotlib's constrained layout and the same for every run
     left, right, gap = (0.22 if row_labels else 0.02), (0.6 if has_map else 0.02), 0.03
-    title_h = 0.17 if per_panel else 0.0
+    lines = max(((p.get("title") or "").count("\n") + 1 for r in rows for p in r if p is not None), default=1)
+    title_h = 0.07 + 0.1 * lines if per_panel else 0.0  # 7-pt titles, one or more lines
     top = (0.28 if suptitle else 0.02) + (0.17 if col_titles and not per_panel else 0.0)
     cell = (width - left - right - (ncols - 1) * gap) / ncols
     height = top + nrows * (title_h + cell) + (nrows - 1) * gap + 0.03

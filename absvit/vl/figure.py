@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import textwrap
 import time
 from pathlib import Path
 
@@ -76,6 +77,11 @@ def map_shift(rows: list[dict], maps: list[np.ndarray]) -> float:
     return float(np.mean(shifts)) if shifts else float("nan")
 
 
+def title(question: str, width: int = 20) -> str:
+    """A question as a panel title: at most two lines of ``width`` characters."""
+    return "\n".join(textwrap.wrap(question, width, max_lines=2, placeholder="..."))
+
+
 def draw(rows, maps: dict, img_size: int, out_dir: Path, *, show: int, width: float) -> dict:
     """Per scene: image | AbSViT bottom-up | ViT | AbSViT top-down for each of its questions."""
     scenes = list(dict.fromkeys(str(r["image"]) for r in rows))[:show]
@@ -86,7 +92,8 @@ def draw(rows, maps: dict, img_size: int, out_dir: Path, *, show: int, width: fl
         grid.append([{"image": rgb, "title": "image"},
                      {"image": rgb, "map": unit(maps["bottom-up"][picks[0]]), "title": "AbSViT bottom-up"},
                      {"image": rgb, "map": unit(maps["vit"][picks[0]]), "title": "ViT"}]
-                    + [{"image": rgb, "map": unit(maps["top-down"][i]), "title": rows[i]["question"][:28]} for i in picks])
+                    + [{"image": rgb, "map": unit(maps["top-down"][i]), "title": title(rows[i]["question"])}
+                       for i in picks])
     return save_grid(out_dir / "fig5_vqa", grid, width=width, colorbar_label="attention (display-normalised)")
 
 
@@ -116,7 +123,8 @@ def make_figure5(absvit_model, vit_model, manifest, out_dir, *, show: int = 4, w
     write_json(out_dir / "fig5.json", result)
     metrics = {f"{kind}.{m}": row[m] for kind, row in zip(kinds, scores)
                for m in ("selectivity", "selectivity_raw", "pointing", "map_shift") if not np.isnan(row[m])}
-    with Tracker(run_name or "vl-figure", uri=tracking_uri, enabled=track, tags=run_tags("vl-figure", preset, run or "vl"),
+    tags = run_tags("vl-figure", preset, run or "vl", seed=result["seed"])
+    with Tracker(run_name or "vl-figure", uri=tracking_uri, enabled=track, tags=tags,
                  params={"absvit_model": str(absvit_model), "vit_model": str(vit_model), "manifest": str(manifest)}) as tracker:
         tracker.log_metrics(metrics)
         for path in (figure["png"], figure["pdf"], out_dir / "fig5.csv", out_dir / "fig5.json"):

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from absvit.data import SUITES
+from absvit.data import ATTACK_SUITES, SUITES
 from absvit.errors import UsageError
 
 # Published sizes (images) of the datasets, used when the configured folder does not exist; ImageNet-C is
@@ -126,8 +126,6 @@ def dataset_sizes(preset_cfg: dict, *, count: bool = True, shards: int = 0) -> d
 
 def _with_attacks(sizes: dict) -> dict:
     """The attack suites' images: the clean val set's."""
-    from absvit.data import ATTACK_SUITES
-
     return {**sizes, **{s: (sizes["clean"][0], "the clean val images") for s in ATTACK_SUITES}}
 
 

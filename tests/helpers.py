@@ -1,8 +1,10 @@
 """What several test files share: the toy recipe, copies of the workflow with an edited config, dry runs, the paper
-preset pointed at test data, Snakemake benchmark files, official-layout checkpoint files."""
+preset pointed at test data, the embedded preset at toy size, Snakemake benchmark files, official-layout checkpoint
+files, a digest of a folder's files."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import shutil
 import subprocess
@@ -51,6 +53,32 @@ def workflow_copy(tmp_path: Path, edit=None) -> Path:
         edit(config)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
+
+
+def toy_embedded(config, backbones=("vit", "absvit")) -> dict:
+    """Shrink ``config``'s embedded preset to seconds per job: one seed, one epoch, 1 image per ImageNet-C shard,
+    segmentation of ``backbones`` on VOC for 4 iterations, one V&L epoch. Returns the preset for further edits."""
+    p = config["presets"]["embedded"]
+    p["seeds"] = [0]
+    p["data"]["make_imagenet_c"]["per_class"] = 1
+    p["recipe"].update(epochs=1, batch_size=16, workers=0)
+    p["evaluate"].update(workers=0, batch_size=64)
+    seg = p["segmentation"]
+    seg["generate"]["per_split"] = {"train": 8, "val": 2}
+    seg["backbones"] = {name: seg["backbones"][name] for name in backbones}
+    seg["datasets"] = {"voc": seg["datasets"]["voc"]}
+    seg["recipe"].update(iterations=4, batch_size=4, checkpoint_every=2)
+    p["vl"]["recipe"].update(epochs=1)
+    return p
+
+
+def tree_digest(root: Path) -> str:
+    """SHA-256 of every file under ``root``: relative paths and bytes, in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def dry_run(*extra, cwd=ROOT) -> subprocess.CompletedProcess:

@@ -1,5 +1,3 @@
-import hashlib
-
 import numpy as np
 import pytest
 import torch
@@ -10,14 +8,7 @@ from absvit.data.imagenet_c import make_shard
 from absvit.data.readers import ClassFolder, DatasetError, imagenet_c_folders, label_space
 from absvit.data.synthetic import A_CLASSES, R_CLASSES, WNIDS, generate
 from absvit.evaluate import accuracy
-
-
-def _digest(root):
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+from tests.helpers import tree_digest
 
 
 def test_generator_is_deterministic(tmp_path):
@@ -25,8 +16,8 @@ def test_generator_is_deterministic(tmp_path):
     generate(tmp_path / "a", seed=3, per_class=counts)
     generate(tmp_path / "b", seed=3, per_class=counts)
     generate(tmp_path / "c", seed=4, per_class=counts)
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
-    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
 
 
 def test_embedded_layout(embedded):
@@ -63,7 +54,7 @@ def test_imagenet_c_shard(tmp_path, embedded):
     assert all(len(list((shard / w).glob("*.JPEG"))) == 2 for w in WNIDS)
     assert [p.name for p in (tmp_path / "c" / "gaussian_noise").iterdir()] == ["3"]  # no temp folder left
     again = make_shard(embedded / "val", tmp_path / "again", "gaussian_noise", 3, resize=64, crop=64, per_class=2)
-    assert _digest(shard) == _digest(again)
+    assert tree_digest(shard) == tree_digest(again)
 
 
 def _fake_c_tree(root, grouped: bool, skip=None):

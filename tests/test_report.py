@@ -13,7 +13,7 @@ from PIL import Image
 
 from absvit.cli import main
 from absvit.pages import html_page
-from tests.helpers import SNAKEMAKE, workflow_copy
+from tests.helpers import SNAKEMAKE, toy_embedded, workflow_copy
 
 SCREENSHOTS = Path("/tmp/absvit-report-screenshots")  # a copy of each screenshot, outside pytest's tmp folders
 TABLES = {"Table 1": ("table1", "Table 1: semantic segmentation (mIoU)"),
@@ -62,19 +62,10 @@ def _browser_programs() -> tuple[str, str]:
 
 def _toy(config):
     """The embedded preset at toy size: one seed, one epoch, two segmentation jobs, four scenes."""
-    p = config["presets"]["embedded"]
-    p["seeds"] = [0]
-    p["data"]["make_imagenet_c"]["per_class"] = 1
-    p["recipe"].update(epochs=1, batch_size=16, workers=0)
-    p["evaluate"].update(workers=0, batch_size=64)
-    seg = p["segmentation"]
-    seg["generate"]["per_split"] = {"train": 8, "val": 2}
-    seg["backbones"] = {name: seg["backbones"][name] for name in ("vit", "absvit")}
-    seg["datasets"] = {"voc": seg["datasets"]["voc"]}
-    seg["recipe"].update(iterations=4, batch_size=4, checkpoint_every=2)
+    p = toy_embedded(config)
     p["figures"].update(scenes={"seed": 0, "count": 4, "size": 64}, decoder_images=64, show=2)
     p["vl"]["data"]["generate"]["counts"] = {"train": 4, "val": 2, "test": 2}
-    p["vl"]["recipe"].update(epochs=1, batch_size=8, hidden=32, layers=1)
+    p["vl"]["recipe"].update(batch_size=8, hidden=32, layers=1)
 
 
 @pytest.fixture(scope="module")

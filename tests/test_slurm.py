@@ -15,7 +15,7 @@ import torch
 from absvit.data.synthetic import generate
 from absvit.data import SUITES
 from absvit.data.synthetic_seg import generate_segmentation
-from tests.helpers import PROGRESS, pretrain_argv, workflow_copy
+from tests.helpers import PROGRESS, pretrain_argv, toy_embedded, workflow_copy
 
 BIN = Path(sys.executable).parent
 SMALL_JOB = {"threads": 1, "timeout_min": 10, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1}
@@ -29,18 +29,8 @@ def _slurm_workflow(tmp_path: Path, embedded: Path, embedded_c: Path) -> Path:
     """The repository's workflow with the embedded preset shrunk to seconds, on the session's data (copied in place
     of the data stage's outputs: the data stage is not under test here; test_workflow and the demo run it)."""
     def shrink(config):
-        p = config["presets"]["embedded"]
-        p["seeds"] = [0]
-        p["data"]["make_imagenet_c"]["per_class"] = 1
-        p["recipe"].update(epochs=1, batch_size=16, workers=0)
-        p["evaluate"].update(workers=0, batch_size=64)
+        p = toy_embedded(config, backbones=("absvit",))  # one segmentation job: absvit on voc
         p["resources"] = {stage: dict(SMALL_JOB) for stage in p["resources"]}
-        seg = p["segmentation"]
-        seg["generate"]["per_split"] = {"train": 8, "val": 2}
-        seg["backbones"] = {"absvit": seg["backbones"]["absvit"]}  # one segmentation job: absvit on voc
-        seg["datasets"] = {"voc": seg["datasets"]["voc"]}
-        seg["recipe"].update(iterations=4, batch_size=4, checkpoint_every=2)
-        p["vl"]["recipe"].update(epochs=1)
 
     workflow_copy(tmp_path, shrink)
     (tmp_path / "slurm").symlink_to("profiles/slurm")

@@ -1,7 +1,6 @@
 """The V&L stage's data: VQA answers and accuracy, the VQAv2 / Flickr30k readers and datasets, the embedded
 generator and its small text encoder."""
 import csv
-import hashlib
 import json
 
 import numpy as np
@@ -15,16 +14,9 @@ from absvit.vl.answers import answer_vocabulary, normalize_answer, soft_score, s
 from absvit.vl.datasets import (CLIP_MEAN, CaptionDataset, ImageDataset, TextDataset, VQADataset, read_karpathy,
                                 read_vqa, vl_transform)
 from absvit.vl.embedded import PALETTE, build_text_encoder, generate_vl, vl_corpus
+from tests.helpers import tree_digest
 
 COUNTS = {"train": 4, "val": 3, "test": 2}
-
-
-def _digest(root):
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -319,9 +311,9 @@ def test_embedded_answers_match_the_scene(vl_data):
 
 def test_embedded_is_byte_identical_on_rerun(tmp_path, vl_data):
     again = generate_vl(tmp_path / "again", seed=0, counts=COUNTS)
-    assert _digest(again["vqa"].parent) == _digest(vl_data["vqa"].parent)
+    assert tree_digest(again["vqa"].parent) == tree_digest(vl_data["vqa"].parent)
     other = generate_vl(tmp_path / "other", seed=1, counts=COUNTS)
-    assert _digest(other["vqa"].parent) != _digest(vl_data["vqa"].parent)
+    assert tree_digest(other["vqa"].parent) != tree_digest(vl_data["vqa"].parent)
     with pytest.raises(ValueError, match="at least 2 scenes"):
         generate_vl(tmp_path / "bad", counts={"val": 1})
 
@@ -342,4 +334,4 @@ def test_text_encoder_loads_as_roberta_base_does(tmp_path, vl_data, text_encoder
     info = json.loads((text_encoder / "absvit.json").read_text())
     assert info["pretrained"] is False and "NOT pretrained" in info["note"]
     again = build_text_encoder(tmp_path / "again", vl_corpus(vl_data["vqa"].parent), hidden=16, layers=1, heads=2)
-    assert _digest(again) == _digest(text_encoder)
+    assert tree_digest(again) == tree_digest(text_encoder)

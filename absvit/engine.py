@@ -9,6 +9,7 @@ fp32.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -84,37 +85,51 @@ def batch_size(batch) -> int:
     return batch.shape[0]
 
 
-def optimizer_step(objective, inputs, targets, optimizer, *, amp) -> torch.Tensor:
-    """One optimiser step on ``objective(inputs, targets)``; returns the loss, detached, without waiting
-    for the device."""
-    with amp:
-        loss = objective(inputs, targets)
+def optimizer_step(objective, micro_batches, optimizer, *, amp) -> torch.Tensor:
+    """One optimiser step on ``micro_batches``, a list of ``(inputs, targets)``: the gradient of the mean of their
+    losses, each micro-batch's loss / k backpropagated in turn (the gradient of one step on their concatenation, for
+    a loss that is a mean over equal micro-batches). Under DDP the gradients are all-reduced once, on the last
+    micro-batch (``no_sync`` on the others). Returns the mean loss, detached, without waiting for the device."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    losses = []
+    for i, (inputs, targets) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last or not hasattr(objective, "no_sync") else objective.no_sync():
+            with amp:
+                loss = objective(inputs, targets)
+            (loss / len(micro_batches)).backward()
+        losses.append(loss.detach())
     optimizer.step()
-    return loss.detach()
+    return torch.stack(losses).mean()
 
 
 def train_one_epoch(objective, loader, optimizer, device, *, progress: Progress, finite: FiniteCheck, where: str,
-                    mixup=None, on_step: Callable | None = None) -> None:
-    """One pass over ``loader`` (an epoch, or a fine-tuning run's iterations): an optimiser step per batch.
+                    mixup=None, on_step: Callable | None = None, accum_steps: int = 1) -> None:
+    """One pass over ``loader`` (an epoch, or a fine-tuning run's iterations): an optimiser step per
+    ``accum_steps`` batches (``optimizer_step``; a last incomplete group is left out).
 
     ``objective(inputs, targets)`` is the loss (a module: DDP and torch.compile wrap it whole). ``where``
     names a step in messages, with ``{step}`` for its number (``"epoch 3, step {step}"``). ``mixup``: timm's
-    Mixup, applied on the device. ``on_step(step, loss, lr)`` runs after each step (the EMA, a per-step
-    schedule, metrics rows, mid-run checkpoints: call ``finite.check()`` before writing one); it returns True
-    to stop here (a test's stand-in for a killed job)."""
+    Mixup, applied on the device to each batch. ``on_step(step, loss, lr)`` runs after each optimiser step (the EMA,
+    a per-step schedule, metrics rows, mid-run checkpoints: call ``finite.check()`` before writing one); it returns
+    True to stop here (a test's stand-in for a killed job). ``progress`` counts optimiser steps."""
     objective.train()
     amp = autocast(device)
+    group, waited = [], 0.0
     for data, (inputs, targets) in timed(loader):
         inputs, targets = to_device(inputs, device), to_device(targets, device)
         if mixup is not None:
             inputs, targets = mixup(inputs, targets)
-        loss = optimizer_step(objective, inputs, targets, optimizer, amp=amp)
+        group.append((inputs, targets))
+        waited += data
+        if len(group) < accum_steps:
+            continue
+        loss = optimizer_step(objective, group, optimizer, amp=amp)
         step = progress.done + 1
         finite(loss, where.format(step=step))
         lr = optimizer.param_groups[0]["lr"]
-        progress.step(images=batch_size(inputs), data=data, loss=loss, lr=lr)
+        progress.step(images=sum(batch_size(i) for i, _ in group), data=waited, loss=loss, lr=lr)
+        group, waited = [], 0.0
         if on_step is not None and on_step(step, loss, lr):
             break
     finite.check()

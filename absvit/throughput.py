@@ -363,16 +363,19 @@ def estimate_segment(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate
     return secs, _sources({**formulas, ", ".join(per_job): None} if per_job else formulas, used, jobs)
 
 
-# V&L: the published sizes (VQAv2 train2014 / val2014 questions, Flickr30k's Karpathy split) and the stated
-# assumption that METER's text encoder and fusion add half of the visual encoder's cost to each pair
-VL_SIZES = {"vqa": {"train": 443_757, "val": 214_354}, "retrieval": {"train": 145_000, "test_pairs": 1_000 * 5_000}}
+# V&L: the published sizes (VQAv2 train2014 / val2014 questions; Flickr30k's Karpathy split, 5 captions per image:
+# 29,000 train, 1,014 val, 1,000 test images) and the stated assumption that METER's text encoder and fusion add half
+# of the visual encoder's cost to each pair
+VL_SIZES = {"vqa": {"train": 443_757, "val": 214_354},
+            "retrieval": {"train": 145_000, "val": 5_070, "test_pairs": 1_000 * 5_000}}
 VL_OVERHEAD = 1.5
 
 
 def estimate_vl(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
     """One job per task x encoder x seed on the GPUs of its request: the training pairs x epochs at the encoder's
     bare-step rate / ``VL_OVERHEAD``, then the evaluation's forward passes at ``EVAL_SPEEDUP`` x that (retrieval: each
-    caption with its negatives and an ITM pair; every test (image, text) pair scored)."""
+    caption with its negatives and an ITM pair; every test (image, text) pair scored). Each job's batch per update,
+    as its GPUs x micro-batch x accumulated steps, and its optimiser updates are stated."""
     from absvit.recipe import VLRecipe
 
     vl, g = inp.p["vl"], inp.gpus("vl")
@@ -381,16 +384,21 @@ def estimate_vl(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
     secs, used = [], {}
     for job in jobs:
         task, model = job["task"], vl["encoders"][job["encoder"]]["model"]
-        r = VLRecipe.from_dict({**vl.get("recipe", {}), **vl.get(task, {})}, where=f"presets.{inp.preset}.vl.{task}")
+        r = VLRecipe.for_task(task, {**vl.get("recipe", {}), **vl.get(task, {})}, where=f"presets.{inp.preset}.vl.{task}")
         step, source = inp.rates.step(model, r.img_size)
         rate = step * g / VL_OVERHEAD
         sizes = VL_SIZES[task]
         if task == "vqa":
-            train, evaluated = sizes["train"] + (sizes["val"] if r.trainval else 0), sizes["val"]
+            samples, evaluated = sizes["train"] + (sizes["val"] if r.trainval else 0), sizes["val"]
+            train = samples
         else:
-            train, evaluated = sizes["train"] * (r.negatives + 2), sizes["test_pairs"]
+            samples, evaluated = sizes["train"] + (sizes["val"] if r.trainval else 0), sizes["test_pairs"]
+            train = samples * (r.negatives + 2)
+        updates = r.epochs * (samples // r.batch_size)
         secs.append(r.epochs * train / rate + evaluated / (EVAL_SPEEDUP * rate))
-        used[f"{task}/{model}"] = f"{task} {model}: {r.epochs} x {train:,} pairs, {evaluated:,} evaluated [{source}]"
+        used[f"{task}/{model}"] = (f"{task} {model}: {r.epochs} x {train:,} pairs, batch {r.batch_size} per update "
+                                   f"({g} GPUs x {r.micro_batch(g)} x {r.accum_steps} accumulated), {updates:,} updates, "
+                                   f"{evaluated:,} evaluated [{source}]")
     return secs, (f"epochs x training pairs / (step img/s x GPUs / {VL_OVERHEAD:g}) + evaluated pairs / "
                   f"{EVAL_SPEEDUP:g} x that; published sizes; " + "; ".join(used.values()) + f"; {len(jobs)} job(s)")
 

@@ -131,7 +131,7 @@ def step_row(name: str, *, batch: int, img_size: int, compiled: bool, device, ar
     run = compile_with(objective, args.compile_backend) if compiled else objective
     amp = runtime.autocast(device)
     reset_peak(device)
-    seconds = timed_steps(lambda: engine.optimizer_step(run, images, targets, optimizer, amp=amp), device,
+    seconds = timed_steps(lambda: engine.optimizer_step(run, [(images, targets)], optimizer, amp=amp), device,
                           args.warmup, args.iters)
     img_s = batch / seconds
     return {"kind": "step", "model": name, "batch": batch, "img_size": img_size, "compiled": compiled,
@@ -186,7 +186,7 @@ def loop_row(name: str, *, data: Path, batch: int, img_size: int, device, args) 
     images, targets = mixup(images, targets) if mixup is not None else (images, targets)
     images = images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
     amp = runtime.autocast(device)
-    seconds = timed_steps(lambda: engine.optimizer_step(run, images, targets, optimizer, amp=amp), device,
+    seconds = timed_steps(lambda: engine.optimizer_step(run, [(images, targets)], optimizer, amp=amp), device,
                           args.warmup, args.iters)
     return {"kind": "loop", "model": name, "batch": batch, "img_size": img_size, "compiled": args.compile_loop,
             "img_s": rates[-1], "bare_step_img_s": batch / seconds}
@@ -209,7 +209,7 @@ def segment_row(kind: str, name: str, *, batch: int, crop: tuple[int, int], devi
     labels[:, :8] = 255  # some ignored pixels, as real labels have
     amp = runtime.autocast(device)
     reset_peak(device)
-    seconds = timed_steps(lambda: engine.optimizer_step(objective, images, labels, optimizer, amp=amp), device,
+    seconds = timed_steps(lambda: engine.optimizer_step(objective, [(images, labels)], optimizer, amp=amp), device,
                           args.warmup, args.seg_iters)
     return {"kind": "segment", "model": name, "batch": batch, "crop": list(crop), "step_s": seconds,
             "peak_mem_gib": peak_gib(device)}

@@ -124,3 +124,18 @@ def paper_datasets(tmp_path_factory):
     for name in ("vit_base_patch16_224", "absvit_base_patch16_224"):  # the official release's layout
         official_checkpoint(ckpts / f"{name}.pth", timm.create_model(name), name)
     return root
+
+
+@pytest.fixture(scope="session")
+def roberta_folder(tmp_path_factory):
+    """``helpers.make_roberta``: a toy RoBERTa folder in roberta-base's save_pretrained layout."""
+    from tests.helpers import make_roberta
+
+    return make_roberta(tmp_path_factory.mktemp("roberta"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(roberta_folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(roberta_folder, local_files_only=True)

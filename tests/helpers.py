@@ -135,3 +135,64 @@ def official_checkpoint(path: Path, model: torch.nn.Module, name: str, *, input_
     torch.save({"model": model.state_dict(), "epoch": 299, "args": argparse.Namespace(model=name, input_size=input_size),
                 **extra}, path)
     return path
+
+
+# -- the V&L model at toy size: a 2-layer RoBERTa (random init, fixtures `roberta_folder` / `tokenizer`), pico encoders
+
+SENTENCES = ["what colour is the ring?", "what shape is the red object?", "is there a star?", "how many objects?",
+             "a red ring and a blue star.", "two green squares on a grey floor."]
+HIDDEN = 32  # the fusion's width in these tests
+
+
+def make_roberta(folder: Path) -> Path:
+    """A 2-layer RoBERTa (random init) with a byte-level BPE trained on SENTENCES, saved by save_pretrained."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(SENTENCES, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
+                                     unk_token="<unk>", mask_token="<mask>", model_max_length=50)
+    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=48, max_position_embeddings=52, pad_token_id=1, bos_token_id=0,
+                           eos_token_id=2)
+    torch.manual_seed(0)
+    RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def encode(tokenizer, texts):
+    batch = tokenizer(texts, padding="max_length", truncation=True, max_length=12, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def visual(name, *, feedback=True, text_dim=24):
+    """The encoder on a random-init (AbS)ViT whose feedback decoders are scaled up: at timm's init (std 0.02)
+    their signal barely moves the tokens, as it does after pretraining."""
+    import timm
+
+    from absvit.vl.encoders import VisualEncoder
+
+    torch.manual_seed(0)
+    vit = timm.create_model(name)
+    if hasattr(vit, "decoders"):
+        with torch.no_grad():
+            for decoder in vit.decoders:
+                decoder.linear.weight.mul_(10)
+                decoder.linear2.weight.mul_(10)
+    return VisualEncoder(vit, text_dim=text_dim, feedback=feedback).eval()
+
+
+def meter(roberta_folder, name, *, feedback=True):
+    from absvit.vl.encoders import TextEncoder
+    from absvit.vl.fusion import METER
+
+    torch.manual_seed(0)
+    return METER(visual(name, feedback=feedback), TextEncoder(roberta_folder), hidden=HIDDEN, heads=2, layers=2)
+
+
+def images(n=2):
+    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -82,6 +82,16 @@ def test_paper_plan_prints_every_stage_with_hand_checked_gpu_hours(cfg, paper_da
     passes = images - 2 * 50_000 + 4 * 50_000 + 16 * 50_000
     assert passes / (3 * 3998) < images / 1500  # AbSViT-Ti, the slower model: still loader-bound
     assert _stage(p, "evaluate").gpu_hours == pytest.approx(3 * seeds * images / 1500 / 3600)
+    # V&L: the official recipe's effective batches by accumulation and their updates (10 epochs): VQA 443,757
+    # train2014 questions in updates of 432, retrieval Karpathy train + val (150,070 captions) in updates of 512, each
+    # caption with 15 negatives and an ITM pair; step rates / 1.5 on 8 GPUs, evaluation at 3x that
+    assert "vqa absvit_base_patch16_224: 10 x 443,757 pairs, batch 432 per update (8 GPUs x 18 x 3 accumulated), " \
+           "10,270 updates" in text
+    assert "retrieval absvit_base_patch16_224: 10 x 2,551,190 pairs, batch 512 per update (8 GPUs x 4 x 16 " \
+           "accumulated), 2,930 updates" in text
+    vl = [10 * pairs / (step * 8 / 1.5) + evaluated / (3 * step * 8 / 1.5) for step in (1184, 2656)
+          for pairs, evaluated in ((443_757, 214_354), (150_070 * 17, 5_000_000))]
+    assert _stage(p, "vl").gpu_hours == pytest.approx(sum(vl) * seeds * 8 / 3600)
     assert not {"imagenet_c", "embedded_dataset", "scenes"} & {s.stage for s in p.stages}  # real data: no data prep
     assert "issue" not in text.lower() and not re.search(r"\b(?=\w*\d)(?=\w*[a-f])[0-9a-f]{7,40}\b", text)  # sources a user can check
 

@@ -11,8 +11,8 @@ from PIL import Image
 from absvit.data.shapes import SHAPES
 from absvit.errors import DatasetError
 from absvit.vl.answers import answer_vocabulary, normalize_answer, soft_score, soft_targets, vqa_accuracy
-from absvit.vl.datasets import (CLIP_MEAN, CaptionDataset, ImageDataset, TextDataset, VQADataset, read_karpathy,
-                                read_vqa, vl_transform)
+from absvit.vl.datasets import CaptionDataset, ImageDataset, TextDataset, VQADataset, read_karpathy, read_vqa
+from absvit.vl.transforms import CLIP_MEAN, CLIP_STD, meter_rand_augment, vl_transform
 from absvit.vl.embedded import PALETTE, build_text_encoder, generate_vl, vl_corpus
 from tests.helpers import tree_digest
 
@@ -76,8 +76,22 @@ def test_soft_scores():
     with pytest.raises(ValueError, match="-1 annotators"):
         soft_score(-1)
     index = {"yes": 0, "no": 1, "2": 2}
-    assert soft_targets(["Yes"] * 3 + ["no"] + ["maybe"] * 4 + ["two", "2"], index) == ([0, 1, 2], [0.9, 0.3, 0.6])
+    # the raw strings are counted (METER's write_vqa.py): "Yes" and "two" are no entry of the normalised vocabulary
+    assert soft_targets(["yes"] * 3 + ["Yes", "no"] + ["maybe"] * 3 + ["two", "2"], index) == ([0, 1, 2], [0.9, 0.3, 0.3])
     assert soft_targets(["maybe"] * 10, index) == ([], [])
+
+
+def test_soft_targets_count_the_raw_answers_as_the_official_code():
+    vocab = answer_vocabulary(["1"] * 9 + ["2"] * 9 + ["3"] * 9)
+    answers = ["2", "two", "two", "Two"] + ["1"] * 4 + ["3"] * 2
+    labels, scores = soft_targets(answers, {a: i for i, a in enumerate(vocab)})
+    assert {vocab[k]: s for k, s in zip(labels, scores)} == {"2": 0.3, "1": 1.0, "3": 0.6}
+
+
+def test_none_is_zero():
+    assert normalize_answer("none") == normalize_answer("None.") == normalize_answer("zero") == "0"
+    assert answer_vocabulary(["none"] * 5 + ["0"] * 4) == ["0"]
+    assert vqa_accuracy("none", ["0"] * 10) == 1.0
 
 
 def test_vocabulary_threshold_and_order():
@@ -201,13 +215,45 @@ def test_read_karpathy_names_the_bad_file(tmp_path, what, path, expected):
 # --- datasets ------------------------------------------------------------------------------------------------
 
 
-def test_vl_transform():
-    image = Image.new("RGB", (40, 30), tuple(round(m * 255) for m in CLIP_MEAN))
-    out = vl_transform(32, train=False)(image)
-    assert out.shape == (3, 32, 32) and out.abs().max() < 0.02  # CLIP's mean maps to 0
-    assert vl_transform(32, train=True)(image).shape == (3, 32, 32)
-    assert any(type(t).__name__ == "RandAugment" for t in vl_transform(32, train=True).transforms)
-    assert not any(type(t).__name__ == "RandAugment" for t in vl_transform(32, train=False).transforms)
+def test_vl_transform_resizes_the_short_side_and_crops_the_centre():
+    """METER's clip_transform on a non-square image: short side to the size (bicubic), centre crop, CLIP mean / std."""
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)  # 50 wide, 30 high
+    image = Image.fromarray(pixels)
+    out = vl_transform(24, train=False)(image)
+    # by hand: 30 -> 24, so 50 -> int(24 * 50 / 30) = 40 wide; then columns 8..32 (round((40 - 24) / 2) = 8)
+    crop = np.asarray(image.resize((40, 24), Image.BICUBIC), dtype=np.float32)[:, 8:32] / 255
+    expected = (torch.from_numpy(crop).permute(2, 0, 1) - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    assert out.shape == (3, 24, 24)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert vl_transform(24, train=True)(image).shape == (3, 24, 24)
+    train = vl_transform(24, train=True).transforms
+    assert type(train[0]).__name__ == "RandAugment"  # on the PIL image at its own size, before the resize
+    assert not any(type(t).__name__ == "RandAugment" for t in vl_transform(24, train=False).transforms)
+
+
+def test_meter_rand_augment_settings():
+    """METER's RandAugment(2, 9): 14 ops, each applied, magnitude 9 of 30, nearest resampling, black fill."""
+    ra = meter_rand_augment()
+    ops = {op.name: op for op in ra.ops}
+    assert ra.num_layers == 2 and len(ops) == 14 and "Invert" not in ops
+    assert all(op.prob == 1.0 for op in ops.values())
+    args = {name: abs(op.level_fn(op.magnitude, op.hparams)[0]) for name, op in ops.items() if op.level_fn}
+    assert args == pytest.approx({"Rotate": 9.0, "Posterize": 1, "Solarize": 76.8, "SolarizeAdd": 33, "Color": 0.64,
+                                  "Contrast": 0.64, "Brightness": 0.64, "Sharpness": 0.64, "ShearX": 0.09,
+                                  "ShearY": 0.09, "TranslateX": 30.0, "TranslateY": 30.0})
+    row = Image.fromarray(np.array([[0, 50, 76, 77, 94, 95, 100, 200, 240]], dtype=np.uint8)).convert("RGB")
+
+    def apply(name):
+        return np.asarray(ops[name](row))[0, :, 0].tolist()
+
+    # SolarizeAdd: +33 on every pixel (clipped), then pixels >= 128 inverted; Solarize: pixels >= 76.8 inverted
+    assert apply("SolarizeAdd") == [33, 83, 109, 110, 127, 127, 122, 22, 0]
+    assert apply("Solarize") == [0, 50, 76, 178, 161, 160, 155, 55, 15]
+    assert apply("Posterize") == [0, 0, 0, 0, 0, 0, 0, 128, 128]
+    image = Image.new("RGB", (100, 10), (200, 200, 200))
+    shifted = np.asarray(ops["TranslateX"](image))[:, :, 0]
+    assert set(np.unique(shifted)) == {0, 200}  # filled with black, not timm's grey; nearest: no blended edge
+    assert (shifted == 0).sum(axis=1).tolist() == [30] * 10  # 30 px
 
 
 def test_vqa_dataset(vl_data, tokenizer):

@@ -11,67 +11,7 @@ from absvit.vl.encoders import TextEncoder, VisualEncoder
 from absvit.vl.fusion import METER
 from absvit.vl.model import (ITMHead, RankHead, RetrievalObjective, VQAHead, VQAObjective, clip_prior_loss,
                              lr_schedule, param_groups, recall_at_k)
-
-SENTENCES = ["what colour is the ring?", "what shape is the red object?", "is there a star?", "how many objects?",
-             "a red ring and a blue star.", "two green squares on a grey floor."]
-HIDDEN = 32  # the fusion's width in these tests
-
-
-@pytest.fixture(scope="module")
-def roberta_folder(tmp_path_factory):
-    """A 2-layer RoBERTa (random init) with a byte-level BPE trained on SENTENCES, saved by save_pretrained."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
-
-    folder = tmp_path_factory.mktemp("roberta")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(SENTENCES, vocab_size=300, min_frequency=1,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
-                                     unk_token="<unk>", mask_token="<mask>", model_max_length=50)
-    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1, 2)
-    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=48, max_position_embeddings=52, pad_token_id=1, bos_token_id=0,
-                           eos_token_id=2)
-    torch.manual_seed(0)
-    RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tokenizer(roberta_folder):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(roberta_folder, local_files_only=True)
-
-
-def encode(tokenizer, texts):
-    batch = tokenizer(texts, padding="max_length", truncation=True, max_length=12, return_tensors="pt")
-    return batch["input_ids"], batch["attention_mask"]
-
-
-def visual(name, *, feedback=True, text_dim=24):
-    """The encoder on a random-init (AbS)ViT whose feedback decoders are scaled up: at timm's init (std 0.02)
-    their signal barely moves the tokens, as it does after pretraining."""
-    torch.manual_seed(0)
-    vit = timm.create_model(name)
-    if hasattr(vit, "decoders"):
-        with torch.no_grad():
-            for decoder in vit.decoders:
-                decoder.linear.weight.mul_(10)
-                decoder.linear2.weight.mul_(10)
-    return VisualEncoder(vit, text_dim=text_dim, feedback=feedback).eval()
-
-
-def meter(roberta_folder, name, *, feedback=True):
-    torch.manual_seed(0)
-    return METER(visual(name, feedback=feedback), TextEncoder(roberta_folder), hidden=HIDDEN, heads=2, layers=2)
-
-
-def images(n=2):
-    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-
+from tests.helpers import HIDDEN, SENTENCES, encode, images, meter, visual
 
 # -- encoders ----------------------------------------------------------------------------------------------------
 
@@ -157,17 +97,22 @@ def test_the_text_prior_moves_absvit_attention_map_only(roberta_folder, tokenize
     x = images(1).expand(2, -1, -1, -1)
     ids, mask = encode(tokenizer, ["what colour is the ring?", "is there a star?"])
     model = meter(roberta_folder, "absvit_pico_patch8_64").eval()
-    maps = model.attention_map(x, ids, mask, "mean")
-    assert maps.shape == (2, 8, 8) and not torch.allclose(maps[0], maps[1], atol=1e-4)
-    bottom_up = model.attention_map(x, ids, mask, "mean", top_down=False)
-    torch.testing.assert_close(bottom_up, model.visual.vit.attention_map(x, top_down=False))
-    torch.testing.assert_close(bottom_up[0], bottom_up[1])
     vit = meter(roberta_folder, "vit_pico_patch8_64").eval()
-    maps = vit.attention_map(x, ids, mask, "mean")
-    torch.testing.assert_close(maps, vit_attention_map(vit.visual.vit, x))
-    torch.testing.assert_close(maps[0], maps[1])
+    for kind in ("class attention", "token norm"):
+        maps = model.attention_map(x, ids, mask, "mean", kind=kind)
+        assert maps.shape == (2, 8, 8) and not torch.allclose(maps[0], maps[1], atol=1e-4), kind
+        bottom_up = model.attention_map(x, ids, mask, "mean", top_down=False, kind=kind)
+        torch.testing.assert_close(bottom_up[0], bottom_up[1])
+        plain = vit.attention_map(x, ids, mask, "mean", kind=kind)
+        torch.testing.assert_close(plain[0], plain[1])
+    bottom_up = model.attention_map(x, ids, mask, "mean", top_down=False, kind="token norm")
+    torch.testing.assert_close(bottom_up, model.visual.vit.attention_map(x, top_down=False))
+    torch.testing.assert_close(vit.attention_map(x, ids, mask, "mean", kind="token norm"),
+                               vit_attention_map(vit.visual.vit, x))
     with pytest.raises(ValueError, match="needs the text prior"):
         model.visual.attention_map(x)
+    with pytest.raises(ValueError, match="needs the text prior"):
+        model.visual.class_attention_map(x)
 
 
 # -- fusion ------------------------------------------------------------------------------------------------------
@@ -235,7 +180,7 @@ def test_vqa_objective_trains_every_part(roberta_folder, tokenizer):
     assert torch.isfinite(loss)
     loss.backward()
     vit = model.visual.vit
-    for part in (model.visual.prompt_decoder, objective.head, model.cross_modal_image_layers, model.text,
+    for part in (model.visual.prompt_decoder, objective.vqa_classifier, model.cross_modal_image_layers, model.text,
                  vit.blocks, *(d.linear for d in vit.decoders), *(d.linear2 for d in vit.decoders)):
         assert grad_norm(part) > 0, part
     assert objective.logits((images(), ids, mask)).shape == (2, 7)
@@ -296,34 +241,51 @@ def test_itm_mismatches_are_seeded(roberta_folder):
 
 # -- optimiser ---------------------------------------------------------------------------------------------------
 
-def test_param_groups(roberta_folder):
-    objective = VQAObjective(meter(roberta_folder, "absvit_pico_patch8_64"), VQAHead(2 * HIDDEN, 7))
-    groups = {g["name"]: g for g in param_groups(objective, lr=1e-5)}
-    assert {name: g["lr"] for name, g in groups.items()} == pytest.approx({
-        "encoders": 1e-5, "encoders/no_decay": 1e-5, "fusion": 1e-4, "fusion/no_decay": 1e-4,
-        "heads": 5e-4, "heads/no_decay": 5e-4, "feedback": 3e-5, "feedback/no_decay": 3e-5})
-    assert {name: g["weight_decay"] for name, g in groups.items()} == {
-        name: 0.0 if name.endswith("/no_decay") else 0.01 for name in groups}
-    where = {id(p): name for name, g in groups.items() for p in g["params"]}
-    named = dict(objective.named_parameters())
-    assert sum(len(g["params"]) for g in groups.values()) == len(where)
-    assert set(where) == {id(p) for p in named.values() if p.requires_grad}
-    vit = objective.meter.visual.vit
+def groups_by_name(objective, **mults):
+    named = {id(p): n for n, p in objective.named_parameters()}
+    groups = param_groups(objective, lr=1e-5, **mults)
+    return groups, {named[id(p)]: g["name"] for g in groups for p in g["params"]}
+
+
+def test_param_groups_are_meters_by_name(roberta_folder):
+    """METER's set_schedule by parameter name: heads x head_mult, cross_modal x fusion_mult, `decode` x feedback_mult;
+    no decay for biases and norm weights (not the VQA head's LayerNorm: its name is `vqa_classifier.1`); the feedback's
+    no-decay parameters (prompt_decoder.bias) in no group; rank_output at the base lr; the frozen ITM head nowhere."""
+    vqa = VQAObjective(meter(roberta_folder, "absvit_pico_patch8_64"), VQAHead(2 * HIDDEN, 7))
+    groups, where = groups_by_name(vqa)  # the VQA multipliers: heads x50, fusion x10, feedback x3
+    assert {g["name"]: g["lr"] for g in groups} == pytest.approx({
+        "encoders": 1e-5, "encoders/no_decay": 1e-5, "fusion": 1e-4, "fusion/no_decay": 1e-4, "heads": 5e-4,
+        "heads/no_decay": 5e-4, "feedback": 3e-5})
+    assert {g["name"]: g["weight_decay"] for g in groups} == {
+        name: 0.0 if name.endswith("/no_decay") else 0.01 for name in (g["name"] for g in groups)}
     expect = {
-        "meter.visual.prompt_decoder.weight": "feedback", "meter.visual.prompt_decoder.bias": "feedback/no_decay",
-        "meter.visual.vit.decoders.0.linear.weight": "feedback",
+        "meter.visual.prompt_decoder.weight": "feedback", "meter.visual.vit.decoders.0.linear.weight": "feedback",
         "meter.visual.vit.decoders.3.linear2.weight": "feedback",
         "meter.cross_modal_image_layers.1.self_attn.in_proj_weight": "fusion",
         "meter.cross_modal_text_layers.0.ffn_norm.weight": "fusion/no_decay",
         "meter.cross_modal_text_pooler.dense.bias": "fusion/no_decay",
         "meter.token_type_embeddings.weight": "encoders",  # as METER: not a cross_modal name
-        "head.0.weight": "heads", "head.1.weight": "heads/no_decay", "head.3.bias": "heads/no_decay",
+        "vqa_classifier.0.weight": "heads", "vqa_classifier.1.weight": "heads",  # the head's LayerNorm: decayed
+        "vqa_classifier.1.bias": "heads/no_decay", "vqa_classifier.3.bias": "heads/no_decay",
         "meter.visual.vit.blocks.0.attn.qkv.weight": "encoders", "meter.visual.vit.pos_embed": "encoders",
+        "meter.visual.vit.cls_token": "encoders", "meter.visual.vit.blocks.1.norm1.weight": "encoders/no_decay",
         "meter.visual.vit.norm.weight": "encoders/no_decay",
         "meter.text.roberta.embeddings.LayerNorm.weight": "encoders/no_decay",
         "meter.text.roberta.encoder.layer.1.attention.self.query.weight": "encoders"}
-    assert {name: where[id(named[name])] for name in expect} == expect
-    assert id(vit.prompt) not in where  # the learned prompt is not used: frozen
+    assert {name: where.get(name) for name in expect} == expect
+    assert "meter.visual.prompt_decoder.bias" not in where  # in no group: never trained, as in METER
+    assert "meter.visual.vit.prompt" not in where  # the learned prompt is not used: frozen
+    trained = {n for n, p in vqa.named_parameters() if p.requires_grad}
+    assert set(where) == trained - {"meter.visual.prompt_decoder.bias"}
+
+    itm = ITMHead(2 * HIDDEN)
+    retrieval = RetrievalObjective(meter(roberta_folder, "absvit_pico_patch8_64"), itm, RankHead(2 * HIDDEN, itm=itm))
+    groups, where = groups_by_name(retrieval, head_mult=5, fusion_mult=10, feedback_mult=3)  # the retrieval recipe's
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs == pytest.approx({"encoders": 1e-5, "encoders/no_decay": 1e-5, "fusion": 1e-4, "fusion/no_decay": 1e-4,
+                                 "feedback": 3e-5})  # no head group: the ITM head is frozen
+    assert (where["rank_output.fc.weight"], where["rank_output.fc.bias"]) == ("encoders", "encoders/no_decay")
+    assert not any(name.startswith("itm_score") for name in where)
 
 
 def test_lr_schedule():
@@ -366,8 +328,9 @@ def test_the_engine_trains_vqa(roberta_folder, tokenizer):
                            finite=engine.FiniteCheck("none"), where="step {step}", on_step=on_step)
     assert lrs == pytest.approx([1e-3, 0.5e-3, 0.0])
     changed = [not torch.equal(a, b) for a, b in zip(before, objective.parameters())]
-    trained = [p.requires_grad for p in objective.parameters()]
-    assert changed == trained
+    grouped = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert changed == [id(p) in grouped for p in objective.parameters()]
+    assert not changed[[n for n, _ in objective.named_parameters()].index("meter.visual.prompt_decoder.bias")]
 
 
 # -- retrieval metric --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from absvit.figures.scores import display
+from absvit.figures.scores import DISPLAY_HIGH, display
 from absvit.io import write_bytes
 
 CMAP = "jet"
@@ -93,9 +93,9 @@ def save_grid(stem, rows: list[list[dict | None]], *, width: float = 7.0, row_la
     return out
 
 
-def unit(amap):
-    """A map as shown: display-normalised, scaled to [0, 1]."""
-    shown = display(amap)
+def unit(amap, high: float = DISPLAY_HIGH):
+    """A map as shown: display-normalised (``display(amap, high)``), scaled to [0, 1]."""
+    shown = display(amap, high)
     return shown / shown.max() if shown.max() > 0 else shown
 
 

@@ -21,10 +21,15 @@ DEFINITIONS = ("selectivity = attention mass inside the prior's object / the obj
 CAPTION = f"Top-down attention on multi-object scenes (appendix Figs. 1, 3, 4): {DEFINITIONS}."
 
 
-def display(amap: np.ndarray) -> np.ndarray:
-    """The official demo's display normalisation: ``clamp(map - (0.7 max + 0.3 min), 0)``."""
+DISPLAY_HIGH = 0.7  # the classification demo's threshold weight; the V&L demo's (Figure 5) is 0.5
+VL_DISPLAY_HIGH = 0.5
+
+
+def display(amap: np.ndarray, high: float = DISPLAY_HIGH) -> np.ndarray:
+    """The official demos' display normalisation: ``clamp(map - (high max + (1 - high) min), 0)``; ``high`` 0.7 in
+    the classification demo (Figs. 1-3), 0.5 in the V&L demo (Figure 5)."""
     amap = np.asarray(amap, dtype=np.float64)
-    return np.clip(amap - (0.7 * amap.max() + 0.3 * amap.min()), 0, None)
+    return np.clip(amap - (high * amap.max() + (1 - high) * amap.min()), 0, None)
 
 
 def coverage(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -78,10 +83,11 @@ def nanmean(values) -> float:
     return float(np.nanmean(values)) if len(values) else float("nan")
 
 
-def map_scores(maps, masks) -> dict:
-    """Mean selectivity of the displayed and of the raw maps, and the pointing game (%), over (map, mask) pairs."""
+def map_scores(maps, masks, *, high: float = DISPLAY_HIGH) -> dict:
+    """Mean selectivity of the displayed (``display(map, high)``) and of the raw maps, and the pointing game (%),
+    over (map, mask) pairs."""
     maps, masks = list(maps), list(masks)
-    return {"selectivity": nanmean([selectivity(display(m), k) for m, k in zip(maps, masks)]),
+    return {"selectivity": nanmean([selectivity(display(m, high), k) for m, k in zip(maps, masks)]),
             "selectivity_raw": nanmean([selectivity(m, k) for m, k in zip(maps, masks)]),
             "pointing": 100 * nanmean([pointing_hit(m, k) for m, k in zip(maps, masks)])}
 

@@ -4,13 +4,15 @@
 ``vit_first_layer_input`` the first block's layer-normed input, x0_bu of Fig. 4
 (``AbSViT.first_layer_inputs``). Both use only timm's public ``forward_intermediates``, so they work
 for any timm ViT; on an AbSViT they give its pass-2 values with the learned prompt as the prior.
+``class_token_attention`` is the official V&L demo's map (Figure 5): a block's class-token-to-patch attention summed
+over heads; ``vit_class_attention_map`` reads it off a plain ViT's last block.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-__all__ = ["vit_attention_map", "vit_first_layer_input"]
+__all__ = ["class_token_attention", "vit_attention_map", "vit_class_attention_map", "vit_first_layer_input"]
 
 
 @torch.no_grad()
@@ -32,3 +34,30 @@ def vit_first_layer_input(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
     finally:
         hook.remove()
     return seen[0]
+
+
+def class_token_attention(attn: nn.Module, x: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """The class token's attention on the patch tokens, summed over heads, (B, N - prefix): row 0 of
+    softmax(q k^T / sqrt(d)) of timm's ``Attention`` ``attn`` on its (layer-normed) input ``x`` (B, N, D). The values,
+    where AbSViT's top-down signal enters, play no part."""
+    if num_prefix_tokens < 1:
+        raise ValueError("the class-token attention needs a model with a class token")
+    B, N, _ = x.shape
+    q, k, _ = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    weights = ((attn.q_norm(q) * attn.scale) @ attn.k_norm(k).transpose(-2, -1)).softmax(dim=-1)
+    return weights[:, :, 0, num_prefix_tokens:].sum(dim=1)
+
+
+@torch.no_grad()
+def vit_class_attention_map(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``class_token_attention`` of a timm ViT's last block on the patch grid, (B, H, W); its input is caught as the
+    output of ``blocks[-1].norm1`` while ``forward_features`` runs."""
+    last = vit.blocks[-1]
+    seen: list[torch.Tensor] = []
+    hook = last.norm1.register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        vit.forward_features(x)
+    finally:
+        hook.remove()
+    grid = vit.patch_embed.dynamic_feat_size(x.shape[-2:])
+    return class_token_attention(last.attn, seen[0], vit.num_prefix_tokens).reshape(x.shape[0], *grid)

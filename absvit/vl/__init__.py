@@ -28,7 +28,7 @@ def _finetune(task: str):
         from absvit.vl.finetune import finetune
 
         values, where = recipe_values(a)
-        finetune(task, a.encoder, a.text_encoder, a.data, a.out, VLRecipe.from_dict(values, where=where),
+        finetune(task, a.encoder, a.text_encoder, a.data, a.out, VLRecipe.for_task(task, values, where=where),
                  model_name=a.model, fresh_on_change=a.fresh_on_change, **job_kwargs(a))
 
     return run

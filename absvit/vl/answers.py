@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
                "?", "!")
 ARTICLES = frozenset({"a", "an", "the"})
-NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+# Whole words replaced (the official evaluation's and METER's map): "none" is the count 0, as the number words
+MANUAL_MAP = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
                 "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 # Contractions whose apostrophe annotators often leave out. Left out on purpose: those whose form without the
 # apostrophe is an English word of its own (it's/its, let's/lets, we'll/well, he'll/hell,
@@ -53,13 +54,13 @@ def normalize_answer(text: str) -> str:
        holds a comma between two digits: "1,000" -> "1000"), and otherwise replaced by a space ("black-white"
        -> "black white"). A period is dropped unless a digit follows it: "yes." -> "yes", "1.5" stays.
        The apostrophe is kept.
-    2. Words: lower case, split at whitespace (which collapses it); the number words zero to ten become digits
-       ("Two" -> "2"); the articles a, an, the are dropped; a contraction written without its apostrophe gets it
+    2. Words: lower case, split at whitespace (which collapses it); "none" and the number words zero to ten become digits
+       ("Two" -> "2", "none" -> "0"); the articles a, an, the are dropped; a contraction written without its apostrophe gets it
        back ("dont" -> "don't", see ``CONTRACTIONS``). The words are joined by one space.
     """
     words = []
     for word in strip_punctuation(text).lower().split():
-        word = NUMBER_WORDS.get(word, word)
+        word = MANUAL_MAP.get(word, word)
         if word not in ARTICLES:
             words.append(CONTRACTION_OF.get(word, word))
     return " ".join(words)
@@ -80,9 +81,12 @@ def soft_score(n: int) -> float:
 
 
 def soft_targets(answers: Sequence[str], index: Mapping[str, int]) -> tuple[list[int], list[float]]:
-    """The labels (``index``: normalised answer -> class) and soft scores of the distinct normalised ``answers``
-    that are in the vocabulary, by label. Both lists are empty when none is (such questions are not trained on)."""
-    counts = Counter(normalize_answer(a) for a in answers)
+    """The labels and soft scores of a question's annotator ``answers``, by label, as METER builds them
+    (``write_vqa.py``): each distinct RAW answer string is counted and kept where it is itself an entry of the
+    vocabulary ``index`` (normalised answer -> class); no normalisation on this side, so "two" and "Two" count for no
+    class when the vocabulary holds "2". Both lists are empty when no answer is in the vocabulary (such questions are
+    not trained on)."""
+    counts = Counter(answers)
     pairs = sorted((index[a], soft_score(n)) for a, n in counts.items() if a in index)
     return [label for label, _ in pairs], [score for _, score in pairs]
 

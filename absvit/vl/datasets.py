@@ -14,13 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms
 
 from absvit.errors import DatasetError
 from absvit.vl.answers import soft_targets
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_TEXT_LEN = 50
 NEGATIVES = 15
 KARPATHY_FILE = "dataset_flickr30k.json"
@@ -148,16 +145,6 @@ def read_karpathy(root, split: str) -> list[CaptionRecord]:
         image = check_image(root / KARPATHY_IMAGES / filename, f"images[{n}] of {path}")
         records.append(CaptionRecord(image, int(imgid), tuple(s["raw"] for s in sentences)))
     return records
-
-
-def vl_transform(img_size: int, train: bool) -> transforms.Compose:
-    """The V&L image pipeline: a bicubic resize to the square input (no crop), RandAugment(2, 9) when
-    training, CLIP's normalisation."""
-    steps = [transforms.Resize((img_size, img_size), interpolation=transforms.InterpolationMode.BICUBIC)]
-    if train:
-        steps.append(transforms.RandAugment(num_ops=2, magnitude=9))
-    steps += [transforms.ToTensor(), transforms.Normalize(CLIP_MEAN, CLIP_STD)]
-    return transforms.Compose(steps)
 
 
 def tokenize(tokenizer, texts, max_len: int = MAX_TEXT_LEN) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import init_weights_vit_timm
 
 from absvit.errors import CheckpointError
-from absvit.models import AbSViT, vit_attention_map
+from absvit.models import AbSViT, class_token_attention, vit_attention_map, vit_class_attention_map
 
 __all__ = ["PRIOR_KINDS", "PROMPT_SCALE", "TextEncoder", "VisualEncoder", "declared_pretrained"]
 
@@ -101,6 +101,27 @@ class VisualEncoder(nn.Module):
         x0 = vit.embed(images)
         tokens = vit.run_blocks(x0, self.top_down_signals(x0, prior), depth=len(vit.blocks) - 3)[0]
         return tokens[:, vit.num_prefix_tokens:].norm(dim=-1).reshape(images.shape[0], *vit.patch_embed.grid_size)
+
+
+    @torch.no_grad()
+    def class_attention_map(self, images: torch.Tensor, prior: torch.Tensor | None = None, *,
+                            top_down: bool = True) -> torch.Tensor:
+        """The official V&L demo's map (``forward_att_vis``), shape (B, H, W): the last block's class-token-to-patch
+        attention summed over heads, in pass 2 with the text prior's top-down signal (``top_down``; AbSViT with
+        feedback, ``prior`` required), else bottom-up. A plain ViT has only the bottom-up map."""
+        vit = self.vit
+        if not isinstance(vit, AbSViT):
+            return vit_class_attention_map(vit, images)
+        x0 = vit.embed(images)
+        tds = None
+        if top_down and self.top_down:
+            if prior is None:
+                raise ValueError("the top-down map needs the text prior (B, text_dim); top_down=False gives bottom-up")
+            tds = self.top_down_signals(x0, prior)
+        x = vit.run_blocks(x0, tds, depth=len(vit.blocks) - 1)[0]
+        last = vit.blocks[-1]
+        grid = vit.patch_embed.dynamic_feat_size(images.shape[-2:])
+        return class_token_attention(last.attn, last.norm1(x), vit.num_prefix_tokens).reshape(images.shape[0], *grid)
 
 
 def declared_pretrained(folder) -> bool | None:

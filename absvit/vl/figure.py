@@ -2,10 +2,14 @@
 
 For each scene of the Figure 5 manifest (val questions that name one object, with that object's mask), the
 VQA-fine-tuned AbSViT's attention maps: bottom-up (no feedback), and top-down with each question as the prior;
-beside them the VQA-fine-tuned ViT's map (bottom-up: it has no other). Scored against the mask of the object each
-question names (``absvit.figures.scores``: selectivity, pointing game), and how far the top-down map moves between two
-questions on the same image (``map shift``: mean absolute difference of the two display-normalised maps; 0 = the
-question changes nothing). Outputs: fig5_vqa.{png,pdf}, fig5.{csv,json} and one MLflow run.
+beside them the VQA-fine-tuned ViT's map (bottom-up: it has no other). The map is the official demo's
+(``demo/visualize_attention.ipynb``): the last block's class-token-to-patch attention summed over heads, shown as
+``clamp(map - (0.5 max + 0.5 min), 0)``, the question tokenised without padding (its prior the mean of its own
+tokens). A second row per scene shows the classification figures' token-norm map (Figs. 1-3), labelled as such.
+Scored against the mask of the object each question names (``absvit.figures.scores``: selectivity, pointing game),
+and how far the top-down map moves between two questions on the same image (``map shift``: mean absolute difference
+of the two display-normalised maps; 0 = the question changes nothing). Outputs: fig5_vqa.{png,pdf},
+fig5.{csv,json} and one MLflow run.
 """
 from __future__ import annotations
 
@@ -18,20 +22,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
 
-from absvit.data.scenes import load_mask
 from absvit.errors import DatasetError
 from absvit.figures.draw import save_grid, unit
-from absvit.figures.scores import map_scores, pointing_chance
+from absvit.figures.scores import DISPLAY_HIGH, VL_DISPLAY_HIGH, map_scores, pointing_chance
 from absvit.formats import display_name
 from absvit.io import write_json, write_text
 from absvit.tracking import Tracker, run_tags
-from absvit.vl.datasets import load_image, tokenize, vl_transform
+from absvit.vl.datasets import load_image
 from absvit.vl.finetune import load_finetuned, tokenizer_of
 from absvit.vl.table import FIGURE5_CAPTION as CAPTION
+from absvit.vl.transforms import vl_transform, vl_view
 
 COLUMNS = ("question_id", "question", "image", "mask", "class_index")
 
+# the maps drawn and scored: the official V&L demo's (in the text) and the classification figures' (a row below)
+MAPS = {"class attention": VL_DISPLAY_HIGH, "token norm": DISPLAY_HIGH}
 
 
 def read_manifest(path) -> list[dict]:
@@ -51,29 +59,38 @@ def read_manifest(path) -> list[dict]:
     return rows
 
 
-def maps_of(objective, rows: list[dict], vl: dict, *, top_down: bool, device) -> list[np.ndarray]:
-    """One attention map per manifest row: the question as the prior (``top_down``), or none. ``vl``: what the
-    model's file records (its recipe, its text encoder)."""
+def view_mask(path, img_size: int) -> np.ndarray:
+    """An object's mask (any image: > 127 is inside) as the model sees its image (``vl_view``, nearest)."""
+    with Image.open(path) as im:
+        return np.asarray(vl_view(img_size, InterpolationMode.NEAREST)(im.convert("L"))) > 127
+
+
+def maps_of(objective, rows: list[dict], vl: dict, *, top_down: bool, kind: str, device) -> list[np.ndarray]:
+    """One attention map (``METER.attention_map``'s ``kind``) per manifest row: the question as the prior
+    (``top_down``), or none. The question is tokenised without padding, as the official demo's ``get_prompt``, so the
+    VQA prior (the mean of the text tokens) runs over its own tokens. ``vl``: what the model's file records."""
     tf, tokenizer = vl_transform(vl["recipe"]["img_size"], False), tokenizer_of(vl["text_encoder"])
     out = []
     with torch.no_grad():
         for row in rows:
             image = tf(load_image(row["image"]))[None].to(device)
-            text = tokenize(tokenizer, row["question"], vl["recipe"]["max_text_len"])
-            amap = objective.meter.attention_map(image, text["input_ids"][None].to(device),
-                                                 text["attention_mask"][None].to(device), "mean", top_down=top_down)
+            text = tokenizer(row["question"], truncation=True, max_length=vl["recipe"]["max_text_len"],
+                             return_tensors="pt")
+            amap = objective.meter.attention_map(image, text["input_ids"].to(device),
+                                                 text["attention_mask"].to(device), "mean", top_down=top_down,
+                                                 kind=kind)
             out.append(amap[0].float().cpu().numpy())
     return out
 
 
-def map_shift(rows: list[dict], maps: list[np.ndarray]) -> float:
-    """Mean absolute difference of the displayed (unit-scaled) maps of two questions about different objects of the
-    same image, over every such pair."""
+def map_shift(rows: list[dict], maps: list[np.ndarray], high: float = VL_DISPLAY_HIGH) -> float:
+    """Mean absolute difference of the displayed (unit-scaled, ``unit(map, high)``) maps of two questions about
+    different objects of the same image, over every such pair."""
     shifts = []
     for _, group in itertools.groupby(range(len(rows)), key=lambda i: str(rows[i]["image"])):
         for i, j in itertools.combinations(list(group), 2):
             if rows[i]["mask"] != rows[j]["mask"]:
-                shifts.append(float(np.abs(unit(maps[i]) - unit(maps[j])).mean()))
+                shifts.append(float(np.abs(unit(maps[i], high) - unit(maps[j], high)).mean()))
     return float(np.mean(shifts)) if shifts else float("nan")
 
 
@@ -83,18 +100,22 @@ def title(question: str, width: int = 20) -> str:
 
 
 def draw(rows, maps: dict, img_size: int, out_dir: Path, *, show: int, width: float) -> dict:
-    """Per scene: image | AbSViT bottom-up | ViT | AbSViT top-down for each of its questions."""
+    """Per scene two rows, the official map's and the token norm's: image | AbSViT bottom-up | ViT | AbSViT top-down
+    for each of its questions."""
     scenes = list(dict.fromkeys(str(r["image"]) for r in rows))[:show]
     grid = []
     for scene in scenes:
         picks = [i for i, r in enumerate(rows) if str(r["image"]) == scene][:3]
-        rgb = np.asarray(load_image(rows[picks[0]]["image"]).resize((img_size, img_size)), dtype=np.float32) / 255
-        grid.append([{"image": rgb, "title": "image"},
-                     {"image": rgb, "map": unit(maps["bottom-up"][picks[0]]), "title": "AbSViT bottom-up"},
-                     {"image": rgb, "map": unit(maps["vit"][picks[0]]), "title": "ViT"}]
-                    + [{"image": rgb, "map": unit(maps["top-down"][i]), "title": title(rows[i]["question"])}
-                       for i in picks])
-    return save_grid(out_dir / "fig5_vqa", grid, width=width, colorbar_label="attention (display-normalised)")
+        rgb = np.asarray(vl_view(img_size)(load_image(rows[picks[0]]["image"])), dtype=np.float32) / 255
+        for kind, high in MAPS.items():
+            m, suffix = maps[kind], "" if kind == "class attention" else f" ({kind})"
+            grid.append([{"image": rgb, "title": f"image{suffix}"},
+                         {"image": rgb, "map": unit(m["bottom-up"][picks[0]], high), "title": f"AbSViT bottom-up{suffix}"},
+                         {"image": rgb, "map": unit(m["vit"][picks[0]], high), "title": f"ViT{suffix}"}]
+                        + [{"image": rgb, "map": unit(m["top-down"][i], high), "title": title(rows[i]["question"])}
+                           for i in picks])
+    return save_grid(out_dir / "fig5_vqa", grid, width=width,
+                     colorbar_label="attention (display-normalised; rows: class-token attention, token norm)")
 
 
 def make_figure5(absvit_model, vit_model, manifest, out_dir, *, show: int = 4, width: float = 7.0, label: str = "",
@@ -107,13 +128,15 @@ def make_figure5(absvit_model, vit_model, manifest, out_dir, *, show: int = 4, w
     rows = read_manifest(manifest)
     size = a_vl["recipe"]["img_size"]
     kinds = {"top-down": (absvit, a_vl, True), "bottom-up": (absvit, a_vl, False), "vit": (vit, v_vl, False)}
-    maps = {kind: maps_of(model, rows, vl, top_down=top_down, device=device) for kind, (model, vl, top_down) in kinds.items()}
-    masks = [load_mask(r["mask"], size) for r in rows]
-    scores = [{"model": display_name(vl["encoder_model"]), "attention": "bottom-up" if kind == "vit" else kind,
-               "questions": len(rows), **map_scores(maps[kind], masks), "map_shift": map_shift(rows, maps[kind])}
-              for kind, (_, vl, _) in kinds.items()]
+    maps = {kind: {att: maps_of(model, rows, vl, top_down=top_down, kind=kind, device=device)
+                   for att, (model, vl, top_down) in kinds.items()} for kind in MAPS}
+    masks = [view_mask(r["mask"], size) for r in rows]
+    scores = [{"model": display_name(vl["encoder_model"]), "attention": "bottom-up" if att == "vit" else att,
+               "map": kind, "questions": len(rows), **map_scores(maps[kind][att], masks, high=high),
+               "map_shift": map_shift(rows, maps[kind][att], high)}
+              for kind, high in MAPS.items() for att, (_, vl, _) in kinds.items()]
     figure = draw(rows, maps, size, out_dir, show=show, width=width)
-    chance = pointing_chance(masks, maps["vit"][0].shape)
+    chance = pointing_chance(masks, maps["class attention"]["vit"][0].shape)
     caption = CAPTION + (f" {label}" if label else "")
     frame = pd.DataFrame(scores)
     write_text(out_dir / "fig5.csv", frame.round(4).to_csv(index=False))
@@ -121,7 +144,8 @@ def make_figure5(absvit_model, vit_model, manifest, out_dir, *, show: int = 4, w
               "pointing_chance": chance, "caption": caption, "figure": figure, "seed": a_vl["recipe"]["seed"],
               "seconds": round(time.time() - start, 2)}
     write_json(out_dir / "fig5.json", result)
-    metrics = {f"{kind}.{m}": row[m] for kind, row in zip(kinds, scores)
+    metrics = {f"{att}{'' if kind == 'class attention' else '.token_norm'}.{m}": row[m]
+               for row, (kind, att) in zip(scores, itertools.product(MAPS, kinds))
                for m in ("selectivity", "selectivity_raw", "pointing", "map_shift") if not np.isnan(row[m])}
     tags = run_tags("vl-figure", preset, run or "vl", seed=result["seed"])
     with Tracker(run_name or "vl-figure", uri=tracking_uri, enabled=track, tags=tags,

@@ -72,13 +72,20 @@ def load_finetuned(path, *, device="cpu"):
 
 
 def loader(task, recipe: VLRecipe, dist, device):
-    """The training loader: a (seed, epoch)-shuffled sampler, each sample augmented under its own seed."""
+    """The training loader of micro-batches (``recipe.micro_batch``; ``accum_steps`` of them make one update): a
+    (seed, epoch)-shuffled sampler, each sample augmented under its own seed."""
     pairs = task.train_pairs()
     sampler = torch.utils.data.DistributedSampler(pairs, dist.world_size, dist.rank, shuffle=True, seed=recipe.seed)
-    return torch.utils.data.DataLoader(Seeded(pairs), batch_size=recipe.batch_size // dist.world_size,
+    return torch.utils.data.DataLoader(Seeded(pairs), batch_size=recipe.micro_batch(dist.world_size),
                                        sampler=SampleSeeds(sampler, seed=recipe.seed, rank=dist.rank), drop_last=True,
                                        num_workers=recipe.workers, pin_memory=device.type == "cuda",
                                        generator=torch.Generator().manual_seed(recipe.seed))
+
+
+def updates_per_epoch(train_loader, recipe: VLRecipe) -> int:
+    """Optimiser updates per epoch: whole groups of ``accum_steps`` micro-batches (a last incomplete one is left
+    out, as the loader's last incomplete micro-batch is)."""
+    return len(train_loader) // recipe.accum_steps
 
 
 def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_dir, recipe: VLRecipe, *,
@@ -99,7 +106,8 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
     optimizer = torch.optim.AdamW(param_groups(objective, lr=recipe.lr, fusion_mult=recipe.fusion_mult,
                                                head_mult=recipe.head_mult, feedback_mult=recipe.feedback_mult,
                                                weight_decay=recipe.weight_decay), betas=(0.9, 0.98), eps=1e-8)
-    scheduler = lr_schedule(optimizer, recipe.epochs * len(train_loader), recipe.warmup)
+    steps = updates_per_epoch(train_loader, recipe)
+    scheduler = lr_schedule(optimizer, recipe.epochs * steps, recipe.warmup)
     ckpt_path = out / "checkpoint.pth"
     identity = {"task": task_name, "encoder": str(Path(encoder_checkpoint).resolve()), "encoder_model": encoder,
                 "text_encoder": str(Path(text_encoder).resolve()), "data_root": str(Path(data_root).resolve()),
@@ -114,7 +122,7 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
                                rank=dist.rank, counter="epoch")
         truncate_log(out / "metrics.jsonl", "epoch", start)
         print(f"resuming {task_name} ({encoder}) from {ckpt_path} at epoch {start}", flush=True)
-    scheduler.step_update(start * len(train_loader))
+    scheduler.step_update(start * steps)
     trained = runtime.distributed(objective, dist, device)
 
     params = {"task": task_name, "encoder": str(encoder_checkpoint), "encoder_model": encoder,
@@ -129,11 +137,12 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
             train_loader.sampler.set_epoch(epoch - 1)
             if hasattr(task.train, "set_epoch"):  # retrieval's negatives are drawn per (seed, epoch, sample)
                 task.train.set_epoch(epoch - 1)
-            progress = Progress(header, len(train_loader), every_s=log_every_s, dist=dist, device=device)
-            done = (epoch - 1) * len(train_loader)  # the schedule is per step over the whole run
+            progress = Progress(header, steps, every_s=log_every_s, dist=dist, device=device)
+            done = (epoch - 1) * steps  # the schedule is per update over the whole run
             engine.train_one_epoch(trained, train_loader, optimizer, device, progress=progress,
                                    finite=engine.FiniteCheck(ckpt_path, dist=dist), where=f"epoch {epoch}, step {{step}}",
-                                   on_step=lambda step, loss, lr, done=done: scheduler.step_update(done + step))
+                                   on_step=lambda step, loss, lr, done=done: scheduler.step_update(done + step),
+                                   accum_steps=recipe.accum_steps)
             train = progress.summary()
             rng = rng_states(dist)
             row = {"epoch": epoch, "train_loss": train["loss"], "lr": optimizer.param_groups[0]["lr"],
@@ -150,7 +159,9 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
                 tracker.finish("KILLED")
                 return row
         result = {"task": task_name, "encoder": encoder, "checkpoint": str(encoder_checkpoint), "seed": recipe.seed,
-                  "epochs": recipe.epochs, "feedback": recipe.feedback, "prior_loss": recipe.prior_loss,
+                  "epochs": recipe.epochs, "updates": recipe.epochs * steps, "batch_size": recipe.batch_size,
+                  "train_splits": task.described["train_splits"], "feedback": recipe.feedback,
+                  "prior_loss": recipe.prior_loss,
                   "text_encoder_pretrained": declared_pretrained(text_encoder)}
         if dist.is_main:
             result.update(task.evaluate(objective, device, workers=recipe.workers, every_s=log_every_s))

@@ -124,9 +124,16 @@ class METER(nn.Module):
             "prior": self.visual.project_prior(text_prior.detach()) if top_down else None,
         }
 
+    MAPS = ("class attention", "token norm")
+
     @torch.no_grad()
     def attention_map(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      prior_kind: str, *, top_down: bool = True) -> torch.Tensor:
-        """The visual encoder's attention map (B, H, W) with these texts' prior (``VisualEncoder.attention_map``)."""
+                      prior_kind: str, *, top_down: bool = True, kind: str = "class attention") -> torch.Tensor:
+        """The visual encoder's attention map (B, H, W) with these texts' prior: ``kind`` "class attention" (the
+        official V&L demo's, ``VisualEncoder.class_attention_map``) or "token norm" (the classification figures',
+        ``VisualEncoder.attention_map``)."""
+        if kind not in self.MAPS:
+            raise ValueError(f"unknown attention map {kind!r}; expected one of {self.MAPS}")
         prior = self.text_prior(input_ids, attention_mask, prior_kind) if top_down and self.visual.top_down else None
-        return self.visual.attention_map(images, prior, top_down=top_down)
+        read = self.visual.class_attention_map if kind == "class attention" else self.visual.attention_map
+        return read(images, prior, top_down=top_down)

@@ -7,8 +7,10 @@ The objectives are what ``engine.train_one_epoch`` calls, ``objective(inputs, ta
 - ``RetrievalObjective`` (METER's ``task_finetune_irtr_f30k``): inputs ``(images, input_ids, attention_mask,
   negative_ids, negative_masks)`` with K negative texts per image (B, K, L); targets unused.
 
-Both add ``var_weight`` x the visual encoder's L_var and, with ``prior_loss="clip"`` (the appendix; the
-released code has it commented out), ``prior_weight`` x ``clip_prior_loss``.
+Both add ``var_weight`` x the visual encoder's L_var (the official VQA loss does, at 0.3; its retrieval loss does not:
+the retrieval recipe sets 0) and, with ``prior_loss="clip"`` (the appendix; the released code has it commented out),
+``prior_weight`` x ``clip_prior_loss``. Submodules keep METER's names (``vqa_classifier``, ``itm_score``,
+``rank_output``, ``cross_modal_*``), which ``param_groups`` matches as METER's ``set_schedule`` does.
 """
 from __future__ import annotations
 
@@ -19,13 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.scheduler import PolyLRScheduler
 
-from absvit.models import FeedbackDecoder
-from absvit.models.segmenter import NORM_LAYERS
-from absvit.vl.encoders import VisualEncoder
 from absvit.vl.fusion import METER, init_meter_weights
 
 __all__ = ["ITMHead", "PRIOR_LOSSES", "RankHead", "RetrievalObjective", "VQAHead", "VQAObjective",
-           "clip_prior_loss", "lr_schedule", "param_groups", "recall_at_k"]
+           "clip_prior_loss", "lr_schedule", "param_groups", "param_role", "recall_at_k"]
 
 PRIOR_LOSSES = ("none", "clip")
 
@@ -99,17 +98,17 @@ class VQAObjective(nn.Module):
                  prior_weight: float = 0.1):
         super().__init__()
         check_prior_loss(prior_loss, meter)
-        self.meter, self.head = meter, head
+        self.meter, self.vqa_classifier = meter, head
         self.var_weight, self.prior_loss, self.prior_weight = var_weight, prior_loss, prior_weight
 
     def logits(self, inputs) -> torch.Tensor:
         images, input_ids, attention_mask = inputs
-        return self.head(self.meter(images, input_ids, attention_mask, "mean")["cls_feats"])
+        return self.vqa_classifier(self.meter(images, input_ids, attention_mask, "mean")["cls_feats"])
 
     def forward(self, inputs, targets: torch.Tensor) -> torch.Tensor:
         images, input_ids, attention_mask = inputs
         out = self.meter(images, input_ids, attention_mask, "mean")
-        logits = self.head(out["cls_feats"]).float()  # the soft scores (0.3, 0.6, 0.9) in fp32, not bf16
+        logits = self.vqa_classifier(out["cls_feats"]).float()  # the soft scores (0.3, 0.6, 0.9) in fp32, not bf16
         loss = F.binary_cross_entropy_with_logits(logits, targets.float()) * targets.shape[1]
         loss = loss + self.var_weight * out["var_loss"]
         if self.prior_loss == "clip":
@@ -119,30 +118,32 @@ class VQAObjective(nn.Module):
 
 class RetrievalObjective(nn.Module):
     """Flickr30k retrieval's loss (METER's ``task_finetune_irtr_f30k``): ``itm_weight`` x ITM + the rank loss
-    (+ ``var_weight`` x L_var of the rank pass, + ``prior_weight`` x the CLIP prior loss on its positive pairs).
+    (+ ``var_weight`` x L_var of the rank pass, 0 in the official recipe, + ``prior_weight`` x the CLIP prior loss on
+    its positive pairs).
 
     ITM: half the batch's pairs (at random places) get another image of the batch (a random other index),
-    labels 1 matched / 0 not, cross-entropy of ``itm_head``. Rank: each image with its text and its K
-    negatives, cross-entropy of the K + 1 ``rank_head`` scores with the positive as the target. ``generator``
+    labels 1 matched / 0 not, cross-entropy of ``itm_score``. Rank: each image with its text and its K
+    negatives, cross-entropy of the K + 1 ``rank_output`` scores with the positive as the target. ``generator``
     draws the ITM shuffling (None: torch's global CPU generator, which the project's checkpoints save and
-    restore, so a resumed run draws what the uninterrupted one would). As in METER, the ITM head is frozen
-    (``train_itm_head=False``): the ITM loss trains the model under it. ``score(...)`` gives pairs' scores.
+    restore, so a resumed run draws what the uninterrupted one would). As in METER the ITM head is frozen
+    (``train_itm_head=False``): the ITM loss trains the model under it, and ``rank_output`` (a copy of its
+    "matched" row at the start) trains at the base lr. ``score(...)`` gives pairs' scores.
     """
 
     def __init__(self, meter: METER, itm_head: ITMHead, rank_head: RankHead, *, negatives: int = 15,
-                 itm_weight: float = 0.5, var_weight: float = 0.3, prior_loss: str = "none",
+                 itm_weight: float = 1.0, var_weight: float = 0.0, prior_loss: str = "none",
                  prior_weight: float = 0.1, train_itm_head: bool = False,
                  generator: torch.Generator | None = None):
         super().__init__()
         check_prior_loss(prior_loss, meter)
-        self.meter, self.itm_head, self.rank_head = meter, itm_head, rank_head
-        self.itm_head.requires_grad_(train_itm_head)
+        self.meter, self.itm_score, self.rank_output = meter, itm_head, rank_head
+        self.itm_score.requires_grad_(train_itm_head)
         self.negatives, self.itm_weight, self.var_weight = negatives, itm_weight, var_weight
         self.prior_loss, self.prior_weight, self.generator = prior_loss, prior_weight, generator
 
     def score(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The rank score (B,) of each (image, text) pair."""
-        return self.rank_head(self.meter(images, input_ids, attention_mask, "eos")["cls_feats"])
+        return self.rank_output(self.meter(images, input_ids, attention_mask, "eos")["cls_feats"])
 
     def mismatched(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(labels (B,): 1 for B // 2 random pairs, 0 for the rest; each pair's image index: its own where
@@ -163,50 +164,57 @@ class RetrievalObjective(nn.Module):
                              f"{list(negative_ids.shape)}")
         labels, index = self.mismatched(B, images.device)
         itm = self.meter(images[index], input_ids, attention_mask, "eos")
-        itm_loss = F.cross_entropy(self.itm_head(itm["cls_feats"]).float(), labels)
+        itm_loss = F.cross_entropy(self.itm_score(itm["cls_feats"]).float(), labels)
 
         ids = torch.cat([input_ids.unsqueeze(1), negative_ids], dim=1).flatten(0, 1)
         masks = torch.cat([attention_mask.unsqueeze(1), negative_masks], dim=1).flatten(0, 1)
         pairs = self.meter(images.repeat_interleave(K + 1, dim=0), ids, masks, "eos")
-        scores = self.rank_head(pairs["cls_feats"]).float().view(B, K + 1)
+        scores = self.rank_output(pairs["cls_feats"]).float().view(B, K + 1)
         loss = F.cross_entropy(scores, scores.new_zeros(B, dtype=torch.long)) + self.itm_weight * itm_loss
-        loss = loss + self.var_weight * pairs["var_loss"]
+        if self.var_weight:
+            loss = loss + self.var_weight * pairs["var_loss"]
         if self.prior_loss == "clip":
             positive = (torch.arange(B * (K + 1), device=images.device) % (K + 1)) == 0
             loss = loss + self.prior_weight * clip_prior_loss(pairs["image_cls"], pairs["prior"], mask=positive)
         return loss
 
 
-HEADS = (VQAHead, ITMHead, RankHead)
+# METER's set_schedule, by parameter name (substrings): no weight decay for biases and norm layers' weights; the
+# task heads at x head_mult (not `rank_output`: it trains at the base lr); the fusion at x fusion_mult; the feedback
+# (`decode`: AbSViT's `decoders` and `prompt_decoder`) at x feedback_mult, its no-decay parameters in no group.
+NO_DECAY = ("bias", "LayerNorm.weight", "norm.weight", "norm1.weight", "norm2.weight")
+HEAD_NAMES = ("vqa_classifier", "nlvr2_classifier", "mlm_score", "itm_score", "snli_classifier")
+FUSION_NAMES = ("cross_modal",)
+FEEDBACK_NAMES = ("decode",)
+
+
+def param_role(name: str) -> tuple[str, bool]:
+    """(group kind: encoders / heads / fusion / feedback, weight decay?) of a parameter, by its name as METER's
+    ``set_schedule`` decides (a name with a head name and ``cross_modal`` is in none of its groups: "none")."""
+    decay = not any(n in name for n in NO_DECAY)
+    head, fusion, feedback = (any(n in name for n in names) for names in (HEAD_NAMES, FUSION_NAMES, FEEDBACK_NAMES))
+    if sum((head, fusion, feedback)) > 1:
+        return "none", decay
+    return ("heads" if head else "fusion" if fusion else "feedback" if feedback else "encoders"), decay
 
 
 def param_groups(model: nn.Module, *, lr: float, fusion_mult: float = 10, head_mult: float = 50,
                  feedback_mult: float = 3, weight_decay: float = 0.01) -> list[dict]:
     """AdamW groups of ``model``'s trained parameters (an objective, or anything holding METER and heads), as
-    METER's ``set_schedule``: the encoders at ``lr``; METER's fusion (names with ``cross_modal``) at
-    ``lr * fusion_mult``; the task heads at ``lr * head_mult``; AbSViT's feedback decoders and the prompt
-    projection at ``lr * feedback_mult``. Biases and norm layers' parameters get no weight decay, the rest
-    ``weight_decay`` (embeddings, ``pos_embed`` and ``cls_token`` included, as METER). Each group is named
-    (``name``: encoders / fusion / heads / feedback, ``/no_decay`` added); empty groups are left out."""
-    role = {}
-    for module in model.modules():
-        if isinstance(module, HEADS):
-            kind = "heads"
-        elif isinstance(module, FeedbackDecoder):
-            kind = "feedback"
-        elif isinstance(module, VisualEncoder) and module.prompt_decoder is not None:
-            module, kind = module.prompt_decoder, "feedback"
-        else:
-            continue
-        role.update({id(p): kind for p in module.parameters()})
-    no_decay = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    METER's ``set_schedule`` makes them by name (``param_role``): the encoders (and ``rank_output``,
+    ``token_type_embeddings``) at ``lr``; names with ``cross_modal`` at ``lr * fusion_mult``; the task heads at
+    ``lr * head_mult``; names with ``decode`` (AbSViT's feedback decoders, the prompt projection) at
+    ``lr * feedback_mult``. Names with ``bias`` or a norm layer's weight get no weight decay (the VQA head's
+    LayerNorm, ``vqa_classifier.1``, is decayed: its name is none of them), the rest ``weight_decay`` (embeddings,
+    ``pos_embed`` and ``cls_token`` included). The feedback's no-decay parameters (``prompt_decoder.bias``) are in
+    no group, as in METER: never trained. Each group is named (``name``: encoders / fusion / heads / feedback,
+    ``/no_decay`` added); empty groups are left out."""
     mult = {"encoders": 1.0, "fusion": fusion_mult, "heads": head_mult, "feedback": feedback_mult}
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        kind, decay = param_role(name)
+        if not p.requires_grad or kind == "none" or (kind == "feedback" and not decay):
             continue
-        kind = role.get(id(p), "fusion" if "cross_modal" in name else "encoders")
-        decay = not (name.endswith("bias") or id(p) in no_decay)
         key = kind if decay else f"{kind}/no_decay"
         group = groups.setdefault(key, {"name": key, "params": [], "lr": lr * mult[kind],
                                         "weight_decay": weight_decay if decay else 0.0})

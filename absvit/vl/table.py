@@ -14,11 +14,24 @@ from absvit.tracking import finished_runs
 
 HEAD = {"vqa_accuracy": "VQA", "i2t_r1": "TR@1", "i2t_r5": "TR@5", "i2t_r10": "TR@10", "t2i_r1": "IR@1",
         "t2i_r5": "IR@5", "t2i_r10": "IR@10"}
-CAPTION = ("V\\&L fine-tuning with ViT and AbSViT as the visual encoder of METER: VQAv2 accuracy (val2014, the official "
-           "metric) and Flickr30k retrieval recall@1/5/10 (test split; TR: image to text, IR: text to image). The "
-           "appendix gives no V\\&L numbers.")
 KINDS = ("vit", "absvit")
-COLUMNS = ["encoder", "seed", "model", *HEAD, "text_pretrained"]  # text_pretrained: what the text encoder declares
+# text_pretrained: what the text encoder declares; vqa_train / retrieval_train: the splits each task trained on
+COLUMNS = ["encoder", "seed", "model", *HEAD, "text_pretrained", "vqa_train", "retrieval_train"]
+
+
+def caption(frame: pd.DataFrame) -> str:
+    """Table 4's caption, with the protocol the runs followed (the splits each task trained on)."""
+    def splits(task):
+        seen = sorted({str(v) for v in frame[f"{task}_train"].dropna()})
+        return " / ".join(seen) if seen else "unrecorded splits"
+
+    vqa = splits("vqa")
+    scored = ("not scored here: trained on train2014 + val2014, its test-dev predictions (submission.json) go to the "
+              "evaluation server, the official protocol" if "val2014" in vqa else
+              f"val2014, the official metric; trained on {vqa}")
+    return (f"V\\&L fine-tuning with ViT and AbSViT as the visual encoder of METER: VQAv2 accuracy ({scored}) and "
+            f"Flickr30k retrieval recall@1/5/10 (Karpathy test split, trained on {splits('retrieval')}; TR: image to "
+            "text, IR: text to image). The appendix gives no V\\&L numbers.")
 NOTE = "The appendix gives no V&L numbers: the paper column says --."
 UNTRAINED_TEXT = (" The text encoder of these runs is NOT pretrained (a small RoBERTa from random init, made by `absvit "
                   "data embedded-vl`; the paper starts from roberta-base): these numbers say nothing about the paper's "
@@ -36,7 +49,8 @@ def vl_frame(result_files) -> pd.DataFrame:
         r = json.loads(Path(path).read_text())
         row = rows.setdefault((_kind(r["encoder"]), int(r["seed"])), {"encoder": _kind(r["encoder"]), "seed": int(r["seed"]),
                                                                         "model": r["encoder"]})
-        row.update({k: float(r[k]) for k in HEAD if k in r}, text_pretrained=r.get("text_encoder_pretrained"))
+        row.update({k: float(r[k]) for k in HEAD if k in r}, text_pretrained=r.get("text_encoder_pretrained"),
+                   **{f"{r['task']}_train": r.get("train_splits")})
     return pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS)
 
 
@@ -52,7 +66,8 @@ def vl_from_mlflow(uri: str, preset: str) -> pd.DataFrame | None:
     for (_, model, seed), run in sorted(latest.items()):
         row = rows.setdefault((_kind(model), int(seed)), {"encoder": _kind(model), "seed": int(seed), "model": model})
         row.update({k: v for k, v in run.data.metrics.items() if k in HEAD},
-                   text_pretrained={"True": True, "False": False}.get(run.data.params.get("text_encoder_pretrained")))
+                   text_pretrained={"True": True, "False": False}.get(run.data.params.get("text_encoder_pretrained")),
+                   **{f"{run.data.params['task']}_train": run.data.params.get("train_splits")})
     return pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS)
 
 
@@ -63,18 +78,21 @@ def table4(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
     models = frame.groupby("encoder", sort=False)["model"].agg(lambda m: " / ".join(sorted(set(m))))
     labels = {kind: display_name(models[kind]) for kind in spread.mean.index}
     write_table(Path(out_dir), "table4", spread, labels, HEAD, {"Model": [tex_escape(labels[k]) for k in spread.mean.index]},
-                caption=CAPTION, ref="tab:vl", column_format="l" + "c" * len(HEAD), label=label)
+                caption=caption(frame), ref="tab:vl", column_format="l" + "c" * len(HEAD), label=label)
     significance = (stats.compare(frame, "encoder", "vit", "absvit", HEAD, pair=f"{labels['absvit']} - {labels['vit']}")
                     if set(KINDS) <= set(spread.mean.index) else None)
     untrained = frame.text_pretrained.map(lambda v: v is False).any()  # None: the folder does not say
     return Reported(paper_comparison(spread, labels, {}, HEAD), significance, NOTE + (UNTRAINED_TEXT if untrained else ""))
 
 
-FIGURE5_CAPTION = ("V&L Figure 5: the VQA-fine-tuned encoders' attention on the object each question names: selectivity "
-                   "(mass inside the object / its share of the image; 1 = none; displayed and raw map), pointing game (% "
-                   "of questions whose map peaks inside the object) and map shift (mean absolute change of the displayed "
-                   "map between two questions about different objects of the same image; 0 = the question moves "
-                   "nothing).")
+OFFICIAL_MAP = "class attention"  # the official V&L demo's map; "token norm" rows are the classification figures'
+FIGURE5_CAPTION = ("V&L Figure 5: the VQA-fine-tuned encoders' attention on the object each question names, on the "
+                   "official V&L demo's map (the last block's class-token-to-patch attention summed over heads, shown as "
+                   "clamp(map - (0.5 max + 0.5 min), 0), the question unpadded); rows marked (token norm) use the "
+                   "classification figures' map instead. Selectivity (mass inside the object / its share of the image; "
+                   "1 = none; displayed and raw map), pointing game (% of questions whose map peaks inside the object) "
+                   "and map shift (mean absolute change of the displayed map between two questions about different "
+                   "objects of the same image; 0 = the question moves nothing).")
 FIG5_HEAD = {"selectivity": "Selectivity", "selectivity_raw": "Selectivity (raw map)", "pointing": "Pointing game (%)",
              "map_shift": "Map shift"}
 SHIFT_VISIBLE = 0.01  # a map shift below this is reported as "no visible effect of the question"
@@ -98,14 +116,16 @@ def figure5_scores(score_files, out_dir, *, label: str | None = None) -> str:
     ``figure5.{tex,csv,md}``; returns the report's section, with AbSViT's top-down rows tested against its bottom-up
     ones and against the ViT's (Welch)."""
     long = pd.concat([pd.read_csv(f).assign(seed=i) for i, f in enumerate(score_files)])
-    long["row"] = [f"{m} {a}" for m, a in zip(long.model, long.attention)]
+    long["row"] = [f"{m} {a}" + ("" if k == OFFICIAL_MAP else f" ({k})") for m, a, k in zip(long.model, long.attention,
+                                                                                          long["map"])]
     spread = Spread.of(long, "row", list(FIG5_HEAD), FIG5_DIGITS)
     first = long.drop_duplicates("row").set_index("row").loc[spread.mean.index]
     write_table(Path(out_dir), "figure5", spread, {r: r for r in spread.mean.index}, FIG5_HEAD,
-                {"Model": [tex_escape(m) for m in first.model], "Attention": list(first.attention)},
+                {"Model": [tex_escape(m) for m in first.model], "Attention": list(first.attention),
+                 "Map": list(first["map"])},
                 caption=tex_escape("V&L Figure 5: attention on the object the question names (the VQA models)."),
-                ref="tab:figure5", column_format="llcccc", label=label, tex_heads={"pointing": "Pointing game (\\%)"})
-    rows = list(spread.mean.index)
+                ref="tab:figure5", column_format="lllcccc", label=label, tex_heads={"pointing": "Pointing game (\\%)"})
+    rows = list(first.index[first["map"] == OFFICIAL_MAP])  # tested: the official map's rows
     tests = [stats.compare(long, "row", other, rows[0], FIG5_HEAD, pair=f"{rows[0]} - {other}") for other in rows[1:]]
     md = markdown_table(spread.cells(tex=False).assign(n=spread.seeds().astype(int)).rename(columns=FIG5_HEAD)
                         .rename_axis(index="Model", columns=None))

@@ -2,8 +2,8 @@
 
 - ``VQATask``: VQAv2 (train2014, or train + val with ``trainval``); the official VQA accuracy on val2014, or the
   test-dev submission JSON for the evaluation server with ``trainval``.
-- ``RetrievalTask``: Flickr30k's Karpathy split; every (image, text) pair of the test split scored, image->text and
-  text->image recall@1/5/10.
+- ``RetrievalTask``: Flickr30k's Karpathy split, trained on train (+ val with ``trainval``, as the official code);
+  every (image, text) pair of the test split scored, image->text and text->image recall@1/5/10.
 
 ``absvit.vl.finetune`` runs either the same way (``engine.train_one_epoch``, ``engine.evaluate``).
 """
@@ -17,10 +17,10 @@ from absvit import engine
 from absvit.progress import Progress
 from absvit.recipe import VLRecipe
 from absvit.vl.answers import answer_vocabulary, normalize_answer, soft_targets, vqa_accuracy
-from absvit.vl.datasets import (CaptionDataset, ImageDataset, TextDataset, VQADataset, read_karpathy, read_vqa,
-                                vl_transform)
+from absvit.vl.datasets import CaptionDataset, ImageDataset, TextDataset, VQADataset, read_karpathy, read_vqa
 from absvit.vl.fusion import METER
 from absvit.vl.model import ITMHead, RankHead, RetrievalObjective, VQAHead, VQAObjective, recall_at_k
+from absvit.vl.transforms import vl_transform
 
 
 class AsPairs(torch.utils.data.Dataset):
@@ -77,7 +77,8 @@ class VQATask:
         self.train = VQADataset(fitted, self.vocab, tokenizer, vl_transform(recipe.img_size, True), recipe.max_text_len)
         self.eval_set = VQADataset(self.eval_records, self.vocab, tokenizer, vl_transform(recipe.img_size, False),
                                    recipe.max_text_len)
-        self.recipe, self.described = recipe, {"vocab": self.vocab, "train_questions": len(fitted)}
+        self.recipe, self.described = recipe, {"vocab": self.vocab, "train_questions": len(fitted),
+                                               "train_splits": "train2014 + val2014" if recipe.trainval else "train2014"}
 
     def train_pairs(self):
         return AsPairs(self.train, self.inputs, "targets")
@@ -132,11 +133,13 @@ class RetrievalTask:
     inputs = ("image", "input_ids", "attention_mask", "negative_input_ids", "negative_attention_mask")
 
     def __init__(self, root, recipe: VLRecipe, tokenizer):
-        train, self.test = read_karpathy(root, "train"), read_karpathy(root, "test")
+        train = read_karpathy(root, "train") + (read_karpathy(root, "val") if recipe.trainval else [])
+        self.test = read_karpathy(root, "test")
         self.train = CaptionDataset(train, tokenizer, vl_transform(recipe.img_size, True), negatives=recipe.negatives,
                                     seed=recipe.seed, max_len=recipe.max_text_len)
         self.tokenizer, self.recipe = tokenizer, recipe
-        self.described = {"train_images": len(train), "train_captions": len(self.train)}
+        self.described = {"train_images": len(train), "train_captions": len(self.train),
+                          "train_splits": "train + val" if recipe.trainval else "train"}
 
     def train_pairs(self):
         return AsPairs(self.train, self.inputs)

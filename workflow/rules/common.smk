@@ -101,7 +101,9 @@ def _check_config():
             raise WorkflowError(f"config key '{where}.vl.encoders.{kind}.model': {e['model']!r} is not a {kind}_* model")
     try:
         for task in ("vqa", "retrieval") if VL else ():
-            VLRecipe.from_dict({**VL["recipe"], **VL.get(task, {})}, where=f"{where}.vl.{task}")
+            r = VLRecipe.for_task(task, {**VL["recipe"], **VL.get(task, {})}, where=f"{where}.vl.{task}")
+            res = P["resources"]["vl"]  # one process per GPU (one on a CPU node), as `absvit submit` starts them
+            r.micro_batch(res.get("nodes", 1) * max(res["gpus_per_node"], 1), where=f"{where}.vl.{task}")
         recipe = PretrainRecipe.from_dict(P.get("recipe", {}), where=f"{where}.recipe")  # types and ranges of every key
         for run in TRAINED:  # the img_size each pretraining run trains at: a multiple of its model's patch size
             check_patch_multiple(recipe.img_size, RUNS[run]["model"], where=f"{where}.recipe")

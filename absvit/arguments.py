@@ -64,10 +64,12 @@ def key_values(pairs: list[str], flag: str = "--set") -> dict:
     return out
 
 
-def recipe_values(args: argparse.Namespace) -> tuple[dict, str]:
+def recipe_values(args: argparse.Namespace):
     """The recipe's keys from ``--recipe`` (a JSON object, or a YAML / JSON file) updated by ``--set``, and where
-    they came from (for error messages)."""
-    values, where = {}, "recipe"
+    each came from (``absvit.recipe.Where``, for error messages: ``--set lr``, ``<file>: lr``, ``recipe.lr``)."""
+    from absvit.recipe import Where
+
+    values, where = {}, Where("recipe")
     if args.recipe:
         text = args.recipe.strip()
         if text.startswith("{"):
@@ -78,11 +80,13 @@ def recipe_values(args: argparse.Namespace) -> tuple[dict, str]:
         else:
             import yaml
 
-            where = args.recipe
+            where = Where(args.recipe, template="{where}: {key}")
             try:
                 values = yaml.safe_load(Path(args.recipe).read_text()) or {}
             except (OSError, yaml.YAMLError) as e:
                 raise UsageError(f"--recipe {args.recipe}: cannot read it ({e})") from None
         if not isinstance(values, dict):
             raise UsageError(f"--recipe {args.recipe}: expected a mapping of recipe keys")
-    return {**values, **key_values(args.set)}, where
+    overrides = key_values(args.set)
+    where.by_key.update({k: "--set {key}" for k in overrides})
+    return {**values, **overrides}, where

@@ -37,18 +37,24 @@ def read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: an empty file (0 bytes); expected a torch.save checkpoint")
+    not_torch = (f"{path}: not a torch checkpoint (corrupt, or not written by torch.save: it starts with "
+                 f"{path.open('rb').read(16)!r})")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         forbidden = re.search(r"GLOBAL (\S+)", str(e))
         if forbidden is None:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt or not a torch.save file)") from e
+            raise CheckpointError(not_torch) from e
         raise CheckpointError(
             f"{path}: refused: the file pickles {forbidden.group(1)}; only tensors, containers and "
             "argparse.Namespace are allowed. Checkpoints are loaded with weights_only=True, never executed."
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (KeyError, IndexError, EOFError) as e:  # what the unpickler raises on bytes that are no pickle at all
+        raise CheckpointError(not_torch) from e
+    except (RuntimeError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict (a state dict, or a dict with 'model'), got {type(obj).__name__}")
@@ -127,6 +133,8 @@ def resumable(ckpt_path: Path, kept: str | None):
 
 
 def _shown(v) -> str:
+    if isinstance(v, str) and v.startswith(("sha256:", "tree:")):  # an input's digest (absvit.digests): its head
+        return v[:v.index(":") + 13]
     return f"{len(v)} entries" if isinstance(v, (list, tuple)) and len(v) > 4 else repr(v)
 
 
@@ -140,8 +148,9 @@ def identity_differences(recorded: dict, current: dict) -> list[str]:
 def checkpoint_to_resume(out: Path, identity: dict, *, fresh_on_change: bool) -> dict | None:
     """``out/checkpoint.pth`` if it belongs to the run ``identity`` describes, else None (start fresh).
 
-    A checkpoint of another run (a changed recipe, model, dataset, class list, seed or world
-    size) is refused with the differing keys named; with ``fresh_on_change`` (what the pipeline
+    A checkpoint of another run (a changed recipe, model, class list, seed or world size, or an input whose
+    content changed: ``identity["inputs"]``, ``absvit.digests``) is refused with the differing keys named (an
+    input as ``inputs.<name>``); with ``fresh_on_change`` (what the pipeline
     passes: Snakemake reruns a job whose settings changed) it and its metrics log are moved
     aside into ``out/stale-<time>/`` instead, never deleted.
     """

@@ -174,8 +174,12 @@ def _tables(args: argparse.Namespace) -> None:
 
 def _released(args: argparse.Namespace) -> None:
     from absvit.arguments import key_values
+    from absvit.errors import UsageError
     from absvit.released import released
 
+    if not args.eval and not args.from_mlflow:
+        raise UsageError("give --eval RUN=EVAL_DIR ... (the `absvit evaluate` results of each released file) or "
+                         "--from-mlflow (read them from the tracking store)")
     evals = {run: Path(folder) for run, folder in key_values(args.eval, "--eval").items()}
     released(evals, args.out_dir, preset=args.preset, label=args.label, tracking_uri=args.tracking_uri,
              track=not args.no_mlflow, from_mlflow=args.from_mlflow)

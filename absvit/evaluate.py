@@ -24,8 +24,8 @@ from absvit.attacks import ATTACKS, Attack, perturb
 from absvit.checkpoint import agree, extract_state_dict, read_checkpoint, recorded_setup
 from absvit.data import SUITES
 from absvit.data.corruptions import ALEXNET_ERR, CORRUPTIONS, SEVERITIES
-from absvit.data.readers import SUBSET_SUITES, ClassFolder, DatasetError, imagenet_c_folders, label_space
-from absvit.errors import UsageError
+from absvit.data.readers import SUBSET_SUITES, ClassFolder, imagenet_c_folders, label_space
+from absvit.errors import CheckpointError, DatasetError, UsageError
 from absvit.io import write_json
 from absvit.models import require_model
 from absvit.models.weights import check_state_dict
@@ -83,6 +83,10 @@ def load_model(checkpoint, *, model_name: str | None = None, classes_spec: str |
     Our checkpoints record model name, input size and classes; official files their model name and
     input size (in ``args``), and are ImageNet-1k."""
     ckpt = read_checkpoint(checkpoint)
+    if "vl" in ckpt or (ckpt.get("run") or {}).get("backbone"):
+        made_by = "`absvit vl-vqa` / `vl-retrieval` (a V&L model)" if "vl" in ckpt else "`absvit segment` (a segmenter)"
+        raise CheckpointError(f"{checkpoint}: a checkpoint of {made_by}, not an ImageNet classifier; expected the "
+                              "model.pth of `absvit pretrain` or a released file")
     recorded = recorded_setup(ckpt)
     if recorded["model"] and not timm.is_model(recorded["model"]):
         recorded["model"] = None  # an official file's name that timm does not know tells us nothing
@@ -98,6 +102,10 @@ def load_model(checkpoint, *, model_name: str | None = None, classes_spec: str |
     state = extract_state_dict(ckpt, checkpoint, ema=ema)
     head = state.get("head.weight")
     if head is not None and head.shape[0] != len(classes):
+        if classes_spec is None and recorded["classes"] is None:
+            raise DatasetError(f"{checkpoint}: the checkpoint's head has {head.shape[0]} classes and the file records "
+                               f"no label space, so ImageNet-1k's {len(classes)} were assumed; give --classes (the "
+                               "training set's folder of class folders)")
         raise DatasetError(f"{checkpoint}: the checkpoint's head has {head.shape[0]} classes but the label space "
                            f"({classes_spec or 'recorded in the checkpoint'}) has {len(classes)}")
     model = timm.create_model(model_name, num_classes=len(classes), **({"img_size": img_size} if img_size else {}))

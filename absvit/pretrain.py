@@ -4,7 +4,8 @@ Output folder: ``checkpoint.pth`` (official layout plus resume state, rewritten 
 after every epoch), ``metrics.jsonl`` (one line per epoch), and when the run is complete
 ``model.pth`` (the final weights, official layout) and ``result.json`` (final metrics). Both
 ``.pth`` files describe themselves: model name (``arch``), ``img_size``, ``classes``, and the
-run's identity (model, recipe, data root, classes, world size). A restarted job resumes from
+run's identity (model, recipe, classes, world size, and the train / val folders by content:
+``absvit.digests``). A restarted job resumes from
 ``checkpoint.pth`` only if it belongs to the same run, and ends exactly where an
 uninterrupted run would.
 
@@ -33,6 +34,8 @@ from timm.utils import ModelEmaV3
 
 from absvit import engine, runtime
 from absvit.checkpoint import checkpoint_to_resume, resumable, resume, rng_states, save_state, truncate_log
+from absvit.digests import tree_digest
+from absvit.models.init import mimetic_init_, sincos_pos_embed_
 from absvit.data.readers import ClassFolder, label_space
 from absvit.data.sampling import SampleSeeds, Seeded
 from absvit.errors import UsageError
@@ -86,8 +89,9 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     model, optimizer, scheduler, ema, mixup, criterion = build(model_name, len(classes), recipe, device)
 
     ckpt_path = out / "checkpoint.pth"
-    identity = {"model": model_name, "recipe": recipe.identity(), "data_root": str(data_root.resolve()),
-                "classes": list(classes), "world_size": dist.world_size}
+    identity = {"model": model_name, "recipe": recipe.identity(), "classes": list(classes),
+                "inputs": {split: tree_digest(data_root / split) for split in ("train", "val")},
+                "world_size": dist.world_size}
     described = {"arch": model_name, "img_size": recipe.img_size, "classes": list(classes), "run": identity}
     start, run_id = 0, None
     ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
@@ -176,7 +180,12 @@ def patch_size(model_name: str) -> int | None:
 def build(model_name: str, num_classes: int, recipe: PretrainRecipe, device):
     """The recipe's model, optimizer (fused AdamW on CUDA), scheduler, EMA, mixup and criterion."""
     model = timm.create_model(model_name, num_classes=num_classes, img_size=recipe.img_size,
-                              drop_path_rate=recipe.drop_path).to(device)
+                              drop_path_rate=recipe.drop_path)
+    if recipe.init == "mimetic":
+        mimetic_init_(model, torch.Generator().manual_seed(recipe.seed))
+    if recipe.pos_embed == "sincos":
+        sincos_pos_embed_(model)
+    model.to(device)
     fused = {"fused": True} if device.type == "cuda" and recipe.opt.lower() in ("adam", "adamw") else {}
     optimizer = create_optimizer_v2(model, recipe.opt, lr=recipe.scaled_lr, weight_decay=recipe.weight_decay, **fused)
     scheduler, _ = create_scheduler_v2(optimizer, recipe.sched, num_epochs=recipe.epochs, min_lr=recipe.min_lr,

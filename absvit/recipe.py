@@ -19,7 +19,38 @@ from typing import Any, Callable
 
 from absvit.errors import UsageError, did_you_mean
 
-_WHERE = contextvars.ContextVar("recipe_where", default="recipe")  # from_dict's `where`, for __post_init__
+
+class Where:
+    """Where a recipe's keys were set, for messages: ``Where("recipe")("lr")`` is ``recipe.lr`` (``template``: how a
+    key is named under the default ``where``). ``by_key`` names the keys set elsewhere by a template of their own
+    (``{"lr": "--set {key}"}``: ``--set lr``), so that a typo on the command line or in one section of config.yaml
+    is blamed on where it was made. ``str(where)`` is the default's prefix."""
+
+    def __init__(self, default: str = "recipe", by_key: dict[str, str] | None = None, template: str = "{where}.{key}"):
+        self.default, self.by_key, self.template = default, dict(by_key or {}), template
+
+    def __call__(self, key: str) -> str:
+        return self.by_key.get(key, self.template).format(where=self.default, key=key)
+
+    def __str__(self) -> str:
+        return self.default
+
+    @classmethod
+    def of(cls, where: "str | Where") -> "Where":
+        return where if isinstance(where, Where) else cls(where)
+
+    @classmethod
+    def layered(cls, *layers: tuple[str, dict]) -> tuple[dict, "Where"]:
+        """The values of config sections laid over each other, ``(prefix, values)`` from the bottom up, and where
+        each key was set (the last section that holds it; keys in none are named under the first prefix)."""
+        values, by_key = {}, {}
+        for prefix, section in layers:
+            values.update(section)
+            by_key.update({k: f"{prefix}.{{key}}" for k in section})
+        return values, cls(layers[0][0], by_key)
+
+
+_WHERE = contextvars.ContextVar("recipe_where", default=Where())  # from_dict's `where`, for __post_init__
 
 
 def _number(x) -> str:
@@ -164,7 +195,7 @@ def timm_refuses(value: str, family: str) -> str | None:
     return None
 
 
-def check_patch_multiple(img_size: int, model_name: str, where: str = "recipe", patch: int | None = None) -> None:
+def check_patch_multiple(img_size: int, model_name: str, where: "str | Where" = "recipe", patch: int | None = None) -> None:
     """``img_size`` must be a multiple of the model's patch size: timm's patch embedding silently drops the
     border pixels of any other size (a cropped token grid).
 
@@ -179,7 +210,7 @@ def check_patch_multiple(img_size: int, model_name: str, where: str = "recipe", 
     if img_size % patch:
         below = img_size // patch * patch
         eg = f"{below} or {below + patch}" if below else str(patch)
-        raise UsageError(f"{where}.img_size: {img_size} is not a multiple of {model_name}'s patch size {patch}; "
+        raise UsageError(f"{Where.of(where)('img_size')}: {img_size} is not a multiple of {model_name}'s patch size {patch}; "
                          f"expected a multiple of {patch} (e.g. {eg})")
 
 
@@ -189,29 +220,34 @@ class Recipe:
     CHECKS: dict[str, Check] = {}  # every key -> its allowed values beyond its type (the subclasses' tables)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, where: str = "recipe"):
+    def from_dict(cls, values: dict[str, Any], *, where: "str | Where" = "recipe"):
+        where = Where.of(where)
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
+        if len(unknown) == 1:
+            raise UsageError(f"{where(unknown[0])}: unknown key{did_you_mean(unknown[0], known)}; known keys are "
+                             f"{sorted(known)}")
         if unknown:
-            hint = did_you_mean(unknown[0], known) if len(unknown) == 1 else ""
-            raise UsageError(f"{where}: unknown key(s) {unknown}{hint}; known keys are {sorted(known)}")
+            raise UsageError(f"{where}: unknown keys {', '.join(where(k) for k in unknown)}; known keys are "
+                             f"{sorted(known)}")
         floats = {f.name for f in dataclasses.fields(cls) if f.type in (float, "float")}
-        token = _WHERE.set(where)  # the checks run once, in __post_init__, under this prefix
+        token = _WHERE.set(where)  # the checks run once, in __post_init__, under these names
         try:  # an int where a float is expected (lr: 1) is that float; every other value is checked as it is
             return cls(**{k: float(v) if k in floats and type(v) is int else v for k, v in values.items()})
         finally:
             _WHERE.reset(token)
 
     @staticmethod
-    def _check_type(key: str, value, expected: type, where: str) -> None:
+    def _check_type(key: str, value, expected: type, where: Where) -> None:
         ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
         ok = ok or (expected is float and isinstance(value, int) and not isinstance(value, bool))
         if not ok:
-            raise UsageError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+            raise UsageError(f"{where(key)}: expected {expected.__name__}, got {value!r}")
 
-    def check(self, where: str = "recipe") -> None:
+    def check(self, where: "str | Where" = "recipe") -> None:
         """Each key's type, then its CHECKS entry (keys compared with another key last); UsageError
         ``<where>.<key>: <what is wrong>; <what is allowed>`` for the first bad one."""
+        where = Where.of(where)
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         types = {f.name: type(f.default_factory() if f.default is dataclasses.MISSING else f.default)
                  for f in dataclasses.fields(self)}
@@ -221,7 +257,7 @@ class Recipe:
             kind = {int: "an int", float: "a float"}.get(types[k], f"a {types[k].__name__}")
             problem = self.CHECKS[k].problem(values[k], values, kind)
             if problem:
-                raise UsageError(f"{where}.{k}: {problem}")
+                raise UsageError(f"{where(k)}: {problem}")
 
     def __post_init__(self):
         self.check(_WHERE.get())
@@ -262,6 +298,8 @@ class PretrainRecipe(Recipe):
     img_size: int = 224
     crop_pct: float = 0.875
     var_weight: float = 0.1  # L_var weight; 0 for the Table 2 ablation
+    init: str = "timm"  # the attention's init: "timm" (the official), "mimetic" (absvit.models.init)
+    pos_embed: str = "learned"  # "learned" (the official), "sincos": MAE's fixed 2-D sin-cos table
     seed: int = 0
     workers: int = 8
     compile: str = "auto"  # torch.compile of the training objective: "on", "off", "auto" (on for CUDA, off on CPU)
@@ -283,12 +321,17 @@ class PretrainRecipe(Recipe):
         "ema_decay": Range(0, 1, lo_open=True, hi_open=True),
         "interpolation": OneOf(INTERPOLATIONS, "an interpolation of timm's transforms",
                                " ('random' is for training transforms only: the eval transform refuses it)"),
-        "img_size": Range(1), "crop_pct": Range(0, 1, lo_open=True), "var_weight": Range(0), "seed": Range(0),
+        "img_size": Range(1), "crop_pct": Range(0, 1, lo_open=True), "var_weight": Range(0),
+        "init": OneOf(("timm", "mimetic"), "an initialisation", " ('timm': the official; 'mimetic': Trockman & Kolter's "
+                      "of self-attention)"),
+        "pos_embed": OneOf(("learned", "sincos"), "a position embedding", " ('learned': the official; 'sincos': MAE's "
+                           "fixed 2-D table)"),
+        "seed": Range(0),
         "workers": Range(0), "compile": OneOf(COMPILE, "a torch.compile mode"), "extra": ANY,
     }
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, where: str = "recipe"):
+    def from_dict(cls, values: dict[str, Any], *, where: "str | Where" = "recipe"):
         if isinstance(values.get("compile"), bool):  # YAML 1.1 reads `compile: on` / `compile=off` as booleans
             values = {**values, "compile": "on" if values["compile"] else "off"}
         if "auto_augment" in values and values["auto_augment"] is None:  # `auto_augment: null`, `--set auto_augment=`
@@ -372,6 +415,8 @@ class VLRecipe(Recipe):
     trainval: bool = False  # train on train + val (VQA: then scored on test-dev by the server; retrieval: on test)
     negatives: int = 15  # retrieval: negative texts per image for the ranking loss
     itm_weight: float = 1.0  # retrieval: the ITM loss's weight (METER sums every loss with weight 1)
+    skip_bad_images: bool = False  # an image that does not decode: False fails the job at start, naming it; True
+    #                                leaves its questions / captions out and counts it in result.json
     eval_batch_size: int = 256
     seed: int = 0
     workers: int = 8
@@ -394,29 +439,31 @@ class VLRecipe(Recipe):
         "layers": Range(1), "mlp_ratio": Range(0, lo_open=True), "dropout": FRACTION, "var_weight": Range(0),
         "prior_loss": OneOf(PRIOR_LOSSES, "a prior loss", " ('none': the released code; 'clip': the appendix)"),
         "prior_weight": Range(0), "feedback": ANY, "min_answer_count": Range(1), "trainval": ANY, "negatives": Range(1),
-        "itm_weight": Range(0), "eval_batch_size": Range(1), "seed": Range(0), "workers": Range(0),
+        "itm_weight": Range(0), "skip_bad_images": ANY, "eval_batch_size": Range(1), "seed": Range(0),
+        "workers": Range(0),
     }
 
     @classmethod
-    def for_task(cls, task: str, values: dict[str, Any], *, where: str = "recipe") -> "VLRecipe":
+    def for_task(cls, task: str, values: dict[str, Any], *, where: "str | Where" = "recipe") -> "VLRecipe":
         """The recipe of ``task`` ("vqa", "retrieval"): its ``TASK_DEFAULTS`` under ``values``."""
         if task not in cls.TASK_DEFAULTS:
             raise UsageError(f"{where}: unknown V&L task {task!r}; expected one of {', '.join(cls.TASK_DEFAULTS)}")
         return cls.from_dict({**cls.TASK_DEFAULTS[task], **values}, where=where)
 
-    def check(self, where: str = "recipe") -> None:
+    def check(self, where: "str | Where" = "recipe") -> None:
         super().check(where)
+        where = Where.of(where)
         if self.hidden % self.heads:
-            raise UsageError(f"{where}.heads: {self.heads} does not divide hidden {self.hidden}; expected a divisor of it")
+            raise UsageError(f"{where('heads')}: {self.heads} does not divide hidden {self.hidden}; expected a divisor of it")
         if self.batch_size % self.accum_steps:
-            raise UsageError(f"{where}.accum_steps: {self.accum_steps} does not divide batch_size {self.batch_size}; "
+            raise UsageError(f"{where('accum_steps')}: {self.accum_steps} does not divide batch_size {self.batch_size}; "
                              "expected a divisor of it (each update sums accum_steps equal micro-batches)")
 
-    def micro_batch(self, world_size: int, where: str = "recipe") -> int:
+    def micro_batch(self, world_size: int, where: "str | Where" = "recipe") -> int:
         """Each process's micro-batch: ``batch_size / (world_size x accum_steps)``, which must be whole."""
         per = self.batch_size // self.accum_steps
         if per % world_size:
-            raise UsageError(f"{where}.batch_size: {self.batch_size} = {self.accum_steps} accumulated steps x {per} "
+            raise UsageError(f"{Where.of(where)('batch_size')}: {self.batch_size} = {self.accum_steps} accumulated steps x {per} "
                              f"does not split over {world_size} processes; expected a multiple of "
                              f"{self.accum_steps * world_size} (accum_steps x processes)")
         return per // world_size

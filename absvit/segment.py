@@ -4,7 +4,8 @@ Output folder: ``checkpoint.pth`` (model, optimizer, scheduler, iteration, RNG; 
 atomically every ``checkpoint_every`` iterations and at the end), ``metrics.jsonl`` (loss and
 lr every few iterations) and ``result.json`` (mIoU, pixel accuracy and every class's IoU on
 the val split, single-scale whole images). A restarted job resumes from the checkpoint only if
-it belongs to the same run (backbone, weights, dataset, recipe, world size), and ends exactly
+it belongs to the same run (backbone, dataset, recipe, world size, and the backbone file and the dataset folder by
+content: ``absvit.digests``), and ends exactly
 as an uninterrupted one (the data stream is a function of the iteration).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from absvit import engine, runtime
 from absvit.checkpoint import (agree, checkpoint_to_resume, read_checkpoint, recorded_setup, resumable, resume,
                                rng_states, save_state, truncate_log)
 from absvit.data.sampling import IterationSampler
+from absvit.digests import digest
 from absvit.data.segmentation import DATASETS, IGNORE, SegmentationFolder, TestTransform, TrainTransform, class_names
 from absvit.errors import UsageError
 from absvit.io import append_jsonl, write_json
@@ -101,8 +103,8 @@ def segment(backbone: str, model_name: str | None, dataset: str, data_root, out_
 
     train_set, val_set = datasets(dataset, data_root, recipe)
     model, optimizer, scheduler = build(backbone, model_name, dataset, recipe, device, checkpoint=checkpoint, ema=ema)
-    identity = {"backbone": backbone, "model": model_name, "dataset": dataset, "data_root": str(Path(data_root).resolve()),
-                "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None, "ema": ema,
+    identity = {"backbone": backbone, "model": model_name, "dataset": dataset, "ema": ema,
+                "inputs": {"data": digest(data_root), "checkpoint": digest(checkpoint)},
                 "recipe": recipe.identity(), "world_size": dist.world_size}
     described = {"arch": model_name, "img_size": (recipe.crop_height, recipe.crop_width), "classes": class_names(dataset),
                  "run": identity}

@@ -50,6 +50,31 @@ def provenance() -> dict:
             "python": sys.version.split()[0], "command": " ".join(["absvit", *(COMMAND or sys.argv[1:])])}
 
 
+PROBE_TIMEOUT_S = 5.0
+_UNREACHABLE: dict[str, str] = {}  # uri -> why, for this process: probed once, said once
+
+
+def probe(uri: str) -> str | None:
+    """Why the tracking server at ``uri`` cannot be reached (None if it answers), asked once per process with a
+    short timeout: MLflow's own client retries a dead server for minutes per call. Only HTTP stores are probed."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    if uri not in _UNREACHABLE:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+                _UNREACHABLE[uri] = ""
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            why = getattr(e, "reason", e)
+            _UNREACHABLE[uri] = f"{type(e).__name__}: {why}"
+            warnings.warn(f"MLflow tracking at {uri} is unreachable ({_UNREACHABLE[uri]}, probed with a "
+                          f"{PROBE_TIMEOUT_S:g} s timeout); this job continues without it (results are still "
+                          "written to files)", stacklevel=3)
+    return _UNREACHABLE[uri] or None
+
+
 def _job_logs() -> list[Path]:
     """The submitit job's own stdout/stderr files, when running inside one."""
     try:
@@ -86,6 +111,8 @@ class Tracker:
         if not enabled:
             return
         self.uri = tracking_uri(uri)
+        if probe(self.uri):
+            return
         try:
             import mlflow
 

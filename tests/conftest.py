@@ -139,3 +139,24 @@ def tokenizer(roberta_folder):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(roberta_folder, local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def vl_data(tmp_path_factory):
+    """The embedded V&L data at toy size (VQAv2 and Flickr30k layouts, the Figure 5 manifest) and its text encoder."""
+    from absvit.vl.embedded import build_text_encoder, generate_vl, vl_corpus
+
+    root = tmp_path_factory.mktemp("vl")
+    paths = generate_vl(root / "data", seed=0, size=64, counts={"train": 6, "val": 3, "test": 3})
+    build_text_encoder(root / "text", vl_corpus(root / "data"), hidden=32, layers=1, heads=2)
+    return {**paths, "text": root / "text"}
+
+
+@pytest.fixture(scope="session")
+def encoders(pico_run, embedded, tmp_path_factory):
+    """The session's pico AbSViT run and a ViT of the same size (one epoch each): the V&L visual encoders."""
+    from absvit.pretrain import pretrain
+
+    vit = tmp_path_factory.mktemp("vit")
+    pretrain("vit_pico_patch8_64", embedded, vit, tiny_recipe(epochs=1), track=False)
+    return {"absvit": pico_run / "model.pth", "vit": vit / "model.pth"}

@@ -139,6 +139,9 @@ def official_checkpoint(path: Path, model: torch.nn.Module, name: str, *, input_
 
 # -- the V&L model at toy size: a 2-layer RoBERTa (random init, fixtures `roberta_folder` / `tokenizer`), pico encoders
 
+# The V&L recipe of the toy runs (`vl_data`, `encoders`): seconds per job
+VL_RECIPE = dict(epochs=2, batch_size=8, accum_steps=1, lr=1e-4, hidden=32, heads=2, layers=1, img_size=64,
+                 max_text_len=16, min_answer_count=1, negatives=2, eval_batch_size=64, workers=0)
 SENTENCES = ["what colour is the ring?", "what shape is the red object?", "is there a star?", "how many objects?",
              "a red ring and a blue star.", "two green squares on a grey floor."]
 HIDDEN = 32  # the fusion's width in these tests

@@ -116,7 +116,9 @@ def test_pickled_callable_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("content,match", [
-    (b"not a checkpoint", "not a readable torch checkpoint"),
+    (b"not a checkpoint", r"not a torch checkpoint \(corrupt, or not written by torch.save: it starts with b'not a ch"),
+    (b"e\n", r"not a torch checkpoint .*it starts with b'e\\n'\)$"),  # once a KeyError out of the unpickler
+    (b"", r"an empty file \(0 bytes\); expected a torch.save checkpoint$"),
     (None, "no such checkpoint file"),
 ])
 def test_malformed_files(tmp_path, content, match):

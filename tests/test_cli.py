@@ -27,8 +27,9 @@ def _error(capsys, argv) -> str:
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--set", "learning_rate=1"], r"recipe: unknown key\(s\) \['learning_rate'\]; known keys are \[.*'lr', "),
-    (["--set", "epoch=1"], r"recipe: unknown key\(s\) \['epoch'\] \(did you mean 'epochs'\?\)"),
+    (["--set", "learning_rate=1"], r"error: --set learning_rate: unknown key; known keys are \[.*'lr', "),
+    (["--set", "epoch=1"], r"error: --set epoch: unknown key \(did you mean 'epochs'\?\)"),  # not blamed on a file
+    (["--set", "drop_path=1.5"], r"error: --set drop_path: 1.5 is out of range; expected a float in \[0, 1\)"),
     (["--set", "epochs"], "--set expects KEY=VALUE, got 'epochs'"),
     (["--set", "batch_size=1000"], r"recipe key batch_size: 1000 .* is larger than the training set .*train \(200 images\)"),
 ])
@@ -114,3 +115,40 @@ def test_outputs_respect_the_umask(tmp_path, umask, mode):
         os.umask(old)
     for name in ("result.json", "model.pth"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_a_recipe_files_own_error_names_the_file(capsys, tmp_path, embedded):
+    (tmp_path / "recipe.yaml").write_text("epochs: -2\n")
+    err = _error(capsys, ["pretrain", "--model", "absvit_pico_patch8_64", "--data", str(embedded), "--out",
+                          str(tmp_path / "out"), "--no-mlflow", "--recipe", str(tmp_path / "recipe.yaml")])
+    assert err.endswith(f"{tmp_path / 'recipe.yaml'}: epochs: -2 is out of range; expected an int >= 1")
+
+
+def test_evaluate_says_what_a_file_is_when_it_is_not_a_classifier(capsys, tmp_path, embedded, pico):
+    """Each file that is no ImageNet classifier checkpoint is one line saying what it is."""
+    from absvit.checkpoint import read_checkpoint
+
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text("e\n")  # once `KeyError: 101`
+    ckpt = read_checkpoint(pico)
+    torch.save({k: v for k, v in ckpt.items() if k not in ("arch", "classes", "args")}["model"], tmp_path / "bare.pth")
+    torch.save({**ckpt, "vl": {"task": "vqa"}, "arch": "meter-vqa/absvit_pico_patch8_64"}, tmp_path / "vl.pth")
+    torch.save({**ckpt, "run": {"backbone": "absvit", "dataset": "voc"}, "img_size": (64, 64)}, tmp_path / "seg.pth")
+    expected = {
+        "empty.pth": "empty.pth: an empty file (0 bytes); expected a torch.save checkpoint",
+        "text.pth": "text.pth: not a torch checkpoint (corrupt, or not written by torch.save: it starts with b'e\\n')",
+        "vl.pth": "vl.pth: a checkpoint of `absvit vl-vqa` / `vl-retrieval` (a V&L model), not an ImageNet classifier",
+        "seg.pth": "seg.pth: a checkpoint of `absvit segment` (a segmenter), not an ImageNet classifier",
+        "bare.pth": "bare.pth: the checkpoint's head has 10 classes and the file records no label space, so ImageNet-1k's "
+                    "1000 were assumed; give --classes",
+    }
+    for name, message in expected.items():
+        extra = ["--model", "absvit_pico_patch8_64"] if name == "bare.pth" else ["--img-size", "64"]
+        err = _error(capsys, ["evaluate", "--checkpoint", str(tmp_path / name), "--suite", "clean", "--data",
+                              str(embedded / "val"), "--out", str(tmp_path / "out.json"), "--no-mlflow", *extra])
+        assert message in err, err
+
+
+def test_released_without_its_inputs_is_one_line(capsys, tmp_path):
+    err = _error(capsys, ["released", "--out-dir", str(tmp_path), "--no-mlflow"])
+    assert "give --eval RUN=EVAL_DIR ... (the `absvit evaluate` results of each released file) or --from-mlflow" in err

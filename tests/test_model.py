@@ -11,8 +11,8 @@ from absvit.models.segmenter import Segmenter, build_backbone
 from tests.reference import reference_forward
 
 ABSVIT = ["absvit_tiny_patch16_224", "absvit_small_patch16_224", "absvit_base_patch16_224",
-          "absvit_tiny_patch8_224_gap", "absvit_pico_patch8_64", "absvit_nano_patch8_64"]
-EMBEDDED_VIT = ["vit_pico_patch8_64", "vit_nano_patch8_64"]
+          "absvit_tiny_patch8_224_gap", "absvit_pico_patch8_64", "absvit_pico_patch8_64_gap", "absvit_nano_patch8_64"]
+EMBEDDED_VIT = ["vit_pico_patch8_64", "vit_pico_patch8_64_gap", "vit_nano_patch8_64"]
 OURS = ABSVIT + EMBEDDED_VIT + ["vit_tiny_patch8_224_gap"]
 
 

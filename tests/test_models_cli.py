@@ -18,9 +18,11 @@ PROJECT_MODELS = {  # name: (params, input size, released weights)
     "absvit_base_patch16_224": ("100.72M", "(3, 224, 224)", "in1k"),
     "absvit_tiny_patch8_224_gap": ("6.60M", "(3, 224, 224)", "in1k"),
     "absvit_pico_patch8_64": ("0.55M", "(3, 64, 64)", "none"),
+    "absvit_pico_patch8_64_gap": ("0.55M", "(3, 64, 64)", "none"),
     "absvit_nano_patch8_64": ("3.16M", "(3, 64, 64)", "none"),
     "vit_tiny_patch8_224_gap": ("5.72M", "(3, 224, 224)", "in1k"),
     "vit_pico_patch8_64": ("0.47M", "(3, 64, 64)", "none"),
+    "vit_pico_patch8_64_gap": ("0.47M", "(3, 64, 64)", "none"),
     "vit_nano_patch8_64": ("2.72M", "(3, 64, 64)", "none"),
 }
 

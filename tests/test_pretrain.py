@@ -69,7 +69,7 @@ def test_vit_baseline_and_ablation_arm_run(tmp_path, embedded):
 
 
 def test_recipe_rejects_bad_keys():
-    with pytest.raises(UsageError, match=r"unknown key\(s\) \['lrr'\] \(did you mean 'lr'\?\)"):
+    with pytest.raises(UsageError, match=r"^recipe\.lrr: unknown key \(did you mean 'lr'\?\)"):
         PretrainRecipe.from_dict({"lrr": 1.0})
     with pytest.raises(UsageError, match="recipe.epochs: expected int, got 'ten'"):
         PretrainRecipe.from_dict({"epochs": "ten"})
@@ -105,13 +105,35 @@ def test_a_changed_setting_never_resumes_the_old_run(tmp_path, embedded):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # the old run's rows went with it
 
 
+def test_training_data_changed_at_the_same_path_starts_fresh(tmp_path, embedded, capsys):
+    """The run's identity holds its train / val folders by content (names and sizes), not their path: an image added
+    to the same folder is a new run, said in one line; the same data at another path resumes."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(embedded, data)
+    out = tmp_path / "run"
+    pretrain("absvit_pico_patch8_64", data, out, tiny_recipe(epochs=2), track=False, stop_after_epoch=1)
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    pretrain("absvit_pico_patch8_64", moved, out, tiny_recipe(epochs=2), track=False, stop_after_epoch=1)
+    assert "resuming absvit_pico_patch8_64" in capsys.readouterr().out
+    first = sorted((moved / "train").rglob("*.JPEG"))[0]
+    shutil.copy(first, first.with_name("extra.JPEG"))
+    with pytest.raises(StaleCheckpoint, match=r"differs in inputs\.train: checkpoint tree:\w{12} vs now tree:\w{12}\."):
+        pretrain("absvit_pico_patch8_64", moved, out, tiny_recipe(epochs=2), track=False)
+    pretrain("absvit_pico_patch8_64", moved, out, tiny_recipe(epochs=2), track=False, fresh_on_change=True)
+    said = capsys.readouterr().out
+    assert "(inputs.train: checkpoint tree:" in said and "resuming" not in said
+
+
 def test_checkpoints_describe_themselves_and_a_finished_run_resumes_to_its_result(tmp_path, embedded):
     out = tmp_path / "run"
     first = pretrain("absvit_pico_patch8_64", embedded, out, tiny_recipe(epochs=1), track=False)
     for name in ("model.pth", "checkpoint.pth"):
         ckpt = read_checkpoint(out / name)
         assert ckpt["arch"] == "absvit_pico_patch8_64" and ckpt["img_size"] == 64 and len(ckpt["classes"]) == 10
-        assert ckpt["run"]["data_root"] == str(embedded.resolve()) and ckpt["run"]["world_size"] == 1
+        assert ckpt["run"]["world_size"] == 1 and set(ckpt["run"]["inputs"]) == {"train", "val"}  # by content
     # the same command again (a rerun job, a requeue after the last epoch): nothing to train, same result
     again = pretrain("absvit_pico_patch8_64", embedded, out, tiny_recipe(epochs=1, workers=1), track=False)
     assert {k: v for k, v in again.items() if k != "epoch_seconds"} == {k: v for k, v in first.items() if k != "epoch_seconds"}

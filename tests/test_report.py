@@ -180,6 +180,8 @@ def test_report_lists_every_category_and_describes_the_workflow(finished_run, br
     reader.open("Workflow")
     text = browser.find_element(reader.by.CSS_SELECTOR, "div.prose").text
     assert "preset embedded with seeds 0" in text and "say nothing about ImageNet" in text, text
+    # every table and figure the run makes is named on the landing page (Table 4 and Figure 5 were missing)
+    assert "Table 1, Table 2, Table 3 and Table 4" in text and "Figs. 1, 3 and 4 and Figure 5" in text, text
 
 
 @pytest.mark.slow

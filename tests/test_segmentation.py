@@ -244,3 +244,20 @@ def test_a_changed_setting_never_resumes_the_old_segmentation_run(seg_data, tmp_
     ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert ckpt["arch"] == "vit_pico_patch8_64" and ckpt["classes"][:2] == ["background", "aeroplane"]
     assert ckpt["run"]["recipe"]["lr"] == 2e-3 and "workers" not in ckpt["run"]["recipe"]
+
+
+def test_a_backbone_file_rewritten_at_the_same_path_starts_fresh(seg_data, tmp_path, pico_run, capsys):
+    """A rerun of pretraining rewrites the backbone file a segmentation job started from: the job starts fresh."""
+    import shutil
+
+    backbone = tmp_path / "backbone.pth"
+    shutil.copy(pico_run / "model.pth", backbone)
+    out = tmp_path / "seg"
+    recipe = _recipe(iterations=6, checkpoint_every=2)
+    segment("absvit", None, "voc", seg_data / "voc", out, recipe, checkpoint=backbone, track=False, stop_after=3)
+    shutil.copy(pico_run / "checkpoint.pth", backbone)  # the same model, other weights
+    capsys.readouterr()
+    segment("absvit", None, "voc", seg_data / "voc", out, recipe, checkpoint=backbone, track=False, fresh_on_change=True)
+    said = capsys.readouterr().out
+    assert "(inputs.checkpoint: checkpoint sha256:" in said and "resuming" not in said
+    assert len(list(out.glob("stale-*/checkpoint.pth"))) == 1

@@ -3,37 +3,14 @@ the runs' files and again from MLflow alone, and the paper preset plans the stag
 import json
 import shutil
 
-import pytest
 import torch
 
 from absvit.checkpoint import read_checkpoint
 from absvit.cli import main
-from absvit.pretrain import pretrain
 from absvit.recipe import VLRecipe
-from absvit.vl.embedded import build_text_encoder, generate_vl, vl_corpus
 from absvit.vl.finetune import finetune
 from absvit.vl.table import UNTRAINED_TEXT
-from tests.helpers import dry_run, job_counts, paper_config, tiny_recipe, workflow_copy
-
-RECIPE = dict(epochs=2, batch_size=8, accum_steps=1, lr=1e-4, hidden=32, heads=2, layers=1, img_size=64,
-              max_text_len=16, min_answer_count=1, negatives=2, eval_batch_size=64, workers=0)
-
-
-@pytest.fixture(scope="module")
-def vl_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vl")
-    paths = generate_vl(root / "data", seed=0, size=64, counts={"train": 6, "val": 3, "test": 3})
-    build_text_encoder(root / "text", vl_corpus(root / "data"), hidden=32, layers=1, heads=2)
-    return {**paths, "text": root / "text"}
-
-
-@pytest.fixture(scope="module")
-def encoders(pico_run, embedded, tmp_path_factory):
-    """The session's pico AbSViT run and a ViT of the same size (one epoch each)."""
-    vit = tmp_path_factory.mktemp("vit")
-    pretrain("vit_pico_patch8_64", embedded, vit, tiny_recipe(epochs=1), track=False)
-    return {"absvit": pico_run / "model.pth", "vit": vit / "model.pth"}
-
+from tests.helpers import VL_RECIPE as RECIPE, dry_run, job_counts, paper_config, workflow_copy
 
 def _weights(path):
     return read_checkpoint(path)["model"]
@@ -110,8 +87,17 @@ def test_the_paper_preset_plans_the_stage_on_the_published_layouts(tmp_path, pap
           "encoders": {kind: {"model": f"{kind}_base_patch16_224", "checkpoint": str(checkpoints / f"{kind}_base_patch16_224.pth")}
                        for kind in ("vit", "absvit")}}
 
+    # the official recipe's VQA batch (432 per update) is more than the toy VQAv2's trainable questions: said in one
+    # line before the DAG is built, naming the file, not after Snakemake has started the job
+    out = dry_run("--config", "preset=paper", cwd=workflow_copy(tmp_path / "official", lambda config: paper_config(
+        config, paper_datasets, small=False, vl=vl)))
+    assert out.returncode != 0 and "Building DAG" not in out.stderr
+    assert (f"{vl_data['vqa'] / 'v2_mscoco_train2014_annotations.json'}: 12 questions with an answer of the vocabulary "
+            "to train on (expected at least batch_size 432, one update") in out.stderr
+
     def edit(config):
-        paper_config(config, paper_datasets, small=False, vl=vl)
+        paper_config(config, paper_datasets, small=False,
+                     vl={**vl, "recipe": {"batch_size": 8, "accum_steps": 1, "min_answer_count": 1}})
 
     wd = workflow_copy(tmp_path, edit)
     out = dry_run("--config", "preset=paper", "--printshellcmds", cwd=wd)

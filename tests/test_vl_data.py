@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from absvit.data.shapes import SHAPES
+from absvit.data.shapes import SHAPE_WORDS, SHAPES
 from absvit.errors import DatasetError
 from absvit.vl.answers import answer_vocabulary, normalize_answer, soft_score, soft_targets, vqa_accuracy
-from absvit.vl.datasets import CaptionDataset, ImageDataset, TextDataset, VQADataset, read_karpathy, read_vqa
+from absvit.vl.datasets import CaptionDataset, ImageDataset, TextDataset, VQADataset
+from absvit.vl.records import read_karpathy, read_vqa
 from absvit.vl.transforms import CLIP_MEAN, CLIP_STD, meter_rand_augment, vl_transform
 from absvit.vl.embedded import PALETTE, build_text_encoder, generate_vl, vl_corpus
 from tests.helpers import tree_digest
@@ -194,7 +195,7 @@ def test_read_karpathy(tmp_path):
     ("image", "flickr30k-images/0.jpg", "no such image"),
     ("split", "dataset_flickr30k.json", "has split 'dev'"),
     ("malformed", "dataset_flickr30k.json", "not valid JSON"),
-    ("sentences", "dataset_flickr30k.json", "no usable sentences"),
+    ("sentences", "dataset_flickr30k.json", r"images\[0\]\.sentences\[0\]\.raw is None \(expected a string"),
 ])
 def test_read_karpathy_names_the_bad_file(tmp_path, what, path, expected):
     _karpathy_tree(tmp_path)
@@ -344,15 +345,23 @@ def test_embedded_answers_match_the_scene(vl_data):
         if record.question.startswith("what colour is the "):
             mean = pixels[mask].mean(axis=0)
             assert min(shaded, key=lambda name: np.linalg.norm(mean - shaded[name])) == record.multiple_choice_answer
-            assert record.question == f"what colour is the {SHAPES[int(row['class_index'])]}?"
+            assert record.question == f"what colour is the {SHAPE_WORDS[SHAPES[int(row['class_index'])]]}?"
         else:
-            assert record.multiple_choice_answer == SHAPES[int(row["class_index"])]
+            assert record.multiple_choice_answer == SHAPE_WORDS[SHAPES[int(row["class_index"])]]
     for record in records.values():
-        shapes = {SHAPES[int(row["class_index"])] for row in rows if vqa / row["image"] == record.image}
-        if record.question.startswith("is there a "):
-            assert record.multiple_choice_answer == ("yes" if record.question[11:-1] in shapes else "no")
+        shapes = {SHAPE_WORDS[SHAPES[int(row["class_index"])]] for row in rows if vqa / row["image"] == record.image}
+        if record.question.startswith("is there "):
+            named = record.question.split(" ", 3)[3][:-1]  # "is there a(n) <shape>?"
+            assert record.multiple_choice_answer == ("yes" if named in shapes else "no")
         if record.question.startswith("how many"):
             assert record.multiple_choice_answer == str(len(shapes))
+
+
+def test_embedded_text_writes_shapes_as_words():
+    from absvit.vl.embedded import listing
+
+    assert SHAPE_WORDS["lshape"] == "L shape"
+    assert listing(["red ring", "L shape", "arrow"]) == "a red ring, an L shape and an arrow"
 
 
 def test_embedded_is_byte_identical_on_rerun(tmp_path, vl_data):

@@ -1,5 +1,6 @@
 """The Snakemake workflow: the plan, config validation, the CLI entry point."""
 import os
+import re
 import subprocess
 import sys
 
@@ -22,6 +23,29 @@ def test_dry_run_plans_the_whole_embedded_dag():
         assert f"results/embedded/segment/absvit/voc/s{seed}/result.json" in out.stdout
         assert f"results/embedded/vl/retrieval/absvit/s{seed}/result.json" in out.stdout
         assert f"--encoder results/embedded/pretrain/absvit/s{seed}/model.pth" in out.stdout  # its own seed's weights
+
+
+def test_each_rule_sits_on_one_level_of_the_dag():
+    """Snakemake's report draws its rule graph with one node per rule and dependency level (the longest path from
+    a job without inputs): a rule whose jobs sit on two levels is drawn twice (`segment` was: the random-init ResNet's
+    jobs one step after the data, the pretrained backbones' two)."""
+    out = subprocess.run([SNAKEMAKE, "--dag", "-n", "--forceall", "all"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rules = {n: label.split("\\n")[0] for n, label in re.findall(r'^\s*(\d+)\[label = "([^"]*)"', out.stdout, re.M)}
+    inputs: dict[str, set] = {n: set() for n in rules}
+    for a, b in re.findall(r"^\s*(\d+) -> (\d+)", out.stdout, re.M):
+        inputs[b].add(a)
+    level: dict[str, int] = {}
+
+    def depth(n):
+        if n not in level:
+            level[n] = 1 + max((depth(m) for m in inputs[n]), default=-1)
+        return level[n]
+
+    levels: dict[str, set] = {}
+    for n, rule in rules.items():
+        levels.setdefault(rule, set()).add(depth(n))
+    assert {rule: sorted(ls) for rule, ls in levels.items() if len(ls) > 1} == {}
 
 
 def test_one_seed_runs_each_job_once(tmp_path):
@@ -76,6 +100,35 @@ def test_unknown_recipe_key_names_the_key(tmp_path):
     out = dry_run(cwd=wd)
     assert out.returncode != 0
     assert "presets.embedded.recipe" in out.stderr and "learning_rate" in out.stderr, out.stderr
+
+
+def _config_error(tmp_path, edit) -> str:
+    """The one-line error `snakemake -n` gives for a config edited by ``edit``, before any DAG."""
+    out = dry_run(cwd=workflow_copy(tmp_path, edit))
+    assert out.returncode != 0 and "Building DAG" not in out.stderr, out.stderr[-2000:]
+    return out.stderr
+
+
+def test_a_vl_recipe_error_names_the_config_key_it_was_set_in(tmp_path):
+    def vl(c):
+        return c["presets"]["embedded"]["vl"]
+
+    err = _config_error(tmp_path / "a", lambda c: vl(c)["recipe"].update(epochs=-1))
+    assert "config key presets.embedded.vl.recipe.epochs: -1 is out of range; expected an int >= 1" in err
+    err = _config_error(tmp_path / "b", lambda c: vl(c)["retrieval"].update(negatives=0))
+    assert "config key presets.embedded.vl.retrieval.negatives: 0 is out of range" in err
+    # an input size the encoders do not take: refused at planning, before Snakemake removes the last run's outputs
+    err = _config_error(tmp_path / "c", lambda c: vl(c)["recipe"].update(img_size=56))
+    assert re.search(r"config key presets\.embedded\.vl\.recipe\.img_size: 56 does not fit the visual encoder "
+                     r"(abs)?vit_pico_patch8_64 \(presets\.embedded\.vl\.encoders\.(abs)?vit\), which takes 64x64 "
+                     r"images; expected 64", err), err
+
+
+def test_a_schema_choice_error_says_what_is_expected(tmp_path):
+    err = _config_error(tmp_path, lambda c: c["presets"]["embedded"]["vl"]["encoders"]["vit"].update(checkpoint="/x.pth"))
+    assert ("config key 'presets.embedded.vl.encoders.vit': give exactly one of 'run' (a pretraining run of this preset: "
+            "its weights, every seed) and 'checkpoint' (a weights file)") in err
+    assert "is valid under each of" not in err
 
 
 def test_paper_preset_names_every_missing_dataset_path():

@@ -110,12 +110,35 @@ class ClassFolder:
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise DatasetError(f"{path}: unreadable image ({e})") from e
+        image = read_rgb(path)
         return (self.transform(image) if self.transform else image), label
+
+
+def read_rgb(path) -> Image.Image:
+    """The image at ``path``, decoded, in RGB; an unreadable one (missing, not an image, truncated) is a
+    DatasetError naming the path."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL's decoders raise all of these
+        raise DatasetError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+
+
+def unreadable_images(paths, *, threads: int = 8) -> dict[str, str]:
+    """The images of ``paths`` that do not decode, each with why (``read_rgb``'s message): every image decoded once,
+    on ``threads`` threads (PIL's decoders release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problem(path):
+        try:
+            read_rgb(path)
+        except DatasetError as e:
+            return str(e)
+        return None
+
+    paths = sorted({str(p) for p in paths})
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return {p: why for p, why in zip(paths, pool.map(problem, paths)) if why}
 
 
 def imagenet_c_folders(root) -> dict[tuple[str, int], Path]:

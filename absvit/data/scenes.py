@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from absvit.data.shapes import SHAPES, background, band_width, contrasting, paint, place, silhouette
-from absvit.errors import UsageError
+from absvit.errors import DatasetError, UsageError
 from absvit.io import atomic_dir
 
 COLUMNS = ("image", "object", "class_index", "mask")
@@ -107,10 +107,11 @@ def generate_scenes(root, *, seed: int = 0, count: int = 24, size: int = 64, obj
     return root / "manifest.csv"
 
 
-def _size(path: Path) -> tuple[int, int] | None:
+def _header(path: Path) -> tuple[tuple[int, int], str] | None:
+    """(size, mode) of an image file, read from its header; None if it is missing or no image."""
     try:
         with Image.open(path) as im:
-            return im.size
+            return im.size, im.mode
     except (UnidentifiedImageError, OSError):
         return None
 
@@ -144,11 +145,11 @@ def read_scenes(path, num_classes: int) -> list[Scene]:
         where = f"{manifest}: row {n} (line {n + 1})"
         image = row["image"]
         if image not in sizes:
-            size = _size(base / image) if image else None
-            if size is None:
+            header = _header(base / image) if image else None
+            if header is None:
                 raise UsageError(f"{where}: image {image!r} is missing or not an image "
                                  f"(expected an image file relative to {base})")
-            sizes[image] = size
+            sizes[image] = header[0]
         try:
             cls = int(row["class_index"])
         except ValueError:
@@ -159,10 +160,14 @@ def read_scenes(path, num_classes: int) -> list[Scene]:
         mask = None
         if row.get("mask"):
             mask = base / row["mask"]
-            msize = _size(mask)
-            if msize is None:
+            header = _header(mask)
+            if header is None:
                 raise UsageError(f"{where}: mask {row['mask']!r} is missing or not an image "
                                  f"(expected an image file relative to {base}, or an empty cell)")
+            msize, mode = header
+            if mode not in MASK_MODES:
+                raise UsageError(f"{where}: mask {row['mask']!r} is a {mode} image (expected a single-channel image, "
+                                 f"mode {' / '.join(MASK_MODES)}, whose pixels > 127 mark the object)")
             if msize != sizes[image]:
                 raise UsageError(f"{where}: mask {row['mask']!r} is {msize[0]}x{msize[1]} but its image is "
                                  f"{sizes[image][0]}x{sizes[image][1]} (expected the same size)")
@@ -173,9 +178,20 @@ def read_scenes(path, num_classes: int) -> list[Scene]:
     return list(scenes.values())
 
 
+MASK_MODES = ("1", "L", "P")  # single-channel images: a mask's pixels > 127 are inside the object
+
+
+def checked_mask(im: Image.Image, path) -> Image.Image:
+    """``im`` as a grey-level mask; a colour image (an RGB photo given as a mask) is refused, naming ``path``."""
+    if im.mode not in MASK_MODES:
+        raise DatasetError(f"{path}: a {im.mode} image is not a mask (expected a single-channel image, mode "
+                           f"{' / '.join(MASK_MODES)}, whose pixels > 127 mark the object)")
+    return im.convert("L")
+
+
 def load_mask(path: Path | None, size: int) -> np.ndarray | None:
     """A mask as a boolean (size, size) array (nearest-neighbour resize), or None."""
     if path is None:
         return None
     with Image.open(path) as im:
-        return np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 127
+        return np.asarray(checked_mask(im, path).resize((size, size), Image.NEAREST)) > 127

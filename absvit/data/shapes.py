@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "ring", "square", "triangle", "star", "cross", "crescent", "lshape", "arrow", "bar")
+SHAPE_WORDS = {s: "L shape" if s == "lshape" else s for s in SHAPES}  # as a person writes them (questions, captions)
 BASE = (40, 220)  # a background's base colour range: never near black or white, so an object can contrast
 TOP = (30, 230)  # the range of the colour a background's gradient starts from at the top
 LIGHT = (150, 256)  # object colours on a dark background

@@ -24,9 +24,10 @@ def chunked(fn, x, priors=None):
 
 def short_class_names(classes: list[str]) -> list[str]:
     """Short display names: the embedded shapes, ImageNet's first synonym, else the folder name."""
+    from absvit.data.shapes import SHAPE_WORDS
     from absvit.data.synthetic import SHAPES, WNIDS
 
-    embedded = dict(zip(WNIDS, SHAPES))
+    embedded = {w: SHAPE_WORDS[s] for w, s in zip(WNIDS, SHAPES)}
     if all(c in embedded for c in classes):
         return [embedded[c] for c in classes]
     try:

@@ -326,6 +326,7 @@ default_cfgs = generate_default_cfgs({
     "absvit_base_patch16_224.in1k": released_cfg("absvit_base_patch16_224"),
     "absvit_tiny_patch8_224_gap.in1k": released_cfg("absvit_tiny_patch8_224_gap"),
     "absvit_pico_patch8_64": embedded_cfg(),
+    "absvit_pico_patch8_64_gap": embedded_cfg(),
     "absvit_nano_patch8_64": embedded_cfg(),
 })
 
@@ -370,6 +371,14 @@ def absvit_pico_patch8_64(pretrained: bool = False, **kwargs) -> AbSViT:
     """AbSViT at the embedded default size: 64 px, patch 8, 96 dim, 4 blocks, 10 classes."""
     model_args = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, num_classes=10)
     return create_absvit("absvit_pico_patch8_64", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def absvit_pico_patch8_64_gap(pretrained: bool = False, **kwargs) -> AbSViT:
+    """``absvit_pico_patch8_64`` with global average pooling, as the demo's ``absvit_tiny_patch8_224_gap``: the
+    embedded default's attention pictures."""
+    model_args = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, num_classes=10, global_pool="avg")
+    return create_absvit("absvit_pico_patch8_64_gap", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

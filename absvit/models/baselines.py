@@ -16,6 +16,7 @@ __all__ = ["create_vit"]
 default_cfgs = generate_default_cfgs({
     "vit_tiny_patch8_224_gap.in1k": released_cfg("vit_tiny_patch8_224_gap"),
     "vit_pico_patch8_64": embedded_cfg(),
+    "vit_pico_patch8_64_gap": embedded_cfg(),
     "vit_nano_patch8_64": embedded_cfg(),
 })
 
@@ -37,6 +38,13 @@ def vit_pico_patch8_64(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT at the embedded default size (the baseline of ``absvit_pico_patch8_64``)."""
     model_args = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, num_classes=10)
     return create_vit("vit_pico_patch8_64", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vit_pico_patch8_64_gap(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """``vit_pico_patch8_64`` with global average pooling (the baseline of ``absvit_pico_patch8_64_gap``)."""
+    model_args = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, num_classes=10, global_pool="avg")
+    return create_vit("vit_pico_patch8_64_gap", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

@@ -17,7 +17,7 @@ generators seeded with (seed, split, scene): the bytes depend on those only.
 Layout written by ``generate_vl(root)``::
 
     <root>/vqa/             VQAv2: train2014 (train scenes), val2014 (val scenes), test-dev2015 (test scenes,
-                            questions only, images in test2015/), absvit.vl.datasets.VQA_LAYOUT
+                            questions only, images in test2015/), absvit.vl.records.VQA_LAYOUT
     <root>/vqa/figure5.csv  Figure 5: each val question naming one object, with that object's mask
     <root>/vqa/masks/*.png  the val objects' masks (255 = the object)
     <root>/flickr30k/       Karpathy split: five captions per scene, train / val / test (KARPATHY_LAYOUT)
@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image
 
 from absvit.data.scenes import draw_scene
-from absvit.data.shapes import SHAPES
+from absvit.data.shapes import SHAPE_WORDS, SHAPES
 from absvit.io import atomic_dir, write_json
-from absvit.vl.datasets import (KARPATHY_FILE, KARPATHY_IMAGES, KARPATHY_SPLITS, MAX_TEXT_LEN, is_test_split,
+from absvit.vl.records import (KARPATHY_FILE, KARPATHY_IMAGES, KARPATHY_SPLITS, MAX_TEXT_LEN, is_test_split,
                                 read_karpathy, read_vqa, vqa_image_folder)
 
 VL_SCENES = 8  # seeds the V&L scenes apart from the figures' (scenes.SCENE_SPLIT) and the classification splits
@@ -68,7 +68,8 @@ class VLScene:
 
     @property
     def shapes(self) -> list[str]:
-        return [SHAPES[c] for c in self.classes]
+        """The objects' shapes as a person writes them ("L shape")."""
+        return [SHAPE_WORDS[SHAPES[c]] for c in self.classes]
 
 
 @dataclass
@@ -104,16 +105,18 @@ def scene_questions(scene: VLScene, rng: np.random.Generator) -> list[Question]:
     shapes, named = scene.shapes, list(enumerate(zip(scene.shapes, scene.colours)))
     out = [Question(f"what colour is the {s}?", c, "colour", k) for k, (s, c) in named]
     out += [Question(f"what shape is the {c} object?", s, "shape", k) for k, (s, c) in named]
-    absent = [s for s in SHAPES if s not in shapes]
-    out.append(Question(f"is there a {shapes[int(rng.integers(len(shapes)))]}?", "yes", "exists", None))
-    out.append(Question(f"is there a {absent[int(rng.integers(len(absent)))]}?", "no", "exists", None))
+    absent = [s for s in SHAPE_WORDS.values() if s not in shapes]
+    present, missing = shapes[int(rng.integers(len(shapes)))], absent[int(rng.integers(len(absent)))]
+    out.append(Question(f"is there {article(present)} {present}?", "yes", "exists", None))
+    out.append(Question(f"is there {article(missing)} {missing}?", "no", "exists", None))
     out.append(Question("how many objects are there?", str(len(shapes)), "count", None))
     return out
 
 
 def annotators(question: Question, rng: np.random.Generator) -> list[str]:
     """Ten answers to ``question``: each the right one, or with probability ``DISAGREE`` another of its kind."""
-    choices = {"colour": list(PALETTE), "shape": list(SHAPES), "exists": ["yes", "no"], "count": ["1", "2", "3", "4"]}
+    choices = {"colour": list(PALETTE), "shape": list(SHAPE_WORDS.values()), "exists": ["yes", "no"],
+               "count": ["1", "2", "3", "4"]}
     wrong = [a for a in choices[question.kind] if a != question.answer]
     return [wrong[int(rng.integers(len(wrong)))] if rng.random() < DISAGREE else question.answer
             for _ in range(ANNOTATORS)]
@@ -124,9 +127,14 @@ def majority(answers: list[str], truth: str) -> str:
     return max(sorted(set(answers)), key=lambda a: (answers.count(a), a == truth))
 
 
+def article(words: str) -> str:
+    """'a' or 'an' before ``words`` ("an L shape", "a red ring")."""
+    return "an" if words[0] in "aeiouAEIOU" or words.startswith("L ") else "a"
+
+
 def listing(items: list[str]) -> str:
-    """'a x', 'a x and a y', 'a x, a y and a z'."""
-    items = [f"a {item}" for item in items]
+    """'a x', 'a x and a y', 'a x, a y and an L shape'."""
+    items = [f"{article(item)} {item}" for item in items]
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
@@ -139,7 +147,7 @@ def scene_captions(scene: VLScene, rng: np.random.Generator) -> list[str]:
             f"{listing(objects[::-1])} on a cluttered background",
             f"{COUNT_WORDS[len(objects)]} shapes: {listing(scene.shapes)}",
             f"a picture of {listing(shuffled)}",
-            f"a {objects[first]} next to {listing(objects[:first] + objects[first + 1:])}"]
+            f"{article(objects[first])} {objects[first]} next to {listing(objects[:first] + objects[first + 1:])}"]
 
 
 def vqa_entries(scene: VLScene, seed: int) -> tuple[list[Question], list[dict], list[dict]]:

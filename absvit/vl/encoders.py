@@ -18,7 +18,8 @@ from timm.models.vision_transformer import init_weights_vit_timm
 from absvit.errors import CheckpointError
 from absvit.models import AbSViT, class_token_attention, vit_attention_map, vit_class_attention_map
 
-__all__ = ["PRIOR_KINDS", "PROMPT_SCALE", "TextEncoder", "VisualEncoder", "declared_pretrained"]
+__all__ = ["PRIOR_KINDS", "PROMPT_SCALE", "TextEncoder", "VisualEncoder", "check_text_encoder", "declared_pretrained",
+           "tokenizer_of"]
 
 PROMPT_SCALE = 5.0  # the official V&L code's fixed scale of the prompt projection
 PRIOR_KINDS = ("mean", "eos")  # VQA: mean of all text tokens; retrieval: the </s> token
@@ -135,8 +136,16 @@ def declared_pretrained(folder) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+TEXT_ENCODER_EXPECTED = ("expected a RoBERTa folder saved by transformers' save_pretrained, e.g. roberta-base: "
+                         "config.json, model.safetensors or pytorch_model.bin, and the tokenizer's tokenizer.json or "
+                         "vocab.json + merges.txt")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+SAMPLE_TEXT = "what colour is the ring on the table?"  # must tokenise to more than the special tokens
+
+
 def roberta_config_problem(folder: Path) -> str | None:
-    """Why ``folder`` is not a RoBERTa folder saved by ``save_pretrained`` (None if it looks like one)."""
+    """Why ``folder`` is not a RoBERTa folder saved by ``save_pretrained`` (None if it looks like one): its config,
+    weights and tokenizer files (read as files, without transformers)."""
     if not folder.is_dir():
         return "no such folder"
     config = folder / "config.json"
@@ -148,7 +157,52 @@ def roberta_config_problem(folder: Path) -> str | None:
         return "config.json is not a JSON object"
     if model_type != "roberta":
         return f"config.json says model_type {model_type!r}, not 'roberta'"
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        return f"no weights file in it (none of {', '.join(WEIGHT_FILES[:2])})"
+    if not ((folder / "tokenizer.json").is_file() or all((folder / f).is_file() for f in ("vocab.json", "merges.txt"))):
+        return "no tokenizer files in it (tokenizer.json, or vocab.json + merges.txt)"
     return None
+
+
+def tokenizer_problem(tokenizer, vocab_size: int) -> str | None:
+    """Why ``tokenizer`` does not fit a text encoder with ``vocab_size`` embeddings (None if it does): its ids must
+    index the embedding, and a sample question must give tokens beyond the special ones."""
+    if len(tokenizer) > vocab_size:
+        return (f"its tokenizer has {len(tokenizer)} tokens but the model embeds {vocab_size} (config.json "
+                "vocab_size): a tokenizer of another model?")
+    ids = tokenizer(SAMPLE_TEXT)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    if not [i for i in ids if i not in special]:
+        return (f"its tokenizer turns {SAMPLE_TEXT!r} into special tokens only "
+                f"({tokenizer.convert_ids_to_tokens(ids)}): an empty or untrained tokenizer?")
+    return None
+
+
+def check_text_encoder(folder, where: str = "text encoder"):
+    """The tokenizer of the RoBERTa folder ``folder`` (``save_pretrained`` layout), read without the hub, once the
+    folder has been checked (``roberta_config_problem``, ``tokenizer_problem``); CheckpointError
+    ``<where>: <folder>: <problem> (<expected>)`` otherwise."""
+    folder = Path(folder)
+    problem = roberta_config_problem(folder)
+    if problem is None:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, TypeError) as e:
+            problem = f"its tokenizer does not load ({str(e).splitlines()[0]})"
+        else:
+            vocab_size = json.loads((folder / "config.json").read_text()).get("vocab_size")
+            problem = tokenizer_problem(tokenizer, int(vocab_size or 0))
+    if problem is not None:
+        raise CheckpointError(f"{where}: {folder}: {problem} ({TEXT_ENCODER_EXPECTED})")
+    return tokenizer
+
+
+def tokenizer_of(folder):
+    """The text encoder folder's tokenizer (``save_pretrained`` layout), read without the hub, the folder checked
+    (``check_text_encoder``)."""
+    return check_text_encoder(folder)
 
 
 class TextEncoder(nn.Module):
@@ -162,19 +216,20 @@ class TextEncoder(nn.Module):
         from transformers import RobertaModel  # heavy: imported only where a text encoder is built
 
         folder = Path(folder)
-        expected = "expected a RoBERTa folder saved by transformers' save_pretrained, e.g. roberta-base"
+        expected = TEXT_ENCODER_EXPECTED
         problem = roberta_config_problem(folder)
         if problem is not None:
-            raise CheckpointError(f"{folder}: {problem} ({expected})")
+            raise CheckpointError(f"text encoder: {folder}: {problem} ({expected})")
         try:
             model, info = RobertaModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False,
-                                                       output_loading_info=True)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{folder}: cannot load its weights ({expected}): {str(e).splitlines()[0]}") from None
-        if info["missing_keys"]:
-            missing = sorted(info["missing_keys"])
-            raise CheckpointError(f"{folder}: the weights lack {len(missing)} of RobertaModel's tensors "
-                                  f"({', '.join(missing[:3])}, ...) ({expected})")
+                                                       output_loading_info=True, ignore_mismatched_sizes=True)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:  # a size mismatch is a RuntimeError
+            raise CheckpointError(f"text encoder: {folder}: its weights do not load as RoBERTa "
+                                  f"({str(e).strip().splitlines()[0]}) ({expected})") from None
+        if info["missing_keys"] or info.get("mismatched_keys"):
+            missing = sorted(info["missing_keys"]) or sorted(k for k, *_ in info["mismatched_keys"])
+            raise CheckpointError(f"text encoder: {folder}: the weights lack or misfit {len(missing)} of RobertaModel's "
+                                  f"tensors ({', '.join(missing[:3])}, ...): weights of another model? ({expected})")
         self.roberta = model
         self.hidden_size = model.config.hidden_size
         self.eos_token_id = 2 if model.config.eos_token_id is None else model.config.eos_token_id

@@ -25,14 +25,17 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from absvit.errors import DatasetError
+from absvit.data.scenes import checked_mask
+from absvit.errors import DatasetError, UsageError
 from absvit.figures.draw import save_grid, unit
 from absvit.figures.scores import DISPLAY_HIGH, VL_DISPLAY_HIGH, map_scores, pointing_chance
 from absvit.formats import display_name
 from absvit.io import write_json, write_text
+from absvit.models import AbSViT
 from absvit.tracking import Tracker, run_tags
-from absvit.vl.datasets import load_image
-from absvit.vl.finetune import load_finetuned, tokenizer_of
+from absvit.data.readers import read_rgb
+from absvit.vl.encoders import tokenizer_of
+from absvit.vl.finetune import load_finetuned
 from absvit.vl.table import FIGURE5_CAPTION as CAPTION
 from absvit.vl.transforms import vl_transform, vl_view
 
@@ -56,13 +59,21 @@ def read_manifest(path) -> list[dict]:
             row[key] = path.parent / row[key]
             if not row[key].is_file():
                 raise DatasetError(f"{path}: line {n}: {key} {row[key]} does not exist")
+        try:
+            with Image.open(row["mask"]) as im:
+                checked_mask(im, row["mask"])
+        except OSError as e:
+            raise DatasetError(f"{path}: line {n}: mask {row['mask']} is not an image ({e})") from None
+        except DatasetError as e:
+            raise DatasetError(f"{path}: line {n}: {e}") from None
     return rows
 
 
 def view_mask(path, img_size: int) -> np.ndarray:
-    """An object's mask (any image: > 127 is inside) as the model sees its image (``vl_view``, nearest)."""
+    """An object's mask (a single-channel image: > 127 is inside) as the model sees its image (``vl_view``,
+    nearest)."""
     with Image.open(path) as im:
-        return np.asarray(vl_view(img_size, InterpolationMode.NEAREST)(im.convert("L"))) > 127
+        return np.asarray(vl_view(img_size, InterpolationMode.NEAREST)(checked_mask(im, path))) > 127
 
 
 def maps_of(objective, rows: list[dict], vl: dict, *, top_down: bool, kind: str, device) -> list[np.ndarray]:
@@ -73,7 +84,7 @@ def maps_of(objective, rows: list[dict], vl: dict, *, top_down: bool, kind: str,
     out = []
     with torch.no_grad():
         for row in rows:
-            image = tf(load_image(row["image"]))[None].to(device)
+            image = tf(read_rgb(row["image"]))[None].to(device)
             text = tokenizer(row["question"], truncation=True, max_length=vl["recipe"]["max_text_len"],
                              return_tensors="pt")
             amap = objective.meter.attention_map(image, text["input_ids"].to(device),
@@ -106,7 +117,7 @@ def draw(rows, maps: dict, img_size: int, out_dir: Path, *, show: int, width: fl
     grid = []
     for scene in scenes:
         picks = [i for i, r in enumerate(rows) if str(r["image"]) == scene][:3]
-        rgb = np.asarray(vl_view(img_size)(load_image(rows[picks[0]]["image"])), dtype=np.float32) / 255
+        rgb = np.asarray(vl_view(img_size)(read_rgb(rows[picks[0]]["image"])), dtype=np.float32) / 255
         for kind, high in MAPS.items():
             m, suffix = maps[kind], "" if kind == "class attention" else f" ({kind})"
             grid.append([{"image": rgb, "title": f"image{suffix}"},
@@ -125,6 +136,12 @@ def make_figure5(absvit_model, vit_model, manifest, out_dir, *, show: int = 4, w
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     absvit, a_vl = load_finetuned(absvit_model, device=device)
     vit, v_vl = load_finetuned(vit_model, device=device)
+    if not absvit.meter.visual.top_down:
+        raise UsageError(f"--absvit-model {absvit_model}: its visual encoder is {a_vl['encoder_model']} without a "
+                         "top-down path; expected the AbSViT VQA run's model.pth (are the two models swapped?)")
+    if isinstance(vit.meter.visual.vit, AbSViT):
+        raise UsageError(f"--vit-model {vit_model}: its visual encoder is {v_vl['encoder_model']}; expected the plain "
+                         "ViT VQA run's model.pth, the bottom-up baseline (are the two models swapped?)")
     rows = read_manifest(manifest)
     size = a_vl["recipe"]["img_size"]
     kinds = {"top-down": (absvit, a_vl, True), "bottom-up": (absvit, a_vl, False), "vit": (vit, v_vl, False)}

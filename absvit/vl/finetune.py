@@ -5,10 +5,13 @@ Output folder: ``checkpoint.pth`` (everything a resume needs, rewritten atomical
 rebuilds the model: task, encoder, text encoder, answer vocabulary, recipe), ``result.json`` (VQA accuracy on val2014,
 or retrieval recall@1/5/10 both ways on Flickr30k's test split) and, for VQA with ``trainval``, ``submission.json``
 for the evaluation server. A restarted job resumes from ``checkpoint.pth`` only if it belongs to the same run
-(task, encoder weights, text encoder, data, recipe, world size) and ends exactly where an uninterrupted one would.
+(task, recipe, world size, and by content the encoder's file, the text encoder's folder, the data folder and the
+answer vocabulary: ``absvit.digests``) and ends exactly where an uninterrupted one would. Paths are recorded relative to
+the project (``recorded_path``).
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -19,36 +22,60 @@ from absvit import engine, runtime
 from absvit.checkpoint import (checkpoint_to_resume, read_checkpoint, resumable, resume, rng_states, save_state,
                                truncate_log)
 from absvit.data.sampling import SampleSeeds, Seeded
-from absvit.errors import CheckpointError
+from absvit.digests import recorded_path
+from absvit.data.readers import unreadable_images
+from absvit.errors import CheckpointError, DatasetError, UsageError
 from absvit.evaluate import load_model
 from absvit.io import append_jsonl, write_json
 from absvit.progress import LOG_EVERY_S, Progress
 from absvit.recipe import VLRecipe
 from absvit.tracking import Tracker, run_tags
-from absvit.vl.encoders import TextEncoder, VisualEncoder, declared_pretrained
+from absvit.vl.encoders import TextEncoder, VisualEncoder, declared_pretrained, tokenizer_of
 from absvit.vl.fusion import METER
 from absvit.vl.model import VQAHead, VQAObjective, lr_schedule, param_groups
 from absvit.vl.tasks import TASKS
 
 
-def tokenizer_of(folder):
-    """The text encoder folder's tokenizer (``save_pretrained`` layout), read without the hub."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-
-
 def build(task_name: str, encoder_checkpoint, text_encoder, data_root, recipe: VLRecipe, *, model_name=None):
     """(the task with its data, the objective (METER + head) on this encoder, what the encoder's file records:
-    model name, classes, the MLflow run that made it)."""
-    task = TASKS[task_name](data_root, recipe, tokenizer_of(text_encoder))
+    model name, classes, the MLflow run that made it). Every input is checked before the data is read: the text
+    encoder's folder, the encoder's input size against ``recipe.img_size``."""
+    tokenizer = tokenizer_of(text_encoder)
     vit, classes, _, ckpt = load_model(encoder_checkpoint, model_name=model_name)
+    size = tuple(vit.patch_embed.img_size)
+    if not getattr(vit, "dynamic_img_size", False) and size != (recipe.img_size, recipe.img_size):
+        raise UsageError(f"recipe.img_size: {recipe.img_size} does not fit the encoder {encoder_checkpoint} "
+                         f"({vit.pretrained_cfg['architecture']}), which takes {size[0]}x{size[1]} images; expected "
+                         f"{size[0]}")
+    task = TASKS[task_name](data_root, recipe, tokenizer)
     text = TextEncoder(text_encoder)
     visual = VisualEncoder(vit, text_dim=text.hidden_size, feedback=recipe.feedback)
     meter = METER(visual, text, hidden=recipe.hidden, heads=recipe.heads, layers=recipe.layers,
                   mlp_ratio=recipe.mlp_ratio, dropout=recipe.dropout)
     encoder = {"model": vit.pretrained_cfg["architecture"], "classes": classes, "source": ckpt.get("mlflow_run_id")}
     return task, task.objective(meter), encoder
+
+
+def leave_out_unreadable(task, task_name: str, data_root, recipe: VLRecipe, out: Path, data_digest: str):
+    """(the task, its unreadable images: path -> why): every image the job reads decoded once before training
+    (``unreadable_images``; the answer is kept in ``out/unreadable_images.json`` for the same data, so a resumed job
+    does not decode them again). An unreadable image fails the job here, named, unless ``recipe.skip_bad_images``:
+    then its questions / captions are left out and it is counted in the result."""
+    cache = out / "unreadable_images.json"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if known.get("data") == data_digest:
+        bad = known["unreadable"]
+    else:
+        bad = unreadable_images(task.images(), threads=max(recipe.workers, 1))
+        write_json(cache, {"data": data_digest, "unreadable": bad})
+    if bad and not recipe.skip_bad_images:
+        first = min(bad)
+        raise DatasetError(f"{bad[first]} ({len(bad)} of the {len(task.images())} images this job reads do not "
+                           f"decode, listed in {cache}; set skip_bad_images: true in the recipe to leave them out)")
+    if bad:
+        task = TASKS[task_name](data_root, recipe, task.tokenizer, leave_out=frozenset(bad))
+        print(f"left out {len(bad)} unreadable image(s) and their texts (skip_bad_images; listed in {cache})", flush=True)
+    return task, bad
 
 
 def load_finetuned(path, *, device="cpu"):
@@ -101,6 +128,8 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
     task, objective, encoder_file = build(task_name, encoder_checkpoint, text_encoder, data_root, recipe,
                                           model_name=model_name)
     encoder, source = encoder_file["model"], encoder_file["source"]
+    inputs = task.run_inputs(encoder_checkpoint, text_encoder)
+    task, unreadable = leave_out_unreadable(task, task_name, data_root, recipe, out, inputs["data"])
     objective.to(device)
     train_loader = loader(task, recipe, dist, device)
     optimizer = torch.optim.AdamW(param_groups(objective, lr=recipe.lr, fusion_mult=recipe.fusion_mult,
@@ -109,12 +138,12 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
     steps = updates_per_epoch(train_loader, recipe)
     scheduler = lr_schedule(optimizer, recipe.epochs * steps, recipe.warmup)
     ckpt_path = out / "checkpoint.pth"
-    identity = {"task": task_name, "encoder": str(Path(encoder_checkpoint).resolve()), "encoder_model": encoder,
-                "text_encoder": str(Path(text_encoder).resolve()), "data_root": str(Path(data_root).resolve()),
+    identity = {"task": task_name, "encoder_model": encoder, "inputs": inputs,
                 "recipe": recipe.identity(), "world_size": dist.world_size}
     described = {"arch": f"meter-{task_name}/{encoder}", "img_size": recipe.img_size, "classes": None, "run": identity,
-                 "vl": {**identity, "recipe": recipe.to_dict(), "encoder_classes": encoder_file["classes"],
-                        **task.described}}
+                 "vl": {"task": task_name, "encoder_model": encoder, "encoder": recorded_path(encoder_checkpoint),
+                        "text_encoder": recorded_path(text_encoder), "data_root": recorded_path(data_root),
+                        "recipe": recipe.to_dict(), "encoder_classes": encoder_file["classes"], **task.described}}
     start, run_id = 0, None
     ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
     if ckpt is not None:
@@ -160,7 +189,8 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
                 return row
         result = {"task": task_name, "encoder": encoder, "checkpoint": str(encoder_checkpoint), "seed": recipe.seed,
                   "epochs": recipe.epochs, "updates": recipe.epochs * steps, "batch_size": recipe.batch_size,
-                  "train_splits": task.described["train_splits"], "feedback": recipe.feedback,
+                  "train_splits": task.described["train_splits"], "skipped_images": len(unreadable),
+                  "skipped": sorted(unreadable), "feedback": recipe.feedback,
                   "prior_loss": recipe.prior_loss,
                   "text_encoder_pretrained": declared_pretrained(text_encoder)}
         if dist.is_main:

@@ -9,18 +9,29 @@
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
 
 from absvit import engine
+from absvit.digests import digest
 from absvit.progress import Progress
 from absvit.recipe import VLRecipe
-from absvit.vl.answers import answer_vocabulary, normalize_answer, soft_targets, vqa_accuracy
-from absvit.vl.datasets import CaptionDataset, ImageDataset, TextDataset, VQADataset, read_karpathy, read_vqa
+from absvit.vl.answers import vqa_accuracy
+from absvit.vl.datasets import CaptionDataset, ImageDataset, TextDataset, VQADataset
+from absvit.vl.records import retrieval_splits, vqa_splits
 from absvit.vl.fusion import METER
 from absvit.vl.model import ITMHead, RankHead, RetrievalObjective, VQAHead, VQAObjective, recall_at_k
 from absvit.vl.transforms import vl_transform
+
+
+def run_inputs(root, encoder, text_encoder, **extra) -> dict:
+    """What a V&L job reads, by content (``absvit.digests``): the encoder's file, the text encoder's folder (weights
+    and tokenizer), the data folder (annotation and split files whole, images by name and size), and ``extra``."""
+    return {"encoder": digest(encoder), "text_encoder": digest(text_encoder, full_tree=True), "data": digest(root),
+            **extra}
 
 
 class AsPairs(torch.utils.data.Dataset):
@@ -64,24 +75,27 @@ class VQATask:
     name, prior_kind = "vqa", "mean"
     inputs = ("image", "input_ids", "attention_mask")
 
-    def __init__(self, root, recipe: VLRecipe, tokenizer):
-        root = Path(root)
-        train = read_vqa(root, "train2014")
-        val = read_vqa(root, "val2014")
-        self.vocab = answer_vocabulary([normalize_answer(r.multiple_choice_answer) for r in train + val],
-                                       recipe.min_answer_count)
-        index = {a: i for i, a in enumerate(self.vocab)}
-        fitted = [r for r in train + (val if recipe.trainval else []) if soft_targets(r.answers, index)[0]]
-        self.eval_split = "test-dev2015" if recipe.trainval else "val2014"
-        self.eval_records = read_vqa(root, self.eval_split) if recipe.trainval else val
+    def __init__(self, root, recipe: VLRecipe, tokenizer, *, leave_out=frozenset()):
+        self.root = Path(root)
+        fitted, self.eval_split, self.eval_records, self.vocab = vqa_splits(root, recipe, leave_out)
         self.train = VQADataset(fitted, self.vocab, tokenizer, vl_transform(recipe.img_size, True), recipe.max_text_len)
         self.eval_set = VQADataset(self.eval_records, self.vocab, tokenizer, vl_transform(recipe.img_size, False),
                                    recipe.max_text_len)
-        self.recipe, self.described = recipe, {"vocab": self.vocab, "train_questions": len(fitted),
-                                               "train_splits": "train2014 + val2014" if recipe.trainval else "train2014"}
+        self.tokenizer, self.recipe = tokenizer, recipe
+        self.described = {"vocab": self.vocab, "train_questions": len(fitted),
+                          "train_splits": "train2014 + val2014" if recipe.trainval else "train2014"}
+
+    def images(self) -> set[str]:
+        """Every image the job reads."""
+        return {str(r.image) for r in self.train.records + self.eval_records}
 
     def train_pairs(self):
         return AsPairs(self.train, self.inputs, "targets")
+
+    def run_inputs(self, encoder, text_encoder) -> dict:
+        """``run_inputs`` of this task, with the answer vocabulary."""
+        vocab = hashlib.sha256(json.dumps(self.vocab).encode()).hexdigest()
+        return run_inputs(self.root, encoder, text_encoder, vocab=f"sha256:{vocab}")
 
     def objective(self, meter: METER) -> VQAObjective:
         r = self.recipe
@@ -132,9 +146,9 @@ class RetrievalTask:
     name, prior_kind = "retrieval", "eos"
     inputs = ("image", "input_ids", "attention_mask", "negative_input_ids", "negative_attention_mask")
 
-    def __init__(self, root, recipe: VLRecipe, tokenizer):
-        train = read_karpathy(root, "train") + (read_karpathy(root, "val") if recipe.trainval else [])
-        self.test = read_karpathy(root, "test")
+    def __init__(self, root, recipe: VLRecipe, tokenizer, *, leave_out=frozenset()):
+        self.root = Path(root)
+        train, self.test = retrieval_splits(root, recipe, leave_out)
         self.train = CaptionDataset(train, tokenizer, vl_transform(recipe.img_size, True), negatives=recipe.negatives,
                                     seed=recipe.seed, max_len=recipe.max_text_len)
         self.tokenizer, self.recipe = tokenizer, recipe
@@ -143,6 +157,13 @@ class RetrievalTask:
 
     def train_pairs(self):
         return AsPairs(self.train, self.inputs)
+
+    def images(self) -> set[str]:
+        """Every image the job reads."""
+        return {str(r.image) for r in self.train.records + self.test}
+
+    def run_inputs(self, encoder, text_encoder) -> dict:
+        return run_inputs(self.root, encoder, text_encoder)
 
     def objective(self, meter: METER) -> RetrievalObjective:
         r = self.recipe

@@ -23,7 +23,10 @@ def _validate(config):
         if not hasattr(cause, "absolute_path"):
             raise
         key = ".".join(map(str, cause.absolute_path)) or "(top level)"
-        raise WorkflowError(f"config.yaml: config key '{key}': {cause.message}") from None
+        # a oneOf / not that fails says "is valid under each of ..." or "is not valid under any of ...": the
+        # schema's own errorMessage says what is expected instead
+        said = cause.schema.get("errorMessage") if cause.validator in ("oneOf", "anyOf", "not") else None
+        raise WorkflowError(f"config.yaml: config key '{key}': {said or cause.message}") from None
 
 
 _validate(config)
@@ -52,7 +55,8 @@ ENV = "../../envs/environment.yaml"  # each rule's conda environment (relative t
 
 def _check_config():
     from absvit.errors import UsageError
-    from absvit.recipe import PretrainRecipe, SegmentRecipe, VLRecipe, check_patch_multiple
+    from absvit.recipe import PretrainRecipe, SegmentRecipe, Where, check_patch_multiple
+    from absvit.vl.preflight import check_img_size, name_input_size, task_recipe
 
     where = f"presets.{PRESET}"
     for table in COMPARISONS:
@@ -100,15 +104,20 @@ def _check_config():
         if not e["model"].startswith(f"{kind}_"):
             raise WorkflowError(f"config key '{where}.vl.encoders.{kind}.model': {e['model']!r} is not a {kind}_* model")
     try:
-        for task in ("vqa", "retrieval") if VL else ():
-            r = VLRecipe.for_task(task, {**VL["recipe"], **VL.get(task, {})}, where=f"{where}.vl.{task}")
-            res = P["resources"]["vl"]  # one process per GPU (one on a CPU node), as `absvit submit` starts them
-            r.micro_batch(res.get("nodes", 1) * max(res["gpus_per_node"], 1), where=f"{where}.vl.{task}")
         recipe = PretrainRecipe.from_dict(P.get("recipe", {}), where=f"{where}.recipe")  # types and ranges of every key
         for run in TRAINED:  # the img_size each pretraining run trains at: a multiple of its model's patch size
             check_patch_multiple(recipe.img_size, RUNS[run]["model"], where=f"{where}.recipe")
+        for task in ("vqa", "retrieval") if VL else ():
+            r, keys = task_recipe(VL, task, where)
+            res = P["resources"]["vl"]  # one process per GPU (one on a CPU node), as `absvit submit` starts them
+            r.micro_batch(res.get("nodes", 1) * max(res["gpus_per_node"], 1), where=keys)
+            for kind, e in VL["encoders"].items():  # the recipe's input size is each encoder's
+                size = recipe.img_size if e.get("run") else name_input_size(e["model"])
+                check_img_size(r.img_size, size, f"{e['model']} ({where}.vl.encoders.{kind})", keys("img_size"))
         for name, d in seg["datasets"].items():
-            SegmentRecipe.from_dict({**seg["recipe"], **d["recipe"]}, where=f"{where}.segmentation.datasets.{name}.recipe")
+            values, keys = Where.layered((f"{where}.segmentation.recipe", seg["recipe"]),
+                                         (f"{where}.segmentation.datasets.{name}.recipe", d["recipe"]))
+            SegmentRecipe.from_dict(values, where=keys)
     except UsageError as e:
         raise WorkflowError(f"config key {e}") from None
 
@@ -400,6 +409,14 @@ VL_TEXT = (Path("results") / "data" / PRESET / "vl-text-encoder" if VL and isins
 VL_DATA = ({"vqa": VL_DATA_ROOT / "vqa", "retrieval": VL_DATA_ROOT / "flickr30k"} if VL_GENERATED
            else {"vqa": Path(VL["data"]["vqa"]), "retrieval": Path(VL["data"]["flickr30k"])} if VL else {})
 VL_FIGURE5 = VL_DATA_ROOT / "vqa" / "figure5.csv" if VL_GENERATED else Path(VL["figure5"]) if VL and VL.get("figure5") else None
+if VL and not PLAN_ONLY:  # the text encoder's folder and each task's splits, as the jobs will read them
+    from absvit.errors import CheckpointError, DatasetError
+    from absvit.vl.preflight import check_inputs
+
+    try:
+        check_inputs(VL, VL_DATA, f"presets.{PRESET}", Path(".snakemake") / "absvit-checks")
+    except (CheckpointError, DatasetError) as e:
+        raise WorkflowError(f"config.yaml: preset {PRESET!r}: {e}") from None
 VL_OUT = OUT / "vl" / "{task}" / "{encoder}" / "s{seed}"
 
 

@@ -5,6 +5,11 @@ if SEG_GENERATED:
 
     rule segmentation_dataset:
         """The embedded default's small sets in the VOC / Cityscapes / ADE20K layouts."""
+        input:
+            # order only: made after the classification set, so that every `segment` job (the random-init ResNet's
+            # too) is one step from the data, and the report's rule graph, one node per rule and dependency level,
+            # draws `segment` once
+            after=DATA["train"] if GENERATED else [],
         output:
             [directory(SEG_DATA_ROOT / d) for d in ("voc", "cityscapes", "ade20k")],
         params:

@@ -134,6 +134,7 @@ def _tables(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from absvit import tables
+    from absvit.figures.table import figure_scores
     from absvit.tracking import tracking_uri
     from absvit.vl import table as vl_table
 
@@ -159,7 +160,7 @@ def _tables(args: argparse.Namespace) -> None:
     t2 = tables.table2(ablation, args.out_dir, label=label) if ablation is not None else None
     t3 = tables.table3(robustness, args.out_dir, label=label) if robustness is not None else None
     t4 = vl_table.table4(vl, args.out_dir, label=label) if vl is not None else None
-    sections = [tables.figure_scores(args.figures, args.out_dir, label=label)] if args.figures else []
+    sections = [figure_scores(args.figures, args.out_dir, label=label)] if args.figures else []
     sections += [vl_table.figure5_scores(args.figure5, args.out_dir, label=label)] if args.figure5 else []
     sections += [Path(path).read_text() for path in args.section or ()]
     if args.bench_dir:  # what the run cost, per stage: Snakemake's benchmark files, sacct for SLURM jobs

@@ -86,7 +86,8 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     data_root = Path(data_root)
     classes = label_space(str(data_root / "train"))
     train_loader, val_loader = loaders(data_root, classes, recipe, dist, device, prefetch=device.type == "cuda")
-    model, optimizer, scheduler, ema, mixup, criterion = build(model_name, len(classes), recipe, device)
+    model, optimizer, scheduler, ema, mixup, criterion = build(model_name, len(classes), recipe, device,
+                                                               updates_per_epoch=len(train_loader))
 
     ckpt_path = out / "checkpoint.pth"
     identity = {"model": model_name, "recipe": recipe.identity(), "classes": list(classes),
@@ -95,13 +96,15 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
     described = {"arch": model_name, "img_size": recipe.img_size, "classes": list(classes), "run": identity}
     start, run_id = 0, None
     ckpt = checkpoint_to_resume(out, identity, fresh_on_change=fresh_on_change)
-    if ckpt is None:
-        scheduler.step(0)
-    else:
+    if ckpt is not None:
         start, run_id = resume(ckpt, ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                                rank=dist.rank, counter="epoch")
         truncate_log(out / "metrics.jsonl", "epoch", start)
         print(f"resuming {model_name} from {ckpt_path} at epoch {start}", flush=True)
+    if recipe.sched_on_steps:
+        scheduler.step_update(start * len(train_loader))
+    else:
+        scheduler.step(start)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     objective = runtime.distributed(TrainingLoss(model, criterion, recipe.var_weight), dist, device)
@@ -113,6 +116,13 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
                  tags=run_tags("pretrain", preset, run or out.name, seed=recipe.seed),
                  enabled=track and dist.is_main) as tracker:
         metrics = _last_row(out / "metrics.jsonl") if start >= recipe.epochs else {}  # resuming a finished run
+
+        def after_step(update: int) -> None:  # the EMA, and a schedule stepped per update
+            if ema is not None:
+                ema.update(model)
+            if recipe.sched_on_steps:
+                scheduler.step_update(update)
+
         for epoch in range(start + 1, recipe.epochs + 1):
             header = f"Epoch: [{epoch}/{recipe.epochs}]"
             train_loader.sampler.set_epoch(epoch - 1)
@@ -120,8 +130,8 @@ def pretrain(model_name: str, data_root, out_dir, recipe: PretrainRecipe, *, tra
             finite = engine.FiniteCheck(ckpt_path, dist=dist)
             engine.train_one_epoch(objective, train_loader, optimizer, device, progress=progress, finite=finite,
                                    where=f"epoch {epoch}, step {{step}}", mixup=mixup,
-                                   on_step=None if ema is None else lambda *_: ema.update(model))
-            scheduler.step(epoch)
+                                   on_step=lambda step, *_, done=(epoch - 1) * len(train_loader): after_step(done + step))
+            scheduler.step(epoch)  # (per update, stepped in after_step: no-op here)
             train = progress.summary()  # a collective call with several processes
             metrics = end_of_epoch(epoch, train, progress.t0, model, ema, optimizer, val_loader, device, log_every_s)
             rng = rng_states(dist)  # every process's (a collective call)
@@ -177,8 +187,10 @@ def patch_size(model_name: str) -> int | None:
     return size[0] if size[0] == size[1] else None  # a non-square patch: not checked
 
 
-def build(model_name: str, num_classes: int, recipe: PretrainRecipe, device):
-    """The recipe's model, optimizer (fused AdamW on CUDA), scheduler, EMA, mixup and criterion."""
+def build(model_name: str, num_classes: int, recipe: PretrainRecipe, device, *, updates_per_epoch: int):
+    """The recipe's model (timm's init, or ``recipe.init`` / ``recipe.pos_embed``: absvit.models.init), optimizer
+    (fused AdamW on CUDA), scheduler (per epoch, or per update with ``recipe.sched_on_steps``), EMA, mixup and
+    criterion."""
     model = timm.create_model(model_name, num_classes=num_classes, img_size=recipe.img_size,
                               drop_path_rate=recipe.drop_path)
     if recipe.init == "mimetic":
@@ -189,7 +201,8 @@ def build(model_name: str, num_classes: int, recipe: PretrainRecipe, device):
     fused = {"fused": True} if device.type == "cuda" and recipe.opt.lower() in ("adam", "adamw") else {}
     optimizer = create_optimizer_v2(model, recipe.opt, lr=recipe.scaled_lr, weight_decay=recipe.weight_decay, **fused)
     scheduler, _ = create_scheduler_v2(optimizer, recipe.sched, num_epochs=recipe.epochs, min_lr=recipe.min_lr,
-                                       warmup_lr=recipe.warmup_lr, warmup_epochs=recipe.warmup_epochs)
+                                       warmup_lr=recipe.warmup_lr, warmup_epochs=recipe.warmup_epochs,
+                                       step_on_epochs=not recipe.sched_on_steps, updates_per_epoch=updates_per_epoch)
     ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.model_ema else None
     mixup = (Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.smoothing,
                    num_classes=num_classes) if recipe.mixup > 0 or recipe.cutmix > 0 else None)

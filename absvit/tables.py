@@ -22,7 +22,6 @@ import pandas as pd
 from absvit import stats
 from absvit.ablation import COLUMNS, COMPARISONS
 from absvit.errors import TrackingError
-from absvit.figures.scores import CAPTION as FIGURES_CAPTION, DEFINITIONS as FIGURES_DEFINITIONS
 from absvit.formats import display_name, markdown_table, tex_escape
 from absvit.io import write_text
 from absvit.tracking import finished_runs
@@ -107,11 +106,14 @@ def _with_seed(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_table(out: Path, stem: str, spread: Spread, labels: dict, heads: dict, first: dict, *,
                  caption: str, ref: str, column_format: str, label: str | None, cells: pd.DataFrame | None = None,
-                 tex_heads: dict | None = None) -> None:
+                 tex_heads: dict | None = None, tex_columns: list[str] | None = None) -> None:
     """``first``: the leading LaTeX column(s) (header -> values per row); ``cells``: the LaTeX number cells
-    (default: mean, +- std over several seeds); ``tex_heads``: LaTeX headers where they differ from ``heads``.
-    CSV: means, plus ``<column> std`` and ``n`` over several seeds."""
-    tex = (spread.cells(tex=True) if cells is None else cells).rename(columns={**heads, **(tex_heads or {})})
+    (default: mean, +- std over several seeds); ``tex_heads``: LaTeX headers where they differ from ``heads``;
+    ``tex_columns``: the columns the LaTeX table keeps (default all). CSV: means, plus ``<column> std`` and ``n``
+    over several seeds."""
+    tex = spread.cells(tex=True) if cells is None else cells
+    tex = tex[tex_columns] if tex_columns else tex
+    tex = tex.rename(columns={**heads, **(tex_heads or {})})
     for i, (head, values) in enumerate(first.items()):
         tex.insert(i, head, values)
     seeded = spread.seeded
@@ -251,32 +253,6 @@ def report(out_dir, *, t1: Reported | None = None, t2: Reported | None = None, t
                   markdown_table(pd.concat(tests).round({"difference": 2, "t": 2, "p": 4}), index=False), ""]
     parts += [s for section in sections for s in (section.rstrip(), "")]
     write_text(Path(out_dir) / "report.md", "\n".join(parts))
-
-
-FIG_HEAD = {"selectivity": "Selectivity", "selectivity_raw": "Selectivity (raw map)", "pointing": "Pointing game (%)",
-            "mse_inside": "MSE inside", "mse_outside": "MSE outside"}
-FIG_DIGITS = {"selectivity": 2, "selectivity_raw": 2, "pointing": 1, "mse_inside": 3, "mse_outside": 3}
-
-
-def figure_scores(score_files, out_dir, *, label: str | None = None) -> str:
-    """The appendix figures' scores (`absvit figures`' figures.csv, one per seed) as mean +- std per (model,
-    attention, alpha): ``figures.{tex,csv,md}``. Returns the report's section (Markdown)."""
-    long = pd.concat([pd.read_csv(f, dtype={"alpha": str}, keep_default_na=False, na_values=[""]).assign(seed=i)
-                      for i, f in enumerate(score_files)])
-    long["row"] = [f"{display_name(m)} {a}" + ("" if al in ("--", "") else f", alpha {al}")
-                   for m, a, al in zip(long.model, long.attention, long.alpha)]
-    spread = Spread.of(long, "row", list(FIG_HEAD), FIG_DIGITS)
-    first = long.drop_duplicates("row").set_index("row").loc[spread.mean.index]
-    tex_first = {"Model": [tex_escape(display_name(m)) for m in first.model], "Attention": list(first.attention),
-                 r"$\alpha$": list(first.alpha)}
-    write_table(Path(out_dir), "figures", spread, {r: r for r in spread.mean.index}, FIG_HEAD, tex_first,
-                 caption=tex_escape(FIGURES_CAPTION), ref="tab:figures", column_format="lllccccc", label=label,
-                 tex_heads={"pointing": "Pointing game (\\%)"})
-    md = markdown_table(spread.cells(tex=False).assign(n=spread.seeds().astype(int)).rename(columns=FIG_HEAD)
-                   .rename_axis(index="Model", columns=None))
-    return "\n".join(["## Top-down attention (appendix Figs. 1, 3, 4)", "",
-                      f"Over {len(score_files)} seed(s) of the AbSViT and ViT runs (mean ± sample std where n > 1): "
-                      f"{FIGURES_DEFINITIONS}. The figures of each seed are in `figures/s<seed>/`.", "", md, ""])
 
 
 def segmentation_frame(result_files) -> pd.DataFrame:

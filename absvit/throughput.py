@@ -376,7 +376,7 @@ def estimate_vl(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
     bare-step rate / ``VL_OVERHEAD``, then the evaluation's forward passes at ``EVAL_SPEEDUP`` x that (retrieval: each
     caption with its negatives and an ITM pair; every test (image, text) pair scored). Each job's batch per update,
     as its GPUs x micro-batch x accumulated steps, and its optimiser updates are stated."""
-    from absvit.recipe import VLRecipe
+    from absvit.vl.recipe import VLRecipe
 
     vl, g = inp.p["vl"], inp.gpus("vl")
     if g == 0:

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import timm
 import torch
@@ -60,6 +61,33 @@ def test_pointing_game_on_hand_made_maps():
     assert scores.pointing_hit(peak_b, b) and not scores.pointing_hit(edge, a)
     assert scores.pointing_game([peak_a, peak_b, edge, peak_a], [a, b, a, b]) == 0.5
     assert np.isnan(scores.pointing_game([], []))
+
+
+def test_specificity_is_zero_for_a_map_that_ignores_the_prior():
+    a, b = _masks()
+    c = np.zeros((64, 64), bool)
+    c[40:56, 0:16] = True
+    masks = [a, b, c]
+    bright = scores.coverage(a | b | c, (8, 8))  # brightens every object: selective, not specific
+    assert scores.selectivity(scores.display(bright), a) > 1
+    assert sum(scores.specificity(bright, masks, k) for k in range(3)) == pytest.approx(0, abs=1e-9)
+    on_a = scores.coverage(a, (8, 8))  # follows the prior a: selectivity 1/share on a, 0 on b and c
+    assert scores.specificity(on_a, masks, 0) == pytest.approx(1 / a.mean())
+    assert scores.specificity(on_a, masks, 1) == pytest.approx(-0.5 / a.mean())  # b: 0 - mean(1/share_a, 0)
+    assert np.isnan(scores.specificity(on_a, [a], 0))  # no other object to compare with
+
+
+def test_locality_by_hand():
+    grid, n = (3, 3), 10  # 9 patches and a class token
+    uniform = torch.full((1, 1, n, n), 1 / n)
+    assert scores.locality(uniform, grid, 1) == pytest.approx(1.0)
+    own = torch.zeros(1, 1, n, n)
+    own[0, 0, :, 0] = 1.0  # every query on the class token
+    assert scores.locality(own, grid, 1) == 0.0
+    self_only = torch.zeros(1, 1, n, n)
+    self_only[0, 0, 1:, 1:] = torch.eye(9)  # each patch on itself: mass 1 over a share of |N| / 10
+    sizes = [4, 6, 4, 6, 9, 6, 4, 6, 4]  # corner, edge and centre neighbourhoods of a 3x3 grid
+    assert scores.locality(self_only, grid, 1) == pytest.approx(np.mean([10 / k for k in sizes]))
 
 
 def test_region_mse():
@@ -184,7 +212,11 @@ def test_figures_verb_end_to_end(embedded, scenes, checkpoints, tmp_path):
             assert im.width == pytest.approx(fig["width_in"] * 200, abs=2)
         assert open(fig["pdf"], "rb").read(5) == b"%PDF-"
     assert [(r["attention"], r["alpha"]) for r in result["rows"]] == [("bottom-up", None), ("top-down", 1.0),
-                                                                      ("top-down", 10.0), ("bottom-up", None)]
+                                                                      ("top-down", 10.0), ("top-down", -40.0),
+                                                                      ("bottom-up", None)]  # -40: the control
+    assert result["rows"][0]["specificity"] == pytest.approx(0, abs=1e-9)  # a bottom-up map ignores the prior
+    assert {len(v) for v in result["locality"].values()} == {4}  # per block, both models
+    assert all(row["locality_4"] == result["locality"][row["model"]][3] for row in result["rows"])
     assert result["pairs"] == sum(len(s.objects) for s in read_scenes(scenes, 10))
     for row in result["rows"]:  # the pointing game counts hits: k of the pairs, for a whole k
         assert row["pointing"] * row["pairs"] / 100 == pytest.approx(round(row["pointing"] * row["pairs"] / 100))
@@ -223,3 +255,42 @@ def test_first_layer_inputs_are_what_pass_two_values_see():
         tds = m.top_down(m.norm(m.run_blocks(x0)[0]), torch.tensor([1, 2]), 40.0)
     assert torch.allclose(td, tds[0])
     assert m.first_layer_inputs(x, top_down=False)[1] is None
+
+
+def _seed_csv(path, spec, spec_neg, locality):
+    """A figures.csv of one seed: AbSViT bottom-up, top-down at alpha 40 and -40 (the control), ViT bottom-up."""
+    rows = [("absvit_pico_patch8_64_gap", "bottom-up", "--", 0.0, 1.5),
+            ("absvit_pico_patch8_64_gap", "top-down", "40", spec, 2.5),
+            ("absvit_pico_patch8_64_gap", "top-down", "-40", spec_neg, 2.4),
+            ("vit_pico_patch8_64_gap", "bottom-up", "--", 0.0, 1.6)]
+    frame = pd.DataFrame([{"model": m, "attention": a, "alpha": al, "pairs": 60, "selectivity": sel,
+                           "selectivity_raw": 1.2, "pointing": 40.0, "specificity": sp, "mse_inside": 0.1,
+                           "mse_outside": 0.1, **{f"locality_{b + 1}": v for b, v in enumerate(locality)}}
+                          for m, a, al, sp, sel in rows])
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_the_report_says_what_the_specificity_and_locality_show(tmp_path):
+    from absvit.figures.table import figure_scores
+
+    local = [_seed_csv(tmp_path / f"s{i}.csv", spec, neg, [2.6, 2.4, 2.1, 2.0])
+             for i, (spec, neg) in enumerate([(1.4, 1.5), (1.7, 1.6), (1.2, 0.9)])]
+    text = figure_scores(local, tmp_path / "a")
+    assert "top-down map follows the prior: specificity 1.43 ± 0.25 over 3 seeds, above 0 beyond the seed spread" in text
+    assert "the map follows the size of the feedback" in text  # the control keeps its specificity
+    text = figure_scores([_seed_csv(tmp_path / f"n{i}.csv", spec, -spec, [2.6, 2.4, 2.1, 2.0])
+                          for i, spec in enumerate([1.4, 1.7, 1.2])], tmp_path / "c")
+    assert "the map follows the prior's sign, i.e. attention re-weighted by the prior" in text
+    assert "Selectivity on the prior's object: top-down 2.50, bottom-up 1.50" in text
+    assert "absvit_pico_patch8_64_gap: 2.60 2.40 2.10 2.00" in text and "too uniform" not in text
+    csv = pd.read_csv(tmp_path / "a" / "figures.csv", index_col="Model")
+    assert csv.loc["absvit_pico_patch8_64_gap top-down, alpha 40", "Specificity"] == pytest.approx(1.4333, abs=1e-4)
+    assert "Locality block 4" in csv and "Locality block 4" not in (tmp_path / "a" / "figures.tex").read_text()
+
+    uniform = [_seed_csv(tmp_path / f"u{i}.csv", spec, -spec, [1.0, 1.01, 1.02, 1.0])
+               for i, spec in enumerate([0.1, -0.1, 0.05])]
+    text = figure_scores(uniform, tmp_path / "b")
+    assert "does not follow the prior beyond the seed spread" in text
+    assert "With the prior's sign flipped (the control): specificity -0.02" in text
+    assert "is too uniform (mean locality under 1.5) for any prior to steer it" in text

@@ -87,7 +87,9 @@ def test_direct_construction_is_checked_too():
 
 
 def test_every_key_has_a_check():
-    for recipe in (PretrainRecipe, SegmentRecipe):
+    from absvit.vl.recipe import VLRecipe
+
+    for recipe in (PretrainRecipe, SegmentRecipe, VLRecipe):
         assert set(recipe.CHECKS) == {f.name for f in dataclasses.fields(recipe)}, recipe
 
 

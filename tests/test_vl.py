@@ -7,7 +7,7 @@ import torch
 
 from absvit.checkpoint import read_checkpoint
 from absvit.cli import main
-from absvit.recipe import VLRecipe
+from absvit.vl.recipe import VLRecipe
 from absvit.vl.finetune import finetune
 from absvit.vl.table import UNTRAINED_TEXT
 from tests.helpers import VL_RECIPE as RECIPE, dry_run, job_counts, paper_config, workflow_copy

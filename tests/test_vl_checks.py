@@ -8,7 +8,7 @@ from PIL import Image
 
 from absvit.cli import main
 from absvit.errors import CheckpointError, DatasetError, StaleCheckpoint, UsageError
-from absvit.recipe import VLRecipe
+from absvit.vl.recipe import VLRecipe
 from absvit.vl.encoders import check_text_encoder
 from absvit.vl.finetune import finetune
 from absvit.vl.records import read_karpathy, read_vqa, retrieval_splits, vqa_splits

@@ -8,7 +8,7 @@ import pytest
 from absvit import engine
 from absvit.errors import UsageError
 from absvit.progress import Progress
-from absvit.recipe import VLRecipe
+from absvit.vl.recipe import VLRecipe
 from absvit.vl.model import ITMHead, RankHead, RetrievalObjective, param_groups
 from tests.helpers import HIDDEN, SENTENCES, encode, images, meter
 

@@ -6,8 +6,9 @@
 - Fig. 4: image | decode(x0_bu) | decode(x0_td) | decode(x0_bu + x0_td) per object prior, with the linear decoder
   of ``absvit decoder``.
 
-A map is the per-patch L2 norm of the tokens after the first depth - 3 blocks (``AbSViT.attention_map``; for the
-plain ViT baseline the same blocks' output), shown as ``clamp(map - (0.7 max + 0.3 min), 0)`` scaled to [0, 1].
+A map is the per-patch L2 norm of the tokens after the first 3/4 of the blocks (9 of 12 as in the official demo; 3
+of the embedded models' 4: ``map_depth``; ``AbSViT.attention_map``; for the plain ViT baseline the same blocks'
+output), shown as ``clamp(map - (0.7 max + 0.3 min), 0)`` scaled to [0, 1].
 
 Modules, the way the data flows: ``decoder`` (fit the Fig. 4 decoder), ``maps`` (load the models and scenes,
 compute every map and reconstruction), ``scores`` (pure functions of a map and a mask), ``draw`` (the panel grids),

@@ -10,8 +10,9 @@ from absvit.data.scenes import load_mask
 from absvit.errors import UsageError
 from absvit.evaluate import load_model
 from absvit.figures.decoder import LinearDecoder, patch_tokens
+from absvit.figures import scores
 from absvit.figures.scores import region_mse
-from absvit.models import AbSViT, vit_attention_map
+from absvit.models import AbSViT, block_attention, vit_attention_map
 
 CHUNK = 64  # images per forward pass
 
@@ -68,8 +69,9 @@ def load_models(absvit_checkpoint, vit_checkpoint, absvit_model, vit_model, deco
 
 def analyse(absvit, vit, decoder, scenes, *, a_size: int, v_size: int, alphas, prior_scale: float,
             show: int) -> dict:
-    """Every map and reconstruction error per scene, (scene, object) pair and alpha; decoded images (at
-    ``prior_scale``) only for the first ``show`` scenes, which the figures draw."""
+    """Every map and reconstruction error per scene, (scene, object) pair and alpha (``alphas``, ``prior_scale``,
+    and ``-prior_scale``: the control with the prior's sign flipped); decoded images (at ``prior_scale``) only for
+    the first ``show`` scenes, which the figures draw; each model's attention locality per block (bottom-up)."""
     cfg = absvit.pretrained_cfg
     loaded = [load_scene(s, a_size, cfg["mean"], cfg["std"]) for s in scenes]
     vit_in = loaded if v_size == a_size else [load_scene(s, v_size, vit.pretrained_cfg["mean"],
@@ -92,7 +94,10 @@ def analyse(absvit, vit, decoder, scenes, *, a_size: int, v_size: int, alphas, p
         x0_bu = chunked(lambda b, _: patch_tokens(absvit, absvit.first_layer_inputs(b, top_down=False)[0]), xp)
         mse_bu = errors(decoder.decode(x0_bu, grid))
         td, mse, dec = {}, {}, {}
-        for a in sorted(set(alphas) | {prior_scale}):
+        locality = {name: [scores.locality(w, model.patch_embed.grid_size, model.num_prefix_tokens)
+                           for w in block_attention(model, inputs)]
+                    for name, model, inputs in (("absvit", absvit, x), ("vit", vit, torch.stack([t for _, t, _ in vit_in])))}
+        for a in sorted(set(alphas) | {prior_scale, -prior_scale}):
             td[a] = chunked(lambda b, p: absvit.attention_map(b, prior=p, alpha=a), xp, priors).numpy()
             t_ = patch_tokens(absvit, chunked(lambda b, p: absvit.first_layer_inputs(b, prior=p, alpha=a)[1], xp, priors))
             mse[a] = errors(decoder.decode(x0_bu + t_, grid))
@@ -100,5 +105,5 @@ def analyse(absvit, vit, decoder, scenes, *, a_size: int, v_size: int, alphas, p
                 dec = {"bu": x0_bu[kept], "td": t_[kept], "sum": x0_bu[kept] + t_[kept]}
     decoded = {k: decoder.to_rgb(decoder.decode(v, grid)).permute(0, 2, 3, 1).numpy() for k, v in dec.items()}
     return {"rgb": [r for r, _, _ in loaded], "masks": masks, "vit_masks": [m for _, _, m in vit_in], "pairs": pairs,
-            "bu": bu, "vit": vmap, "td": td, "mse_bu": mse_bu, "mse": mse,
+            "bu": bu, "vit": vmap, "td": td, "mse_bu": mse_bu, "mse": mse, "locality": locality,
             "decoded": {k: {pairs[n]: v[j] for j, n in enumerate(kept)} for k, v in decoded.items()}}

@@ -15,7 +15,7 @@ import pandas as pd
 from absvit.data.scenes import read_scenes
 from absvit.figures.draw import draw_figures
 from absvit.figures.maps import analyse, load_models, short_class_names
-from absvit.figures.scores import CAPTION, pointing_chance, score_rows
+from absvit.figures.scores import CAPTION, LOCALITY, pointing_chance, score_rows
 from absvit.formats import display_name, markdown_table, tex_escape
 from absvit.io import write_json, write_text
 from absvit.tracking import Tracker, run_tags
@@ -33,12 +33,15 @@ def write_table(rows: list[dict], out_dir: Path, *, caption: str, note: str = ""
     def cells(column, fmt):
         return frame[column].map(lambda v: "--" if pd.isna(v) else fmt.format(v))
 
+    blocks = [c for c in frame if c.startswith("locality_")]
+    frame["locality"] = frame[blocks].mean(axis=1)
     tex = pd.DataFrame({"Model": frame["model"].map(tex_escape), "Attention": frame["attention"],
                         r"$\alpha$": frame["alpha"], "Selectivity": cells("selectivity", "{:.2f}"),
-                        "Sel.\\ (raw)": cells("selectivity_raw", "{:.2f}"), r"Pointing (\%)": cells("pointing", "{:.1f}"),
-                        "MSE in": cells("mse_inside", "{:.3f}"), "MSE out": cells("mse_outside", "{:.3f}")})
+                        "Sel.\\ (raw)": cells("selectivity_raw", "{:.2f}"), "Specificity": cells("specificity", "{:.2f}"),
+                        r"Pointing (\%)": cells("pointing", "{:.1f}"), "MSE in": cells("mse_inside", "{:.3f}"),
+                        "MSE out": cells("mse_outside", "{:.3f}"), "Locality": cells("locality", "{:.2f}")})
     latex = tex.style.hide(axis="index").to_latex(hrules=True, position="t", position_float="centering",
-                                                  column_format="llrrrrrr", caption=tex_escape(caption), label="tab:figures")
+                                                  column_format="llrrrrrrrr", caption=tex_escape(caption), label="tab:figures")
     write_text(out_dir / "figures.tex", latex)
 
 
@@ -55,19 +58,24 @@ def make_figures(absvit_checkpoint, vit_checkpoint, decoder_path, scenes_path, o
     r = analyse(absvit, vit, decoder, scenes, a_size=a_size, v_size=v_size, alphas=alphas, prior_scale=prior_scale,
                 show=show)
     a_name, v_name = absvit.pretrained_cfg["architecture"], vit.pretrained_cfg["architecture"]
-    rows = score_rows(r, absvit_name=a_name, vit_name=v_name, alphas=alphas)
+    rows = [{**row, **{f"locality_{b + 1}": v for b, v in enumerate(r["locality"]["vit" if row["model"] == v_name
+                                                                          else "absvit"])}}
+            for row in score_rows(r, absvit_name=a_name, vit_name=v_name, alphas=[*alphas, -prior_scale])]
     figures = draw_figures(r, scenes, names, out_dir, alphas=alphas, prior_scale=prior_scale, show=show, width=width)
     caption = CAPTION + (f" {label}" + ("" if label.endswith(".") else ".") if label else "")
     grid = absvit.patch_embed.grid_size
     chance = pointing_chance([m for ms in r["masks"] for m in ms], grid)
     note = "" if chance is None else (f"Pointing game by chance (a random patch lies mostly inside the prior's object): "
                                       f"{chance:.1f}%. ")
+    note += (f"The alpha -{prior_scale:g} row is a control: the prior's sign flipped (its mask unchanged). "
+             f"Locality (per block, bottom-up): {LOCALITY}. ")
     note += f"Figures: {', '.join(Path(f['pdf']).stem for f in figures.values())} (.png, .pdf) in {out_dir}."
     write_table(rows, out_dir, caption=caption, note=note)
     result = {"absvit": {"model": a_name, "checkpoint": str(absvit_checkpoint)},
               "vit": {"model": v_name, "checkpoint": str(vit_checkpoint)}, "decoder": str(decoder_path),
               "decoder_meta": decoder.meta, "scenes": str(scenes_path), "images": len(scenes), "pairs": len(r["pairs"]),
-              "alphas": alphas, "prior_scale": prior_scale, "caption": caption, "rows": rows, "figures": figures,
+              "alphas": alphas, "prior_scale": prior_scale, "caption": caption, "rows": rows,
+              "locality": {a_name: r["locality"]["absvit"], v_name: r["locality"]["vit"]}, "figures": figures,
               "pointing_chance": chance, **source, "seconds": round(time.time() - start, 2)}
     write_json(out_dir / "figures.json", result)
     tracker = Tracker(run_name or f"figures/{a_name}", uri=tracking_uri, enabled=track,
@@ -79,8 +87,10 @@ def make_figures(absvit_checkpoint, vit_checkpoint, decoder_path, scenes_path, o
     for row in rows:
         key = f"{'vit' if row['model'] == v_name else 'absvit'}.{row['attention']}" + \
               (f".alpha_{row['alpha']:g}" if row["alpha"] is not None else "")
-        metrics.update({f"{key}.{m}": row[m] for m in ("selectivity", "selectivity_raw", "pointing", "mse_inside",
-                                                       "mse_outside") if not np.isnan(row[m])})
+        metrics.update({f"{key}.{m}": row[m] for m in ("selectivity", "selectivity_raw", "specificity", "pointing",
+                                                       "mse_inside", "mse_outside") if not np.isnan(row[m])})
+    for kind in ("absvit", "vit"):
+        metrics.update({f"{kind}.locality.block_{b + 1}": v for b, v in enumerate(r["locality"][kind])})
     tracker.log_metrics(metrics)
     for f in [*(v[ext] for v in figures.values() for ext in ("png", "pdf")),
               *(out_dir / f"figures.{ext}" for ext in ("csv", "md", "tex", "json"))]:

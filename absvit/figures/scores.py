@@ -5,6 +5,11 @@ size: area-averaged), shared by Figs. 1 / 3 / 4 and the V&L Figure 5:
 
 - ``selectivity``: attention mass inside the object over the object's share of the image (1 = none);
 - ``pointing_hit`` / ``pointing_game``: whether the map peaks inside the object (Zhang et al.'s pointing game);
+- ``specificity``: selectivity on the prior's object minus the mean selectivity on the scene's other objects: 0
+  for a map that ignores the prior (a bottom-up map, averaged over every object of a scene as the prior), > 0 only
+  for a map that follows it, where selectivity and the pointing game also rise for a map that brightens every object;
+- ``locality``: a patch query's attention mass on its 3x3 neighbourhood of the patch grid over that neighbourhood's
+  uniform share (1 = uniform attention, which no prior can steer);
 - ``region_mse``: a reconstruction's error inside vs outside the object (Fig. 4's decoder).
 
 Maps are shown (and scored as "selectivity") after the official demo's ``display`` normalisation.
@@ -15,9 +20,14 @@ import numpy as np
 
 # What the scores mean, in the words every table and report section uses.
 DEFINITIONS = ("selectivity = attention mass inside the prior's object / the object's share of the image (1 = no "
-               "selectivity; on the displayed map, and on the raw map), pointing game = % of (scene, prior) pairs "
-               "whose map peaks inside the prior's object, and the Fig. 4 decoder's MSE (normalised pixels) of "
-               "decode(x0_bu + x0_td) inside / outside the prior's object (bottom-up rows: decode(x0_bu))")
+               "selectivity; on the displayed map, and on the raw map), specificity = selectivity on the prior's "
+               "object minus the mean selectivity on the scene's other objects (displayed map; 0 for a map that "
+               "ignores the prior), pointing game = % of (scene, prior) pairs whose map peaks inside the prior's "
+               "object, and the Fig. 4 decoder's MSE (normalised pixels) of decode(x0_bu + x0_td) inside / outside the "
+               "prior's object (bottom-up rows: decode(x0_bu))")
+LOCALITY = ("attention locality = a patch query's attention mass on its 3x3 neighbourhood of the patch grid over that "
+            "neighbourhood's uniform share, per block, bottom-up pass (1 = uniform)")
+UNIFORM = 1.5  # a locality under this: attention too uniform for any prior to steer it (said in words)
 CAPTION = f"Top-down attention on multi-object scenes (appendix Figs. 1, 3, 4): {DEFINITIONS}."
 
 
@@ -57,6 +67,28 @@ def selectivity(amap: np.ndarray, mask: np.ndarray) -> float:
     return 1.0 if total == 0 else float((amap * cov).sum() / total / share)
 
 
+def specificity(amap: np.ndarray, masks, k: int, high: float = DISPLAY_HIGH) -> float:
+    """The displayed map's selectivity on ``masks[k]`` (the prior's object) minus its mean selectivity on the other
+    masks of the scene (None masks are left out); NaN without another object."""
+    shown = display(amap, high)
+    others = [selectivity(shown, m) for j, m in enumerate(masks) if j != k and m is not None]
+    return selectivity(shown, masks[k]) - float(np.mean(others)) if others else float("nan")
+
+
+def locality(weights, grid: tuple[int, int], num_prefix_tokens: int) -> float:
+    """Attention locality of one block's weights (B, heads, N, N) on a ``grid`` of patches after
+    ``num_prefix_tokens``: each patch query's mass on its 3x3 neighbourhood (itself included, cut at the borders)
+    over the neighbourhood's share of the N keys, averaged over queries, heads and images."""
+    import torch
+
+    h, w = grid
+    ys, xs = np.divmod(np.arange(h * w), w)
+    near = torch.from_numpy((np.abs(ys[:, None] - ys[None]) <= 1) & (np.abs(xs[:, None] - xs[None]) <= 1)).float()
+    patches = weights[:, :, num_prefix_tokens:, num_prefix_tokens:].float()
+    share = near.sum(-1) / weights.shape[-1]
+    return float(((patches * near).sum(-1) / share).mean())
+
+
 def pointing_hit(amap: np.ndarray, mask: np.ndarray) -> bool:
     """Whether the map's maximum (first, on ties) falls in a cell that lies mostly (>= half) inside the mask."""
     amap = np.asarray(amap)
@@ -93,15 +125,16 @@ def map_scores(maps, masks, *, high: float = DISPLAY_HIGH) -> dict:
 
 
 def score_rows(r: dict, *, absvit_name: str, vit_name: str, alphas) -> list[dict]:
-    """One row per (model, attention, alpha) of ``figures.maps.analyse``'s result: ``map_scores`` over every
-    (scene, object prior) pair with a mask, and the reconstruction MSE inside / outside the prior's object
-    (AbSViT: decode(x0_bu + x0_td); bottom-up: decode(x0_bu))."""
+    """One row per (model, attention, alpha) of ``figures.maps.analyse``'s result: ``map_scores`` and the
+    ``specificity`` over every (scene, object prior) pair with a mask, and the reconstruction MSE inside / outside
+    the prior's object (AbSViT: decode(x0_bu + x0_td); bottom-up: decode(x0_bu))."""
     masked = [(n, i, k) for n, (i, k) in enumerate(r["pairs"]) if r["masks"][i][k] is not None]
 
     def row(model, kind, alpha, maps, errors, masks):
         mse = [errors[n] for n, _, _ in masked] if errors else []
         return {"model": model, "attention": kind, "alpha": alpha, "pairs": len(masked),
                 **map_scores((maps(n, i) for n, i, _ in masked), (masks[i][k] for _, i, k in masked)),
+                "specificity": nanmean([specificity(maps(n, i), masks[i], k) for n, i, k in masked]),
                 "mse_inside": nanmean([m[0] for m in mse]), "mse_outside": nanmean([m[1] for m in mse])}
 
     rows = [row(absvit_name, "bottom-up", None, lambda n, i: r["bu"][i], r["mse_bu"], r["masks"])]

@@ -7,10 +7,12 @@ import timm
 from absvit.errors import UsageError, did_you_mean
 from absvit.models import baselines  # noqa: F401  (registers vit_*_patch8_64, vit_tiny_patch8_224_gap)
 from absvit.models.absvit import AbSViT, AbSViTOutput, FeedbackDecoder, TopDownAttention, TopDownBlock
-from absvit.models.readout import class_token_attention, vit_attention_map, vit_class_attention_map, vit_first_layer_input
+from absvit.models.readout import (attention_probs, block_attention, class_token_attention, map_depth, vit_attention_map,
+                                   vit_class_attention_map, vit_first_layer_input)
 
-__all__ = ["AbSViT", "AbSViTOutput", "FeedbackDecoder", "TopDownAttention", "TopDownBlock", "class_token_attention",
-           "require_model", "vit_attention_map", "vit_class_attention_map", "vit_first_layer_input"]
+__all__ = ["AbSViT", "AbSViTOutput", "FeedbackDecoder", "TopDownAttention", "TopDownBlock", "attention_probs",
+           "block_attention", "class_token_attention", "map_depth", "require_model", "vit_attention_map",
+           "vit_class_attention_map", "vit_first_layer_input"]
 
 
 def require_model(name: str) -> str:

@@ -30,6 +30,7 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block, VisionTransformer, init_weights_vit_timm
 from torch.utils.checkpoint import checkpoint
 
+from absvit.models.readout import map_depth
 from absvit.models.registry import build_model, embedded_cfg, released_cfg
 from absvit.models.weights import load_checkpoint
 
@@ -291,12 +292,12 @@ class AbSViT(VisionTransformer):
     @torch.no_grad()
     def attention_map(self, x: torch.Tensor, prior: Prior = None, alpha: Optional[float] = None, *,
                       top_down: bool = True) -> torch.Tensor:
-        """Per-patch L2 norm of the tokens after the first ``depth - 3`` blocks, shape (B, H, W).
+        """Per-patch L2 norm of the tokens after the first ``map_depth`` blocks (9 of 12), shape (B, H, W).
 
         ``top_down=False`` gives the bottom-up map (no feedback). Otherwise the feedback uses
         ``prior`` (a class index means that class's head row; None the learned prompt).
         """
-        depth = len(self.blocks) - 3
+        depth = map_depth(len(self.blocks))
         x0 = self.embed(x)
         tds = self.pass_one(x0, prior, alpha)[1] if top_down else None
         tokens = self.run_blocks(x0, tds, depth=depth)[0][:, self.num_prefix_tokens:]

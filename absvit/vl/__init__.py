@@ -24,7 +24,7 @@ def _embedded(a) -> None:
 def _finetune(task: str):
     def run(a) -> None:
         from absvit.arguments import recipe_values
-        from absvit.recipe import VLRecipe
+        from absvit.vl.recipe import VLRecipe
         from absvit.vl.finetune import finetune
 
         values, where = recipe_values(a)

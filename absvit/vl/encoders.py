@@ -16,7 +16,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import init_weights_vit_timm
 
 from absvit.errors import CheckpointError
-from absvit.models import AbSViT, class_token_attention, vit_attention_map, vit_class_attention_map
+from absvit.models import AbSViT, class_token_attention, map_depth, vit_attention_map, vit_class_attention_map
 
 __all__ = ["PRIOR_KINDS", "PROMPT_SCALE", "TextEncoder", "VisualEncoder", "check_text_encoder", "declared_pretrained",
            "tokenizer_of"]
@@ -87,7 +87,7 @@ class VisualEncoder(nn.Module):
     @torch.no_grad()
     def attention_map(self, images: torch.Tensor, prior: torch.Tensor | None = None, *,
                       top_down: bool = True) -> torch.Tensor:
-        """Per-patch L2 norm of the tokens after the first ``depth - 3`` blocks, shape (B, H, W)
+        """Per-patch L2 norm of the tokens after the first ``map_depth`` blocks, shape (B, H, W)
         (``AbSViT.attention_map``).
 
         ``top_down``: with the text prior's top-down signal (AbSViT with feedback; ``prior`` required),
@@ -100,7 +100,7 @@ class VisualEncoder(nn.Module):
         if prior is None:
             raise ValueError("the top-down map needs the text prior (B, text_dim); top_down=False gives bottom-up")
         x0 = vit.embed(images)
-        tokens = vit.run_blocks(x0, self.top_down_signals(x0, prior), depth=len(vit.blocks) - 3)[0]
+        tokens = vit.run_blocks(x0, self.top_down_signals(x0, prior), depth=map_depth(len(vit.blocks)))[0]
         return tokens[:, vit.num_prefix_tokens:].norm(dim=-1).reshape(images.shape[0], *vit.patch_embed.grid_size)
 
 

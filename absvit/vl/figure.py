@@ -28,10 +28,10 @@ from torchvision.transforms import InterpolationMode
 from absvit.data.scenes import checked_mask
 from absvit.errors import DatasetError, UsageError
 from absvit.figures.draw import save_grid, unit
-from absvit.figures.scores import DISPLAY_HIGH, VL_DISPLAY_HIGH, map_scores, pointing_chance
+from absvit.figures.scores import DISPLAY_HIGH, VL_DISPLAY_HIGH, locality, map_scores, pointing_chance, specificity
 from absvit.formats import display_name
 from absvit.io import write_json, write_text
-from absvit.models import AbSViT
+from absvit.models import AbSViT, block_attention
 from absvit.tracking import Tracker, run_tags
 from absvit.data.readers import read_rgb
 from absvit.vl.encoders import tokenizer_of
@@ -105,6 +105,28 @@ def map_shift(rows: list[dict], maps: list[np.ndarray], high: float = VL_DISPLAY
     return float(np.mean(shifts)) if shifts else float("nan")
 
 
+def scene_masks(rows: list[dict], masks: list[np.ndarray]) -> list[tuple[list[np.ndarray], int]]:
+    """Per row: the masks of the objects its image's questions name (each once), and which of them is its own (what
+    ``specificity`` compares)."""
+    out = []
+    for row in rows:
+        seen: dict[str, np.ndarray] = {}
+        for other, mask in zip(rows, masks):
+            if other["image"] == row["image"]:
+                seen.setdefault(str(other["mask"]), mask)
+        out.append((list(seen.values()), list(seen).index(str(row["mask"]))))
+    return out
+
+
+@torch.no_grad()
+def encoder_locality(objective, rows: list[dict], vl: dict, device) -> list[float]:
+    """The fine-tuned visual encoder's attention locality per block (bottom-up) on the manifest's images."""
+    tf, images = vl_transform(vl["recipe"]["img_size"], False), list(dict.fromkeys(str(r["image"]) for r in rows))
+    x = torch.stack([tf(read_rgb(image)) for image in images]).to(device)
+    vit = objective.meter.visual.vit
+    return [locality(w.cpu(), vit.patch_embed.grid_size, vit.num_prefix_tokens) for w in block_attention(vit, x)]
+
+
 def title(question: str, width: int = 20) -> str:
     """A question as a panel title: at most two lines of ``width`` characters."""
     return "\n".join(textwrap.wrap(question, width, max_lines=2, placeholder="..."))
@@ -148,9 +170,14 @@ def make_figure5(absvit_model, vit_model, manifest, out_dir, *, show: int = 4, w
     maps = {kind: {att: maps_of(model, rows, vl, top_down=top_down, kind=kind, device=device)
                    for att, (model, vl, top_down) in kinds.items()} for kind in MAPS}
     masks = [view_mask(r["mask"], size) for r in rows]
+    scene = scene_masks(rows, masks)
+    localities = {name: encoder_locality(model, rows, vl, device) for name, (model, vl) in
+                (("absvit", (absvit, a_vl)), ("vit", (vit, v_vl)))}
     scores = [{"model": display_name(vl["encoder_model"]), "attention": "bottom-up" if att == "vit" else att,
                "map": kind, "questions": len(rows), **map_scores(maps[kind][att], masks, high=high),
-               "map_shift": map_shift(rows, maps[kind][att], high)}
+               "specificity": float(np.nanmean([specificity(m, ms, k, high) for m, (ms, k) in zip(maps[kind][att], scene)])),
+               "map_shift": map_shift(rows, maps[kind][att], high),
+               **{f"locality_{b + 1}": v for b, v in enumerate(localities["vit" if att == "vit" else "absvit"])}}
               for kind, high in MAPS.items() for att, (_, vl, _) in kinds.items()]
     figure = draw(rows, maps, size, out_dir, show=show, width=width)
     chance = pointing_chance(masks, maps["class attention"]["vit"][0].shape)
@@ -158,12 +185,14 @@ def make_figure5(absvit_model, vit_model, manifest, out_dir, *, show: int = 4, w
     frame = pd.DataFrame(scores)
     write_text(out_dir / "fig5.csv", frame.round(4).to_csv(index=False))
     result = {"absvit": str(absvit_model), "vit": str(vit_model), "manifest": str(manifest), "rows": scores,
+              "locality": {a_vl["encoder_model"]: localities["absvit"], v_vl["encoder_model"]: localities["vit"]},
               "pointing_chance": chance, "caption": caption, "figure": figure, "seed": a_vl["recipe"]["seed"],
               "seconds": round(time.time() - start, 2)}
     write_json(out_dir / "fig5.json", result)
     metrics = {f"{att}{'' if kind == 'class attention' else '.token_norm'}.{m}": row[m]
                for row, (kind, att) in zip(scores, itertools.product(MAPS, kinds))
-               for m in ("selectivity", "selectivity_raw", "pointing", "map_shift") if not np.isnan(row[m])}
+               for m in ("selectivity", "selectivity_raw", "specificity", "pointing", "map_shift") if not np.isnan(row[m])}
+    metrics.update({f"{kind}.locality.block_{b + 1}": v for kind, blocks in localities.items() for b, v in enumerate(blocks)})
     tags = run_tags("vl-figure", preset, run or "vl", seed=result["seed"])
     with Tracker(run_name or "vl-figure", uri=tracking_uri, enabled=track, tags=tags,
                  params={"absvit_model": str(absvit_model), "vit_model": str(vit_model), "manifest": str(manifest)}) as tracker:

@@ -28,7 +28,7 @@ from absvit.errors import CheckpointError, DatasetError, UsageError
 from absvit.evaluate import load_model
 from absvit.io import append_jsonl, write_json
 from absvit.progress import LOG_EVERY_S, Progress
-from absvit.recipe import VLRecipe
+from absvit.vl.recipe import VLRecipe
 from absvit.tracking import Tracker, run_tags
 from absvit.vl.encoders import TextEncoder, VisualEncoder, declared_pretrained, tokenizer_of
 from absvit.vl.fusion import METER

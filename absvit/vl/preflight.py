@@ -55,7 +55,8 @@ def task_recipe(vl: dict, task: str, prefix: str):
     """A V&L task's recipe as its job makes it (``VLRecipe.for_task`` of the preset's ``vl.recipe`` under
     ``vl.<task>``), and where each key is set in config.yaml (``Where``: ``<prefix>.vl.recipe.<key>`` or
     ``<prefix>.vl.<task>.<key>``)."""
-    from absvit.recipe import VLRecipe, Where
+    from absvit.recipe import Where
+    from absvit.vl.recipe import VLRecipe
 
     values, keys = Where.layered((f"{prefix}.vl.recipe", vl["recipe"]), (f"{prefix}.vl.{task}", vl.get(task, {})))
     return VLRecipe.for_task(task, values, where=keys), keys

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from absvit import stats
+from absvit.figures.table import locality_words, specificity_words
 from absvit.formats import display_name, markdown_table, tex_escape
 from absvit.tables import Reported, Spread, paper_comparison, write_table
 from absvit.tracking import finished_runs
@@ -90,13 +91,15 @@ FIGURE5_CAPTION = ("V&L Figure 5: the VQA-fine-tuned encoders' attention on the 
                    "official V&L demo's map (the last block's class-token-to-patch attention summed over heads, shown as "
                    "clamp(map - (0.5 max + 0.5 min), 0), the question unpadded); rows marked (token norm) use the "
                    "classification figures' map instead. Selectivity (mass inside the object / its share of the image; "
-                   "1 = none; displayed and raw map), pointing game (% of questions whose map peaks inside the object) "
-                   "and map shift (mean absolute change of the displayed map between two questions about different "
-                   "objects of the same image; 0 = the question moves nothing).")
-FIG5_HEAD = {"selectivity": "Selectivity", "selectivity_raw": "Selectivity (raw map)", "pointing": "Pointing game (%)",
-             "map_shift": "Map shift"}
+                   "1 = none; displayed and raw map), specificity (selectivity on the named object minus the mean "
+                   "selectivity on the image's other named objects; 0 for a map that ignores the question), pointing game "
+                   "(% of questions whose map peaks inside the object), map shift (mean absolute change of the displayed "
+                   "map between two questions about different objects of the same image; 0 = the question moves "
+                   "nothing) and the encoders' attention locality (mean over blocks; per block in the CSV).")
+FIG5_HEAD = {"selectivity": "Selectivity", "selectivity_raw": "Selectivity (raw map)", "specificity": "Specificity",
+             "pointing": "Pointing game (%)", "map_shift": "Map shift", "locality": "Locality (mean)"}
 SHIFT_VISIBLE = 0.01  # a map shift below this is reported as "no visible effect of the question"
-FIG5_DIGITS = {"selectivity": 2, "selectivity_raw": 2, "pointing": 1, "map_shift": 4}
+FIG5_DIGITS = {"selectivity": 2, "selectivity_raw": 2, "specificity": 2, "pointing": 1, "map_shift": 4, "locality": 2}
 
 
 def shown(spread: Spread, tests: list[pd.DataFrame]) -> str:
@@ -116,20 +119,30 @@ def figure5_scores(score_files, out_dir, *, label: str | None = None) -> str:
     ``figure5.{tex,csv,md}``; returns the report's section, with AbSViT's top-down rows tested against its bottom-up
     ones and against the ViT's (Welch)."""
     long = pd.concat([pd.read_csv(f).assign(seed=i) for i, f in enumerate(score_files)])
+    blocks = [c for c in long if c.startswith("locality_")]
+    long["locality"] = long[blocks].mean(axis=1)
     long["row"] = [f"{m} {a}" + ("" if k == OFFICIAL_MAP else f" ({k})") for m, a, k in zip(long.model, long.attention,
                                                                                           long["map"])]
-    spread = Spread.of(long, "row", list(FIG5_HEAD), FIG5_DIGITS)
+    heads = {**FIG5_HEAD, **{b: f"Locality block {b.split('_')[1]}" for b in blocks}}
+    spread = Spread.of(long, "row", list(heads), {**FIG5_DIGITS, **dict.fromkeys(blocks, 2)})
     first = long.drop_duplicates("row").set_index("row").loc[spread.mean.index]
-    write_table(Path(out_dir), "figure5", spread, {r: r for r in spread.mean.index}, FIG5_HEAD,
+    write_table(Path(out_dir), "figure5", spread, {r: r for r in spread.mean.index}, heads,
                 {"Model": [tex_escape(m) for m in first.model], "Attention": list(first.attention),
                  "Map": list(first["map"])},
                 caption=tex_escape("V&L Figure 5: attention on the object the question names (the VQA models)."),
-                ref="tab:figure5", column_format="lllcccc", label=label, tex_heads={"pointing": "Pointing game (\\%)"})
+                ref="tab:figure5", column_format="lll" + "c" * len(FIG5_HEAD), label=label,
+                tex_heads={"pointing": "Pointing game (\\%)"}, tex_columns=list(FIG5_HEAD))
     rows = list(first.index[first["map"] == OFFICIAL_MAP])  # tested: the official map's rows
     tests = [stats.compare(long, "row", other, rows[0], FIG5_HEAD, pair=f"{rows[0]} - {other}") for other in rows[1:]]
-    md = markdown_table(spread.cells(tex=False).assign(n=spread.seeds().astype(int)).rename(columns=FIG5_HEAD)
+    md = markdown_table(spread.cells(tex=False).assign(n=spread.seeds().astype(int)).rename(columns=heads)
                         .rename_axis(index="Model", columns=None))
-    return "\n".join(["## V&L Figure 5 (attention moved by the question)", "", shown(spread, tests), "",
+    official = first[first["map"] == OFFICIAL_MAP]
+    absvit = official.index[official.attention == "top-down"][0]
+    words = specificity_words(long, top_down=absvit, bottom_up=official.index[official.attention == "bottom-up"][0],
+                              control=None, what=f"On the official map, {official.loc[absvit, 'model']}")
+    means = {m: [float(long.loc[long.model == m, b].mean()) for b in blocks] for m in dict.fromkeys(long.model)}
+    return "\n".join(["## V&L Figure 5 (attention moved by the question)", "", shown(spread, tests), words, "",
+                      locality_words(means) if blocks else "", "",
                       f"Over {len(score_files)} seed(s) of the VQA fine-tuning (mean ± sample std where n > 1). "
                       f"{FIGURE5_CAPTION} The figures of each seed are in `figures/s<seed>/fig5_vqa.png`.", "", md, "",
                       f"AbSViT's top-down rows against the others: difference of means and {stats.TEST}.", "",

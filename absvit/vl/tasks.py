@@ -18,7 +18,7 @@ import torch
 from absvit import engine
 from absvit.digests import digest
 from absvit.progress import Progress
-from absvit.recipe import VLRecipe
+from absvit.vl.recipe import VLRecipe
 from absvit.vl.answers import vqa_accuracy
 from absvit.vl.datasets import CaptionDataset, ImageDataset, TextDataset, VQADataset
 from absvit.vl.records import retrieval_splits, vqa_splits

@@ -18,7 +18,8 @@ def _embedded(a) -> None:
 
     counts = {k: int(v) for k, v in key_values(a.counts, "--counts").items()}
     generate_vl(a.out, seed=a.seed, size=a.size, counts=counts)
-    build_text_encoder(a.text_encoder, vl_corpus(a.out), hidden=a.hidden, layers=a.layers, heads=a.heads, seed=a.seed)
+    build_text_encoder(a.text_encoder, vl_corpus(a.out), hidden=a.hidden, layers=a.layers, heads=a.heads, seed=a.seed,
+                       mlm_texts=vl_corpus(a.out, splits=("train",)), mlm_steps=a.mlm_steps)
 
 
 def _finetune(task: str):
@@ -46,13 +47,15 @@ def add_verbs(verbs, data) -> None:
     ``data`` verb's sub-verbs)."""
     p = data.add_parser("embedded-vl", help="the embedded default's V&L data (VQAv2 and Flickr30k layouts) and text encoder")
     p.add_argument("--out", required=True, help="writes <out>/vqa/ (VQAv2 layout + figure5.csv) and <out>/flickr30k/")
-    p.add_argument("--text-encoder", required=True, help="the small RoBERTa's folder (save_pretrained; NOT pretrained)")
+    p.add_argument("--text-encoder", required=True, help="the small RoBERTa's folder (save_pretrained layout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--counts", nargs="+", default=[], metavar="SPLIT=N", help="scenes per split (train, val, test)")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--mlm-steps", type=int, default=0,
+                   help="masked-LM pretraining steps on the train questions and captions (0: random init)")
     p.set_defaults(func=_embedded)
 
     for task, data_help in (("vqa", "the VQAv2 root: {train2014,val2014}/, v2_*_questions.json, v2_*_annotations.json"),

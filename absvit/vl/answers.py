@@ -106,3 +106,15 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     # in thirds, so that one division gives 0.3 and not 0.30000000000000004
     thirds = matches * min(matches - 1, 3) + (len(answers) - matches) * min(matches, 3)
     return thirds / (3 * len(answers))
+
+
+def majority_baseline(train_answers: Iterable[str], eval_answers: Sequence[Sequence[str]]) -> tuple[str, float]:
+    """The majority-answer baseline: the most common normalised answer of training (``train_answers``: each
+    question's ``multiple_choice_answer``) given to every evaluated question; (that answer, its official accuracy in
+    % over ``eval_answers``, each question's annotator answers). What a model that learns nothing of the images
+    or the question reaches."""
+    counts = Counter(normalize_answer(a) for a in train_answers)
+    if not counts or not eval_answers:
+        raise ValueError("majority_baseline: no training answers or no evaluated question")
+    answer = min(counts, key=lambda a: (-counts[a], a))
+    return answer, 100.0 * sum(vqa_accuracy(answer, answers) for answers in eval_answers) / len(eval_answers)

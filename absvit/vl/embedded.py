@@ -36,7 +36,7 @@ from PIL import Image
 from absvit.data.scenes import draw_scene
 from absvit.data.shapes import SHAPE_WORDS, SHAPES
 from absvit.io import atomic_dir, write_json
-from absvit.vl.records import (KARPATHY_FILE, KARPATHY_IMAGES, KARPATHY_SPLITS, MAX_TEXT_LEN, is_test_split,
+from absvit.vl.records import (KARPATHY_FILE, KARPATHY_IMAGES, MAX_TEXT_LEN, is_test_split,
                                 read_karpathy, read_vqa, vqa_image_folder)
 
 VL_SCENES = 8  # seeds the V&L scenes apart from the figures' (scenes.SCENE_SPLIT) and the classification splits
@@ -232,29 +232,55 @@ def write_vqa_files(vqa: Path, split: str, questions: list[dict], annotations: l
         (vqa / f"v2_mscoco_{split}_annotations.json").write_text(json.dumps({**head, "annotations": annotations}))
 
 
-def vl_corpus(root) -> list[str]:
-    """Every question and caption of a ``generate_vl`` tree (read back through the readers): the text the
-    embedded tokenizer is trained on."""
+def vl_corpus(root, splits=SPLITS) -> list[str]:
+    """Every question and caption of ``splits`` of a ``generate_vl`` tree (read back through the readers): the
+    text the embedded tokenizer is trained on (all splits), and its masked-LM pretraining (train only)."""
     root = Path(root)
-    texts = [r.question for split in VQA_SPLITS.values() for r in read_vqa(root / "vqa", split)]
-    return texts + [caption for split in KARPATHY_SPLITS for record in read_karpathy(root / "flickr30k", split)
+    texts = [r.question for split in splits for r in read_vqa(root / "vqa", VQA_SPLITS[split])]
+    return texts + [caption for split in splits for record in read_karpathy(root / "flickr30k", split)
                     for caption in record.captions]
 
 
+def pretrain_mlm(model, tokenizer, texts: list[str], *, steps: int, seed: int, batch_size: int = 64,
+                 lr: float = 5e-4) -> float:
+    """Masked-LM pretraining of the RoBERTa ``model`` (a ``RobertaForMaskedLM``) on ``texts`` for ``steps`` AdamW
+    steps (transformers' collator: 15 % of the tokens masked), under ``seed``; returns the last loss. What the
+    embedded text encoder does once, briefly, where a real pipeline starts from roberta-base."""
+    import torch
+    from transformers import DataCollatorForLanguageModeling
+
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    encoded = [tokenizer(t, truncation=True)["input_ids"] for t in texts]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        picks = torch.randint(len(encoded), (batch_size,), generator=generator).tolist()
+        batch = collate([{"input_ids": encoded[i]} for i in picks])
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
 def build_text_encoder(folder, texts: list[str], *, hidden: int = 64, layers: int = 2, heads: int = 2,
-                       vocab_size: int = 1000, max_len: int = MAX_TEXT_LEN + 2, seed: int = 0) -> Path:
-    """A small RoBERTa, NOT pretrained, saved into ``folder`` (replaced whole, renamed into place when
-    complete) as ``save_pretrained`` saves ``roberta-base``, so that ``AutoTokenizer.from_pretrained(folder,
+                       vocab_size: int = 1000, max_len: int = MAX_TEXT_LEN + 2, seed: int = 0,
+                       mlm_texts: list[str] = (), mlm_steps: int = 0) -> Path:
+    """A small RoBERTa saved into ``folder`` (replaced whole, renamed into place when complete) as
+    ``save_pretrained`` saves ``roberta-base``, so that ``AutoTokenizer.from_pretrained(folder,
     local_files_only=True)`` and ``RobertaModel.from_pretrained(folder, local_files_only=True)`` read it.
 
     The tokenizer is a byte-level BPE trained on ``texts`` with at most ``vocab_size`` tokens and RoBERTa's
     special tokens (<s> 0, <pad> 1, </s> 2, <unk> 3, <mask> 4); it takes ``max_len - 2`` tokens at most
-    (RoBERTa's positions start after the padding id). The model's weights are random under ``seed``.
-    ``absvit.json`` in the folder says what it is. Returns ``folder``.
+    (RoBERTa's positions start after the padding id). The model's weights are random under ``seed``, then, with
+    ``mlm_steps``, pretrained by masked-LM on ``mlm_texts`` (``pretrain_mlm``: the train split's questions and
+    captions). ``absvit.json`` in the folder says which. Returns ``folder``.
     """
     import torch  # here: transformers takes seconds to import, and generate_vl needs none of them
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
 
     if not texts:
         raise ValueError("build_text_encoder: no texts to train the tokenizer on (expected the generated questions "
@@ -270,14 +296,18 @@ def build_text_encoder(folder, texts: list[str], *, hidden: int = 64, layers: in
                            type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = RobertaModel(config)
+        model = RobertaForMaskedLM(config)
+        loss = pretrain_mlm(model, tokenizer, list(mlm_texts), steps=mlm_steps, seed=seed) if mlm_steps else None
+    pretraining = (f"masked-LM, {mlm_steps} steps of 64 on the {len(mlm_texts)} generated train questions and captions "
+                   f"(last loss {loss:.3f})" if mlm_steps else None)
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         tokenizer.save_pretrained(tmp)
-        model.save_pretrained(tmp)
+        model.roberta.save_pretrained(tmp)
         write_json(tmp / "absvit.json", {
-            "pretrained": False, "seed": seed, "texts": len(texts),
-            "note": "random init, NOT pretrained: the embedded default's stand-in for roberta-base (same files, "
-                    "same loading code); its tokenizer is a byte-level BPE trained on the generated questions "
-                    "and captions"})
+            "pretrained": bool(mlm_steps), "pretraining": pretraining, "seed": seed, "texts": len(texts),
+            "note": ("the embedded default's stand-in for roberta-base (same files, same loading code): " +
+                     (f"pretrained briefly ({pretraining}), not roberta-base" if mlm_steps else
+                      "random init, NOT pretrained") +
+                     "; its tokenizer is a byte-level BPE trained on the generated questions and captions")})
     return folder

@@ -18,8 +18,7 @@ from timm.models.vision_transformer import init_weights_vit_timm
 from absvit.errors import CheckpointError
 from absvit.models import AbSViT, class_token_attention, map_depth, vit_attention_map, vit_class_attention_map
 
-__all__ = ["PRIOR_KINDS", "PROMPT_SCALE", "TextEncoder", "VisualEncoder", "check_text_encoder", "declared_pretrained",
-           "tokenizer_of"]
+__all__ = ["PRIOR_KINDS", "PROMPT_SCALE", "TextEncoder", "VisualEncoder", "check_text_encoder", "declared", "tokenizer_of"]
 
 PROMPT_SCALE = 5.0  # the official V&L code's fixed scale of the prompt projection
 PRIOR_KINDS = ("mean", "eos")  # VQA: mean of all text tokens; retrieval: the </s> token
@@ -125,15 +124,18 @@ class VisualEncoder(nn.Module):
         return class_token_attention(last.attn, last.norm1(x), vit.num_prefix_tokens).reshape(images.shape[0], *grid)
 
 
-def declared_pretrained(folder) -> bool | None:
-    """What a text encoder folder says of itself in ``absvit.json`` (the embedded one: False, not pretrained);
-    None when it says nothing (e.g. ``roberta-base`` saved by ``transformers``)."""
-    marker = Path(folder) / "absvit.json"
+def declared(folder) -> dict:
+    """What a text encoder folder says of itself in ``absvit.json``: ``pretrained`` (the embedded one: False at
+    random init, True after its brief masked-LM) and ``pretraining`` (how, in words); None where it says nothing
+    (e.g. ``roberta-base`` saved by ``transformers``)."""
     try:
-        value = json.loads(marker.read_text()).get("pretrained")
-    except (OSError, json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, bool) else None
+        said = json.loads((Path(folder) / "absvit.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        said = {}
+    said = said if isinstance(said, dict) else {}
+    pretrained, pretraining = said.get("pretrained"), said.get("pretraining")
+    return {"pretrained": pretrained if isinstance(pretrained, bool) else None,
+            "pretraining": pretraining if isinstance(pretraining, str) else None}
 
 
 TEXT_ENCODER_EXPECTED = ("expected a RoBERTa folder saved by transformers' save_pretrained, e.g. roberta-base: "

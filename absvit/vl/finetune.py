@@ -30,7 +30,7 @@ from absvit.io import append_jsonl, write_json
 from absvit.progress import LOG_EVERY_S, Progress
 from absvit.vl.recipe import VLRecipe
 from absvit.tracking import Tracker, run_tags
-from absvit.vl.encoders import TextEncoder, VisualEncoder, declared_pretrained, tokenizer_of
+from absvit.vl.encoders import TextEncoder, VisualEncoder, declared, tokenizer_of
 from absvit.vl.fusion import METER
 from absvit.vl.model import VQAHead, VQAObjective, lr_schedule, param_groups
 from absvit.vl.tasks import TASKS
@@ -155,7 +155,7 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
     trained = runtime.distributed(objective, dist, device)
 
     params = {"task": task_name, "encoder": str(encoder_checkpoint), "encoder_model": encoder,
-              "text_encoder": str(text_encoder), "text_encoder_pretrained": declared_pretrained(text_encoder),
+              "text_encoder": str(text_encoder), **{f"text_encoder_{k}": v for k, v in declared(text_encoder).items()},
               "data_root": str(data_root), "world_size": dist.world_size,
               "recipe": recipe.to_dict(), "source_run_id": source, **{k: v for k, v in task.described.items() if k != "vocab"}}
     tags = run_tags(f"vl-{task_name}", preset, run or out.parent.name, seed=recipe.seed, source_run_id=source)
@@ -192,7 +192,7 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
                   "train_splits": task.described["train_splits"], "skipped_images": len(unreadable),
                   "skipped": sorted(unreadable), "feedback": recipe.feedback,
                   "prior_loss": recipe.prior_loss,
-                  "text_encoder_pretrained": declared_pretrained(text_encoder)}
+                  **{f"text_encoder_{k}": v for k, v in declared(text_encoder).items()}}
         if dist.is_main:
             result.update(task.evaluate(objective, device, workers=recipe.workers, every_s=log_every_s))
             if "submission" in result:

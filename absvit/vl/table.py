@@ -16,8 +16,11 @@ from absvit.tracking import finished_runs
 HEAD = {"vqa_accuracy": "VQA", "i2t_r1": "TR@1", "i2t_r5": "TR@5", "i2t_r10": "TR@10", "t2i_r1": "IR@1",
         "t2i_r5": "IR@5", "t2i_r10": "IR@10"}
 KINDS = ("vit", "absvit")
-# text_pretrained: what the text encoder declares; vqa_train / retrieval_train: the splits each task trained on
-COLUMNS = ["encoder", "seed", "model", *HEAD, "text_pretrained", "vqa_train", "retrieval_train"]
+# text_pretrained: what the text encoder declares; vqa_train / retrieval_train: the splits each task trained on;
+# majority_baseline / chance_r1: what a model reaches that learns nothing (VQA's most common answer, R@1 by chance)
+BASELINES = {"majority_baseline": "vqa_accuracy", "chance_r1": ("i2t_r1", "t2i_r1")}
+COLUMNS = ["encoder", "seed", "model", *HEAD, "text_pretrained", "text_pretraining", "vqa_train", "retrieval_train",
+           *BASELINES]
 
 
 def caption(frame: pd.DataFrame) -> str:
@@ -30,13 +33,29 @@ def caption(frame: pd.DataFrame) -> str:
     scored = ("not scored here: trained on train2014 + val2014, its test-dev predictions (submission.json) go to the "
               "evaluation server, the official protocol" if "val2014" in vqa else
               f"val2014, the official metric; trained on {vqa}")
+    learned_nothing = []
+    if frame["majority_baseline"].notna().any():
+        learned_nothing.append(f"answering every question with the most common training answer scores "
+                               f"{frame['majority_baseline'].mean():.1f}")
+    if frame["chance_r1"].notna().any():
+        learned_nothing.append(f"R@1 by chance is {frame['chance_r1'].mean():.1f}")
     return (f"V\\&L fine-tuning with ViT and AbSViT as the visual encoder of METER: VQAv2 accuracy ({scored}) and "
             f"Flickr30k retrieval recall@1/5/10 (Karpathy test split, trained on {splits('retrieval')}; TR: image to "
-            "text, IR: text to image). The appendix gives no V\\&L numbers.")
+            "text, IR: text to image)."
+            + (f" A model that learns nothing: {'; '.join(learned_nothing)}." if learned_nothing else "")
+            + " The appendix gives no V\\&L numbers.")
 NOTE = "The appendix gives no V&L numbers: the paper column says --."
 UNTRAINED_TEXT = (" The text encoder of these runs is NOT pretrained (a small RoBERTa from random init, made by `absvit "
                   "data embedded-vl`; the paper starts from roberta-base): these numbers say nothing about the paper's "
                   "setting, and two questions differ little as AbSViT's prior.")
+BRIEF_TEXT = (" The text encoder of these runs is not roberta-base but a small RoBERTa pretrained briefly on the generated "
+              "text by `absvit data embedded-vl` ({}): these numbers say nothing about the paper's setting.")
+
+
+def _param(run, key: str):
+    """An MLflow run's parameter, None where it is absent or logged as None."""
+    value = run.data.params.get(key)
+    return None if value in (None, "None") else value
 
 
 def _kind(model: str) -> str:
@@ -50,8 +69,8 @@ def vl_frame(result_files) -> pd.DataFrame:
         r = json.loads(Path(path).read_text())
         row = rows.setdefault((_kind(r["encoder"]), int(r["seed"])), {"encoder": _kind(r["encoder"]), "seed": int(r["seed"]),
                                                                         "model": r["encoder"]})
-        row.update({k: float(r[k]) for k in HEAD if k in r}, text_pretrained=r.get("text_encoder_pretrained"),
-                   **{f"{r['task']}_train": r.get("train_splits")})
+        row.update({k: float(r[k]) for k in (*HEAD, *BASELINES) if k in r}, text_pretrained=r.get("text_encoder_pretrained"),
+                   text_pretraining=r.get("text_encoder_pretraining"), **{f"{r['task']}_train": r.get("train_splits")})
     return pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS)
 
 
@@ -66,8 +85,9 @@ def vl_from_mlflow(uri: str, preset: str) -> pd.DataFrame | None:
     rows: dict = {}
     for (_, model, seed), run in sorted(latest.items()):
         row = rows.setdefault((_kind(model), int(seed)), {"encoder": _kind(model), "seed": int(seed), "model": model})
-        row.update({k: v for k, v in run.data.metrics.items() if k in HEAD},
+        row.update({k: v for k, v in run.data.metrics.items() if k in HEAD or k in BASELINES},
                    text_pretrained={"True": True, "False": False}.get(run.data.params.get("text_encoder_pretrained")),
+                   text_pretraining=_param(run, "text_encoder_pretraining"),
                    **{f"{run.data.params['task']}_train": run.data.params.get("train_splits")})
     return pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS)
 
@@ -80,10 +100,26 @@ def table4(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
     labels = {kind: display_name(models[kind]) for kind in spread.mean.index}
     write_table(Path(out_dir), "table4", spread, labels, HEAD, {"Model": [tex_escape(labels[k]) for k in spread.mean.index]},
                 caption=caption(frame), ref="tab:vl", column_format="l" + "c" * len(HEAD), label=label)
-    significance = (stats.compare(frame, "encoder", "vit", "absvit", HEAD, pair=f"{labels['absvit']} - {labels['vit']}")
-                    if set(KINDS) <= set(spread.mean.index) else None)
+    tests = [stats.compare(frame, "encoder", "vit", "absvit", HEAD, pair=f"{labels['absvit']} - {labels['vit']}")
+             ] if set(KINDS) <= set(spread.mean.index) else []
+    tests += [against_baselines(frame[frame.encoder == kind], labels[kind]) for kind in spread.mean.index]
+    significance = pd.concat(tests) if tests else None
     untrained = frame.text_pretrained.map(lambda v: v is False).any()  # None: the folder does not say
-    return Reported(paper_comparison(spread, labels, {}, HEAD), significance, NOTE + (UNTRAINED_TEXT if untrained else ""))
+    brief = sorted({p for p in frame.text_pretraining if isinstance(p, str)})
+    said = UNTRAINED_TEXT if untrained else BRIEF_TEXT.format("; ".join(brief)) if brief else ""
+    return Reported(paper_comparison(spread, labels, {}, HEAD), significance, NOTE + said)
+
+
+def against_baselines(frame: pd.DataFrame, label: str) -> pd.DataFrame:
+    """One encoder's numbers against what learns nothing, over its seeds (Welch): VQA accuracy minus the
+    majority-answer baseline, TR@1 and IR@1 minus chance."""
+    rows = []
+    for baseline, columns in BASELINES.items():
+        for column in (columns,) if isinstance(columns, str) else columns:
+            if frame[baseline].notna().any() and frame[column].notna().any():
+                rows.append({"pair": f"{label} - {'majority answer' if baseline == 'majority_baseline' else 'chance'}",
+                             "column": HEAD[column], **stats.welch(frame[baseline], frame[column])})
+    return pd.DataFrame(rows, columns=["pair", "column", "n_a", "n_b", "difference", "t", "p", "verdict"])
 
 
 OFFICIAL_MAP = "class attention"  # the official V&L demo's map; "token norm" rows are the classification figures'

@@ -19,7 +19,7 @@ from absvit import engine
 from absvit.digests import digest
 from absvit.progress import Progress
 from absvit.vl.recipe import VLRecipe
-from absvit.vl.answers import vqa_accuracy
+from absvit.vl.answers import majority_baseline, vqa_accuracy
 from absvit.vl.datasets import CaptionDataset, ImageDataset, TextDataset, VQADataset
 from absvit.vl.records import retrieval_splits, vqa_splits
 from absvit.vl.fusion import METER
@@ -114,7 +114,9 @@ class VQATask:
             return {"split": self.eval_split, "questions": len(predicted),
                     "submission": [{"question_id": self.eval_records[i].question_id, "answer": a}
                                    for i, a in sorted(predicted.items())]}
-        return {"split": self.eval_split, **metric.compute()}
+        answer, baseline = majority_baseline([r.multiple_choice_answer for r in self.train.records],
+                                             [r.answers for r in self.eval_records])
+        return {"split": self.eval_split, **metric.compute(), "majority_answer": answer, "majority_baseline": baseline}
 
 
 class PairScores:
@@ -186,7 +188,7 @@ class RetrievalTask:
                         progress=Progress("Test: [retrieval test]", len(loader), every_s=every_s, device=device))
         text_image = torch.tensor([image for image, _ in texts.samples])
         return {"split": "test", "images": len(images), "texts": len(ids),
-                **recall_at_k(metric.scores, text_image)}
+                **recall_at_k(metric.scores, text_image), "chance_r1": 100.0 / len(images)}  # R@1 both ways by chance
 
 
 TASKS = {"vqa": VQATask, "retrieval": RetrievalTask}

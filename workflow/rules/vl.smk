@@ -15,7 +15,7 @@ if VL_GENERATED:
             python=PYTHON,
             g=VL["data"]["generate"],
             counts=" ".join(f"{k}={v}" for k, v in VL["data"]["generate"]["counts"].items()),
-            t=" ".join(f"--{k} {v}" for k, v in VL["text_encoder"]["generate"].items()),
+            t=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in VL["text_encoder"]["generate"].items()),
         log:
             LOGS / "vl_data.log",
         benchmark:

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: setup demo test bench bench-gpu clean
+.PHONY: setup demo test bench bench-gpu gpu-check clean
 
 setup: $(STAMP)
 
@@ -23,13 +23,22 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# CPU, any machine (e.g. the cluster's login node): the model step, and the loader's img/s per core of each transform
+# the pipeline runs (writes results/benchmarks/loader.json, which `absvit plan` reads).
 bench: setup
 	$(PY) benchmarks/model_step.py
+	$(PY) benchmarks/loader.py
 
 # ViT/AbSViT train step, the real pretraining loop, the segmentation step, MFU; writes results/benchmarks/gpu.json.
 # Without CUDA it says so and exits 0 (`$(PY) benchmarks/gpu.py --device cpu --smoke`: the code paths at toy size).
 bench-gpu: setup
 	$(PY) benchmarks/gpu.py
+
+# Every verb that touches a model, on the GPU, at toy size, in minutes (benchmarks/gpu_check.py): run it first on a
+# new cluster. DEVICE=cpu runs the same checks on CPU (the test suite does).
+DEVICE ?= cuda
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py --device $(DEVICE)
 
 clean:
 	rm -rf results/benchmarks .snakemake

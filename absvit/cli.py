@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
 from pathlib import Path
 
@@ -380,12 +382,21 @@ def _submit_verb(verbs) -> None:
     p.set_defaults(func=_submit)
 
 
+def _write_peak_memory(path: Path) -> None:
+    """The process's peak CUDA memory (MiB; 0 where it used none) into ``path``."""
+    torch = sys.modules.get("torch")
+    used = torch.cuda.max_memory_allocated() if torch is not None and torch.cuda.is_initialized() else 0
+    path.write_text(f"{used / 2**20:.0f}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     from absvit import tracking
     from absvit.errors import CheckpointError, DatasetError, DiskFull, JobFailed, TrackingError, UsageError
 
     args = build_parser().parse_args(argv)
     tracking.COMMAND = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("ABSVIT_PEAK_MEMORY_FILE"):  # `make gpu-check`: the job's peak GPU memory, written at exit
+        atexit.register(_write_peak_memory, Path(os.environ["ABSVIT_PEAK_MEMORY_FILE"]))
     try:
         return int(args.func(args) or 0)
     except (CheckpointError, DatasetError, DiskFull, JobFailed, TrackingError, UsageError) as e:

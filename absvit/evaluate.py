@@ -49,8 +49,10 @@ def attacked_accuracy(model, dataset: ClassFolder, attack: Attack, *, mean, std,
                                          pin_memory=torch.device(device).type == "cuda")
     generator = torch.Generator(device=device).manual_seed(seed)
 
-    def attacked(model, images, labels):
-        return model(perturb(model, images, labels, attack, mean=mean, std=std, generator=generator))
+    def attacked(normalized, images, labels):  # the attack in normalised-pixel space, on the model itself
+        model = normalized.model
+        return model(perturb(model, normalized.normalize(images), labels, attack, mean=mean, std=std,
+                             generator=generator))
 
     metric = engine.TopK(device)
     return engine.evaluate(model, loader, device, metric, progress=progress, forward=attacked, gradients=True).compute()
@@ -69,11 +71,31 @@ def corruption_errors(top1: dict[tuple[str, int], float]) -> dict:
 
 
 def suite_transform(suite: str, img_size: int, crop_pct: float, interpolation: str):
-    """The official evaluation transform of ``suite`` (see the module docstring)."""
+    """The official evaluation transform of ``suite`` (see the module docstring) up to uint8 tensors: the loader
+    workers decode, resize and crop; ``Normalized`` converts and normalises on the model's device (the float
+    conversion costs a CPU core about a third of its ImageNet-C throughput: benchmarks/loader.py)."""
     if suite == "imagenet-c":
-        return transforms.Compose([transforms.CenterCrop(img_size), transforms.ToTensor(),
-                                   transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
-    return create_transform(img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct)
+        return transforms.Compose([transforms.CenterCrop(img_size), transforms.PILToTensor()])
+    return create_transform(img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct,
+                            use_prefetcher=True)
+
+
+class Normalized(torch.nn.Module):
+    """``model`` on uint8 images (B, 3, H, W): ``(x / 255 - mean) / std`` on the device first, the same float32
+    arithmetic as torchvision's ``ToTensor`` + ``Normalize`` on the CPU. ``normalize`` alone gives the normalised
+    images (what FGSM / PGD perturb)."""
+
+    def __init__(self, model: torch.nn.Module, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float().div(255) - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(images))
 
 
 def load_model(checkpoint, *, model_name: str | None = None, classes_spec: str | None = None, ema: bool = False,
@@ -134,7 +156,7 @@ def evaluate_suites(model_name: str | None, checkpoint, jobs, *, ema: bool = Fal
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, classes, img_size, ckpt = load_model(checkpoint, model_name=model_name, classes_spec=classes_spec, ema=ema,
                                                 img_size=img_size)
-    model.to(device)
+    model = Normalized(model, model.pretrained_cfg["mean"], model.pretrained_cfg["std"]).to(device)
     results = []
     for suite, data, out_json in jobs:
         name = f"{run_name}/{suite}" if run_name and len(jobs) > 1 else run_name
@@ -163,7 +185,7 @@ def _measure(model, suite: str, data, *, classes, tf, batch_size: int, workers: 
     dataset = ClassFolder(data, classes, tf, subset=suite in SUBSET_SUITES)
     progress = Progress(f"Test: [{suite}]", -(-len(dataset) // batch_size), every_s=log_every_s, device=device)
     if suite in ATTACKS:
-        cfg = model.pretrained_cfg
+        cfg = model.model.pretrained_cfg
         result = attacked_accuracy(model, dataset, ATTACKS[suite], mean=cfg["mean"], std=cfg["std"], seed=attack_seed,
                                    progress=progress, **run_args)
         result["attack"] = {**asdict(ATTACKS[suite]), "seed": attack_seed, "space": "normalised pixels, per channel / std"}
@@ -177,7 +199,7 @@ def _evaluate_suite(model, ckpt: dict, checkpoint, suite: str, data, out_json, *
                     crop_pct: float, interpolation: str, batch_size: int, workers: int, device, tracking_uri, track: bool,
                     run_name: str | None, preset: str | None, run: str | None, log_every_s: float,
                     attack_seed: int) -> dict:
-    model_name = model.pretrained_cfg["architecture"]
+    model_name = model.model.pretrained_cfg["architecture"]
     tf = suite_transform(suite, img_size, crop_pct, interpolation)
     source = ckpt.get("mlflow_run_id")  # the pretraining run that wrote the checkpoint
     seed = (ckpt.get("run") or {}).get("recipe", {}).get("seed")  # its training seed; a released file has none

@@ -4,9 +4,10 @@ The jobs are Snakemake's own: a dry run of the workflow beside the config (``sna
 --forceall --config preset=<preset> plan_only=True``: the configured data need not exist yet) lists every job
 with its rule and wildcards, and ``--rulegraph`` which rules wait for which. Per rule (a stage): its jobs, what
 each asks SLURM for (``presets.<preset>.resources.<rule>``), and the expected wall time, GPU-hours and CPU
-core-hours, each with its source (``absvit.throughput``: work / throughput from the GPU benchmark's JSON or
-the stated H200 defaults; a CPU preset's previous run or reference run). A rule without a throughput model
-(one added later, say) is listed with its jobs and request, its time ``?``.
+core-hours, each with its source (``absvit.estimates``: work / throughput from the GPU and loader benchmarks' JSON
+or the stated defaults; a CPU preset's previous run or reference run), and whether the GPUs or the loader cores
+bound it. A rule without a throughput model (one added later, say) is listed with its jobs and request, its time
+``?``.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from pathlib import Path
 
 from absvit.errors import UsageError, did_you_mean
 from absvit.formats import hms, hours
-from absvit.throughput import (CPU_REF, DECODE_PER_CPU, DEFAULT_GPU_BENCH, EVAL_SPEEDUP, StageInputs, Throughputs,
-                               cpus_of, dataset_sizes, estimate_stage, load_gpu_bench)
+from absvit.estimates import Estimate, estimate_stage
+from absvit.throughput import (CPU_REF, DEFAULT_GPU_BENCH, DEFAULT_LOADER_BENCH, EVAL_SPEEDUP, LoaderRates,
+                               StageInputs, Throughputs, cpus_of, dataset_sizes, load_gpu_bench, load_loader_bench)
 
 TARGET = "all"  # the workflow's default target: the DAG planned; its own job does nothing and is not listed
 
@@ -114,6 +116,7 @@ class Stage:
     gpu_hours: float
     cpu_core_hours: float
     source: str
+    bound: str = ""  # "GPU", "loader", "GPU; loader: <parts>", "" where no GPU job is estimated
 
 
 @dataclass
@@ -122,6 +125,7 @@ class Plan:
     label: str
     seeds: list
     gpu_bench: str | None
+    loader_bench: str | None
     stages: list[Stage]
     critical_path_s: float
     assumptions: list[str]
@@ -134,7 +138,7 @@ class Plan:
         total = {"stage": "total", "jobs": sum(s.jobs for s in self.stages), "request": "", "gpus_per_job": math.nan,
                  "job_s": math.nan, "wall_s": _nansum(s.wall_s for s in self.stages),
                  "gpu_hours": _nansum(s.gpu_hours for s in self.stages),
-                 "cpu_core_hours": _nansum(s.cpu_core_hours for s in self.stages),
+                 "cpu_core_hours": _nansum(s.cpu_core_hours for s in self.stages), "bound": "",
                  "source": f"sum of the stages; critical path {hms(self.critical_path_s)} (each stage's jobs in parallel)"}
         return pd.DataFrame(rows + [total])
 
@@ -143,17 +147,20 @@ class Plan:
         clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
         rows = [{k: clean(v) for k, v in row.items()} for row in f.to_dict("records")]
         return {"preset": self.preset, "label": self.label, "seeds": self.seeds, "gpu_bench": self.gpu_bench,
-                "stages": rows[:-1], "total": rows[-1], "critical_path_s": self.critical_path_s,
+                "loader_bench": self.loader_bench, "stages": rows[:-1], "total": rows[-1], "critical_path_s": self.critical_path_s,
                 "assumptions": self.assumptions, "notes": self.notes}
 
     def to_text(self) -> str:
         f = self.frame()
         show = f.assign(**{"per job": [*f.job_s.iloc[:-1].map(hms), ""], "wall (sum)": f.wall_s.map(hms),
                            "GPU-h": f.gpu_hours.map(hours), "CPU core-h": f.cpu_core_hours.map(hours),
-                           "request (per job)": f.request})
-        table = show[["stage", "jobs", "request (per job)", "per job", "wall (sum)", "GPU-h", "CPU core-h"]]
-        lines = [f"Plan for preset {self.preset!r}: {self.label}", f"seeds: {self.seeds}; throughputs: "
-                 + (self.gpu_bench or "stated defaults (no GPU benchmark JSON)"), "",
+                           "request (per job)": f.request,
+                           "bound by": [*f.bound.iloc[:-1].replace("", "-"), ""]})
+        columns = ["stage", "jobs", "request (per job)", "per job", "wall (sum)", "GPU-h", "CPU core-h"]
+        table = show[columns + (["bound by"] if f.bound.astype(bool).any() else [])]
+        lines = [f"Plan for preset {self.preset!r}: {self.label}", f"seeds: {self.seeds}; GPU throughputs: "
+                 + (self.gpu_bench or "stated defaults (no GPU benchmark JSON)") + "; loader: "
+                 + (self.loader_bench or "stated defaults (no loader benchmark JSON)"), "",
                  table.to_string(index=False), "",
                  f"Critical path (every stage's jobs in parallel, unlimited nodes): {hms(self.critical_path_s)}; "
                  f"one job at a time: {hms(f.wall_s.iloc[-1])} (the DAG's wall time lies between the two).", "", "Sources:"]
@@ -203,15 +210,20 @@ def stage_order(waits: dict[str, set[str]]) -> list[str]:
     return sorted(waits, key=lambda rule: (depth_of(rule), rule))
 
 
-def _stage(inp: StageInputs, rule: str, secs: list[float], source: str, notes: list[str]) -> Stage:
+def _stage(inp: StageInputs, rule: str, est: Estimate, notes: list[str]) -> Stage:
     """One row of the table; notes a job longer than its SLURM time limit."""
+    secs = est.seconds
     g, r, longest = inp.gpus(rule), inp.request(rule), _longest(secs)
     wall = _nansum(secs)
+    if "loader" in est.bound:
+        notes.append(f"{rule}: loader-bound ({est.bound}): more loader cores per GPU (`resources.{rule}.cpus_per_task` "
+                     "and the recipe's `workers`) shorten it; `make bench` on the cluster's nodes measures their cores")
     if r and not math.isnan(longest) and longest > r["timeout_min"] * 60:
         notes.append(f"{rule}: the longest job (~{hms(longest)}) exceeds its {r['timeout_min']} min limit: "
                      f"it resumes from its checkpoint after ~{int(longest // (r['timeout_min'] * 60))} requeue(s)")
     return Stage(stage=rule, jobs=len(secs), request=_request(r), gpus_per_job=g, job_s=longest, wall_s=wall,
-                 gpu_hours=wall * g / 3600, cpu_core_hours=wall * cpus_of(r) / 3600, source=source)
+                 gpu_hours=wall * g / 3600, cpu_core_hours=wall * cpus_of(r) / 3600, source=est.source,
+                 bound=est.bound)
 
 
 def _critical_path(stages: list[Stage], waits: dict[str, set[str]]) -> float:
@@ -233,19 +245,23 @@ def _assumptions(cpu_preset: bool) -> list[str]:
         ]
     return [
         "GPU rates scale linearly with the GPUs of a job (data parallel, same per-GPU batch efficiency)",
-        f"inference runs at {EVAL_SPEEDUP:g}x the bare training step, capped by the loader at {DECODE_PER_CPU:g} img/s "
-        "per CPU (the H200 run's real loop got >= 2,093 img/s from 14 loader workers)",
+        f"inference runs at {EVAL_SPEEDUP:g}x the bare training step",
+        "a job runs at the slower of its GPUs and its loader: the loader cores (the recipe's workers per GPU process, "
+        "at most the CPUs requested) x the img/s per core of the transform the stage runs; loader benchmarks measure "
+        "one core per worker, so a node with fewer physical cores than workers is slower; a stage's bound names the "
+        "parts (jobs, suites) the loader bounds in at least one job",
         "sizes of Cityscapes crops (512x1024) and batch scale the segmentation step linearly in pixels",
         "queue waits, job start-up and checkpoint writes are not included; each stage's jobs are assumed to run "
         "side by side for the critical path",
     ]
 
 
-def make_plan(config, preset: str | None = None, *, dag: Dag | None = None, gpu_bench=None, results=None,
-              count_files: bool = True) -> Plan:
+def make_plan(config, preset: str | None = None, *, dag: Dag | None = None, gpu_bench=None, loader_bench=None,
+              results=None, count_files: bool = True) -> Plan:
     """The plan of ``preset`` (default: the config's ``preset``) of the workflow beside ``config`` (the path of
     its config.yaml). ``dag``: its jobs (default: ``workflow_dag``, asked of Snakemake now); ``gpu_bench``: the
-    GPU benchmark's JSON path (None: the stated defaults); ``results``: ``results/<preset>/benchmarks`` of a
+    GPU benchmark's JSON path (None: the stated defaults); ``loader_bench``: the loader benchmark's (None: the
+    stated defaults); ``results``: ``results/<preset>/benchmarks`` of a
     previous run (CPU presets and local stages use its per-job times when present); ``count_files``: count the
     images of the configured dataset folders (False: published sizes)."""
     cfg = load_config(config)
@@ -255,20 +271,21 @@ def make_plan(config, preset: str | None = None, *, dag: Dag | None = None, gpu_
                          f"the config has {sorted(cfg['presets'])}")
     p = cfg["presets"][preset]
     rates = Throughputs(load_gpu_bench(gpu_bench), gpu_bench) if gpu_bench else Throughputs()
+    loader = LoaderRates(load_loader_bench(loader_bench), loader_bench) if loader_bench else LoaderRates()
     dag = dag or workflow_dag(config, preset)
     results = Path(results) if results else None
-    inp = StageInputs(preset=preset, p=p, rates=rates, results=results, previous=_previous(results),
+    inp = StageInputs(preset=preset, p=p, rates=rates, loader=loader, results=results, previous=_previous(results),
                       sizes=dataset_sizes(p, count=count_files, shards=len(dag.jobs.get("imagenet_c", ()))))
     notes: list[str] = []
     stages = []
     for rule in stage_order({r: dag.waits.get(r, set()) for r in dag.jobs if r != TARGET}):
-        secs, source = estimate_stage(inp, rule, dag.jobs[rule], notes)
-        stages.append(_stage(inp, rule, secs, source, notes))
+        stages.append(_stage(inp, rule, estimate_stage(inp, rule, dag.jobs[rule], notes), notes))
     if any(math.isnan(s.job_s) for s in stages):
         notes.append("stages marked ? have no throughput model or previous run: the totals and the critical path "
                      "leave them out")
     return Plan(preset=preset, label=p.get("label", ""), seeds=list(p.get("seeds", [0])),
-                gpu_bench=str(gpu_bench) if gpu_bench else None, stages=stages,
+                gpu_bench=str(gpu_bench) if gpu_bench else None,
+                loader_bench=str(loader_bench) if loader_bench else None, stages=stages,
                 critical_path_s=_critical_path(stages, dag.waits), assumptions=_assumptions(inp.cpu_preset), notes=notes)
 
 
@@ -281,6 +298,9 @@ def add_arguments(p) -> None:
     p.add_argument("--gpu-bench", default=None, metavar="JSON",
                    help=f"the GPU benchmark's JSON (default: {DEFAULT_GPU_BENCH} beside the config if it exists, "
                         "else the defaults measured on one NVIDIA H200, stated in the output)")
+    p.add_argument("--loader-bench", default=None, metavar="JSON",
+                   help=f"the loader benchmark's JSON (`make bench`; default: {DEFAULT_LOADER_BENCH} beside the config if "
+                        "it exists, else the per-core rates measured on a 2-core Debian machine, stated in the output)")
     p.add_argument("--published-sizes", action="store_true",
                    help="use the datasets' published sizes instead of counting the files in the configured folders")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the plan as JSON")
@@ -290,11 +310,13 @@ def main(args) -> None:
     from absvit.io import write_json
 
     root = Path(args.config).resolve().parent
-    gpu_bench = args.gpu_bench
+    gpu_bench, loader_bench = args.gpu_bench, args.loader_bench
     if gpu_bench is None and (root / DEFAULT_GPU_BENCH).is_file():
         gpu_bench = root / DEFAULT_GPU_BENCH
+    if loader_bench is None and (root / DEFAULT_LOADER_BENCH).is_file():
+        loader_bench = root / DEFAULT_LOADER_BENCH
     preset = args.preset or load_config(args.config).get("preset")
-    plan = make_plan(args.config, preset, gpu_bench=gpu_bench, results=root / "results" / str(preset) / "benchmarks",
+    plan = make_plan(args.config, preset, gpu_bench=gpu_bench, loader_bench=loader_bench, results=root / "results" / str(preset) / "benchmarks",
                      count_files=not args.published_sizes)
     print(plan.to_text(), end="")
     if args.json:

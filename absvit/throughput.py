@@ -2,15 +2,16 @@
 
 - GPU rates: the GPU benchmark's JSON when given (``make bench-gpu``, read by ``load_gpu_bench`` and
   ``Throughputs``), else the defaults measured on one NVIDIA H200 with the code of 2026-11-27, before that
-  benchmark existed (``DEFAULT_STEP``, ``DEFAULT_LOOP``, ``DEFAULT_SEG_STEP``), plus two stated factors
-  (``EVAL_SPEEDUP``, an assumption; ``DECODE_PER_CPU``, a lower bound from the same H200 run).
+  benchmark existed (``DEFAULT_STEP``, ``DEFAULT_LOOP``, ``DEFAULT_SEG_STEP``), and one stated factor
+  (``EVAL_SPEEDUP``, an assumption).
+- Loader rates: img/s per CPU core of each transform the stages run, from the loader benchmark's JSON
+  (``make bench``: benchmarks/loader.py, read by ``load_loader_bench`` and ``LoaderRates``), else the same
+  benchmark's rates measured here (``DEFAULT_LOADER``).
 - CPU presets: per-job times of a run of the embedded DAG on a 2-core machine (``CPU_*``).
 - Dataset sizes: counted in the configured folders when they exist, else the published sizes
   (``PUBLISHED``); a generated preset's sizes follow from its config (``dataset_sizes``).
 
-``estimate_stage`` turns these into the seconds of each job of one rule of the workflow (work / throughput,
-a previous run's mean per-job time, or unknown), with the formula and numbers used as its source;
-``absvit.plan`` sums them into the plan.
+``absvit.estimates`` turns these into the seconds of each job of one rule of the workflow.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from absvit.data import ATTACK_SUITES, SUITES
+from absvit.data import ATTACK_SUITES
 from absvit.errors import UsageError
 
 # Published sizes (images) of the datasets, used when the configured folder does not exist; ImageNet-C is
@@ -42,7 +43,11 @@ LOOP_SHARE = {"absvit": 1077 / 1184, "vit": 2093 / 2656}
 DEFAULT_SEG_STEP = {"absvit_base_patch16_224": 0.344, "vit_base_patch16_224": 0.301}  # UperNet, batch 16, 512x512
 SEG_STANDIN = "vit_base_patch16_224"  # the stand-in for a backbone without a measured step (ResNet-101)
 EVAL_SPEEDUP = 3.0  # inference (no backward, no optimizer) ~3x the training step: an assumption
-DECODE_PER_CPU = 150.0  # img/s one loader CPU delivers: the H200 run's ViT-B loop got >= 2,093 img/s from 14 workers
+# Loader: img/s per core of each stage's transform (benchmarks/loader.py's rows; see its docstring), measured with
+# `python benchmarks/loader.py` on one quiet core of this project's 2-core Debian 12 machine (PIL, torchvision 0.29).
+LOADER_REF = "benchmarks/loader.py on one quiet core of a 2-core Debian 12 machine, 2026-12-05"
+DEFAULT_LOADER = {"pretrain": 330.0, "eval": 331.0, "imagenet_c": 2678.0, "vl": 141.0, "segment": 49.0}
+LOADER_OF_SUITE = {"imagenet-c": "imagenet_c"}  # every other suite (attacks too) reads ImageNet-size JPEGs: "eval"
 # CPU presets: a run of the embedded DAG (the preset of 2026-11-28: 8 epochs of 2,400 train images, local
 # launcher) on a 2-core machine, per job.
 CPU_REF = "embedded DAG run on a 2-core machine, 2026-11-28"
@@ -53,9 +58,13 @@ CPU_SHARD = (0.8, 0.005)  # start-up s, s per image
 CPU_FIXED = {  # s per job of the local stages (any preset), and where it was measured
     **{rule: (s, CPU_REF) for rule, s in (("embedded_dataset", 5.9), ("segmentation_dataset", 1.9),
                                           ("lvar_ablation", 3.9), ("robustness_comparison", 3.2), ("tables", 0.8))},
-    "vl_data": (7.6, "embedded DAG run on a 2-core machine, 2026-12-03 (32 V&L train scenes)"),
     "released": (4.1, "embedded run's 3 evaluations by `absvit released` (MLflow store included), 2-core machine, 2026-12-03")}
+# s per job of the stages whose work grows with the preset's sizes: CPU presets only (the embedded sizes)
+CPU_REF_VL = "embedded DAG run on a 2-core machine, 2026-12-05 (96 V&L train scenes, 5 epochs)"
+CPU_EMBEDDED = {rule: (s, CPU_REF_VL) for rule, s in (("vl_data", 14.7), ("vl", 24.9), ("vl_figure", 13.2),
+                                                      ("decoder", 5.1), ("figures", 11.3))}
 DEFAULT_GPU_BENCH = Path("results") / "benchmarks" / "gpu.json"
+DEFAULT_LOADER_BENCH = Path("results") / "benchmarks" / "loader.json"
 
 # -- inputs ------------------------------------------------------------------------------------
 
@@ -63,13 +72,7 @@ def load_gpu_bench(path) -> dict:
     """The GPU benchmark's JSON, checked: ``{"card": str, "rows": [{"kind": "step"|"loop", "model", "batch",
     "img_size", "compiled", "img_s"}, {"kind": "segment", "model", "batch", "crop": [h, w], "step_s"}]}``."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--gpu-bench {path}: no such file (the GPU benchmark writes it; leave the flag out to use "
-                         "the stated default throughputs)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"--gpu-bench {path}: not a JSON file ({e})") from None
+    data = _read_json(path, "--gpu-bench", "the GPU benchmark (`make bench-gpu`)")
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise UsageError(f"--gpu-bench {path}: expected an object with `card` and a `rows` list")
 
@@ -91,6 +94,33 @@ def load_gpu_bench(path) -> dict:
         elif not number(row, "img_s"):
             raise UsageError(f"--gpu-bench {path}: rows[{i}] ({kind}, {row['model']}): expected img_s > 0, got {row!r}")
     data.setdefault("card", "unknown card")
+    return data
+
+
+def _read_json(path: Path, flag: str, writer: str):
+    if not path.is_file():
+        raise UsageError(f"{flag} {path}: no such file ({writer} writes it; leave the flag out to use the stated "
+                         "defaults)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{flag} {path}: not a JSON file ({e})") from None
+
+
+def load_loader_bench(path) -> dict:
+    """The loader benchmark's JSON, checked: ``{"machine": str, "measured_at": str, "rows": [{"transform": str,
+    "img_s_per_core": float}]}``."""
+    path = Path(path)
+    data = _read_json(path, "--loader-bench", "`make bench` (benchmarks/loader.py)")
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise UsageError(f"--loader-bench {path}: expected an object with `machine` and a `rows` list")
+    for i, row in enumerate(data["rows"]):
+        rate = row.get("img_s_per_core") if isinstance(row, dict) else None
+        if not isinstance(row, dict) or not isinstance(row.get("transform"), str) \
+                or not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
+            raise UsageError(f"--loader-bench {path}: rows[{i}]: expected a `transform` name and img_s_per_core > 0, "
+                             f"got {row!r}")
+    data.setdefault("machine", "unknown machine")
     return data
 
 
@@ -198,7 +228,26 @@ class Throughputs:
         return "; not in the GPU benchmark" if self.bench else ""
 
 
-# -- one job's time, per rule ------------------------------------------------------------------
+class LoaderRates:
+    """Per-core img/s of the stages' transforms from the loader benchmark's JSON, else the stated defaults."""
+
+    def __init__(self, bench: dict | None = None, path=None):
+        self.bench, self.where = bench, f"{path} ({bench['machine']}, {bench.get('measured_at', 'undated')})" \
+            if bench else None
+
+    def per_core(self, transform: str) -> tuple[float, str]:
+        rows = [r for r in (self.bench or {}).get("rows", []) if r["transform"] == transform]
+        if rows:
+            return rows[-1]["img_s_per_core"], f"{self.where}: {transform}"
+        absent = "; not in the loader benchmark" if self.bench else ""
+        return DEFAULT_LOADER[transform], f"default {transform} {DEFAULT_LOADER[transform]:g} img/s/core ({LOADER_REF}){absent}"
+
+    def suite(self, suite: str) -> tuple[float, str]:
+        """The per-core rate of the transform that evaluating ``suite`` runs."""
+        return self.per_core(LOADER_OF_SUITE.get(suite, "eval"))
+
+
+# -- what every estimate reads ------------------------------------------------------------------
 
 def gpus_of(request: dict | None) -> int:
     """The GPUs of one job of a SLURM request (None: a local stage, none)."""
@@ -219,6 +268,7 @@ class StageInputs:
     preset: str
     p: dict  # cfg["presets"][preset]
     rates: Throughputs
+    loader: LoaderRates
     sizes: dict[str, tuple[int, str]]  # dataset_sizes()
     results: Path | None
     previous: dict[str, tuple[float, int]]  # rule -> (mean s/job, benchmark files) of a previous run
@@ -236,173 +286,3 @@ class StageInputs:
 
     def cpus(self, rule: str) -> int:
         return cpus_of(self.request(rule))
-
-
-Estimate = tuple[list[float], str]  # (seconds of each job, source)
-Jobs = list[dict[str, str]]  # the wildcards of each job of one rule
-
-
-def estimate_stage(inp: StageInputs, rule: str, jobs: Jobs, notes: list[str]) -> Estimate:
-    """The seconds of each job of ``rule``: a previous run's mean (CPU presets, and rules that never leave
-    this machine), the reference run's fixed time, the rule's throughput model, else unknown (NaN)."""
-    local = inp.cpu_preset or not inp.request(rule)  # its times on this machine are what a previous run measured
-    if local and rule in inp.previous:
-        mean, files = inp.previous[rule]
-        return [mean] * len(jobs), f"previous run: mean {mean:.1f} s/job of {files} benchmark file(s) in {inp.results}"
-    if rule in CPU_FIXED:
-        seconds, where = CPU_FIXED[rule]
-        return [seconds] * len(jobs), f"{seconds} s/job measured on the {where}"
-    if rule in MODELS:
-        return MODELS[rule](inp, jobs, notes)
-    hint = " (a previous run's benchmark files give one)" if local else ""
-    return [math.nan] * len(jobs), f"not estimated: no throughput model for this rule{hint}"
-
-
-def _sources(formulas: dict, used: dict, jobs: Jobs) -> str:
-    return "; ".join([*formulas, *used.values()]) + f"; {len(jobs)} job(s)"
-
-
-def estimate_shards(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
-    """One ImageNet-C (corruption, severity) shard per job, at a per-image rate."""
-    per_shard = inp.sizes["imagenet-c"][0] / max(len(jobs), 1)
-    return ([CPU_SHARD[0] + per_shard * CPU_SHARD[1]] * len(jobs),
-            f"{CPU_SHARD[0]} s + {CPU_SHARD[1]} s/image ({CPU_REF}) x {per_shard:.0f} images/shard")
-
-
-def estimate_pretrain(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
-    """One job per run x seed; notes the runs whose GPUs would outpace the loader CPUs."""
-    from absvit.recipe import PretrainRecipe
-
-    p = inp.p
-    secs, formulas, used, hungry = [], {}, {}, {}
-    g, c = inp.gpus("pretrain"), inp.cpus("pretrain")
-    n_train, n_val = inp.sizes["train"][0], inp.sizes["clean"][0]
-    for job in jobs:
-        spec = p["runs"][job["run"]]
-        values = {**p.get("recipe", {}), **({"var_weight": spec["var_weight"]} if "var_weight" in spec else {})}
-        recipe = PretrainRecipe.from_dict(values, where=f"presets.{inp.preset}.recipe")
-        model = spec["model"]
-        if g == 0:
-            rate = CPU_PRETRAIN[_kind(model)]
-            secs.append(recipe.epochs * n_train / rate)
-            formulas[f"{recipe.epochs} epochs x {n_train:,} images / img/s of the job ({CPU_REF}, validation "
-                     "included)"] = None
-            used[model] = f"{model} {rate:g} img/s"
-            continue
-        rate, rsrc = inp.rates.train(model, recipe.img_size)
-        step, _ = inp.rates.step(model, recipe.img_size)
-        passes = 2 if recipe.model_ema else 1
-        eval_rate = min(EVAL_SPEEDUP * step * g, DECODE_PER_CPU * c)
-        secs.append(recipe.epochs * n_train / (rate * g) + recipe.epochs * passes * n_val / eval_rate)
-        formulas[f"{recipe.epochs} epochs x {n_train:,} images / (loop img/s per GPU x {g} GPUs) + {recipe.epochs} x "
-                 f"{passes} validation pass(es) x {n_val:,} images / min({EVAL_SPEEDUP:g} x step x {g}, {c} CPUs x "
-                 f"{DECODE_PER_CPU:g}) img/s"] = None
-        used[model] = f"{model} {rate:.0f} img/s per GPU [{rsrc}]"
-        if rate * g / c > DECODE_PER_CPU:
-            hungry[job["run"]] = f"{job['run']} {rate * g / c:.0f}"
-    if hungry:
-        notes.append(f"pretrain: the GPUs would take img/s per loader CPU ({c} per job) of {', '.join(hungry.values())}; "
-                     f"the loader was measured only to >= {DECODE_PER_CPU:g} per worker (the H200 run), so these jobs "
-                     "may be loader-bound (GPU-side augmentation, or more CPUs per task)")
-    return secs, _sources(formulas, used, jobs)
-
-
-def suite_work(suite: str) -> float:
-    """One image of ``suite`` in forward passes: 1, or an attack's steps (a forward and backward pass each, about
-    ``EVAL_SPEEDUP`` forward passes) plus the classification of the adversarial image."""
-    from absvit.attacks import ATTACKS
-
-    return ATTACKS[suite].steps * EVAL_SPEEDUP + 1 if suite in ATTACKS else 1.0
-
-
-def estimate_evaluate(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
-    """One job per run and seed evaluating every suite with one loaded model (FGSM / PGD: the clean images, attacked)."""
-    secs, formulas, used = [], {}, {}
-    g, c = inp.gpus("evaluate"), inp.cpus("evaluate")
-    img_size = inp.p.get("evaluate", {}).get("img_size", 224)
-    images = sum(inp.sizes[suite][0] for suite in SUITES)
-    passes = sum(inp.sizes[suite][0] * suite_work(suite) for suite in SUITES)
-    work = "the suites' forward passes (an attack step counts as 3, FGSM 4 per image, PGD 16)"
-    for job in jobs:
-        model = inp.p["runs"][job["run"]]["model"]
-        if g == 0:
-            secs.append(CPU_EVAL[0] + passes / CPU_EVAL[1])
-            formulas[f"{CPU_EVAL[0]:g} s + {work} / {CPU_EVAL[1]:g} img/s ({CPU_REF})"] = None
-            continue
-        step, ssrc = inp.rates.step(model, img_size)
-        gpu_rate, loader = EVAL_SPEEDUP * step * g, DECODE_PER_CPU * c
-        secs.append(max(passes / gpu_rate, images / loader))
-        formulas[f"max({work} / ({EVAL_SPEEDUP:g} x step img/s x {g} GPU), the images / ({c} CPUs x "
-                 f"{DECODE_PER_CPU:g} img/s))"] = None
-        used[model] = f"{model} [{ssrc}]: {'loader' if images / loader >= passes / gpu_rate else 'GPU'}-bound"
-    sizes_src = ", ".join(f"{s} {n:,} ({src})" for s, (n, src) in inp.sizes.items())
-    return secs, _sources(formulas, used, jobs) + f". Images: {sizes_src}"
-
-
-def estimate_segment(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
-    """One job per backbone x dataset x seed."""
-    from absvit.recipe import SegmentRecipe
-
-    seg = inp.p["segmentation"]
-    secs, formulas, used, per_job = [], {}, {}, {}
-    g = inp.gpus("segment")
-    for job in jobs:
-        name, dataset = job["backbone"], job["dataset"]
-        r = SegmentRecipe.from_dict({**seg.get("recipe", {}), **seg["datasets"][dataset].get("recipe", {})},
-                                    where=f"presets.{inp.preset}.segmentation.datasets.{dataset}.recipe")
-        crop = (r.crop_height, r.crop_width)
-        if g == 0:
-            secs.append(CPU_SEGMENT[0] + r.iterations * CPU_SEGMENT[1] * r.batch_size * crop[0] * crop[1] / 64 ** 2)
-            formulas[f"{CPU_SEGMENT[0]:g} s + iterations x batch x {CPU_SEGMENT[1]} s per 64x64 crop ({CPU_REF})"] = None
-            continue
-        step, ssrc, scaled = inp.rates.segment(seg["backbones"][name]["model"], r.batch_size, crop)
-        secs.append(r.iterations * step / g)
-        formulas[f"iterations x step s / {g} GPUs (whole-image evaluation not included: under 1% of training)"] = None
-        used[ssrc] = ssrc
-        per_job[f"{name}/{dataset} {r.iterations:,} x {step:.3f} s{scaled}"] = None
-    return secs, _sources({**formulas, ", ".join(per_job): None} if per_job else formulas, used, jobs)
-
-
-# V&L: the published sizes (VQAv2 train2014 / val2014 questions; Flickr30k's Karpathy split, 5 captions per image:
-# 29,000 train, 1,014 val, 1,000 test images) and the stated assumption that METER's text encoder and fusion add half
-# of the visual encoder's cost to each pair
-VL_SIZES = {"vqa": {"train": 443_757, "val": 214_354},
-            "retrieval": {"train": 145_000, "val": 5_070, "test_pairs": 1_000 * 5_000}}
-VL_OVERHEAD = 1.5
-
-
-def estimate_vl(inp: StageInputs, jobs: Jobs, notes: list[str]) -> Estimate:
-    """One job per task x encoder x seed on the GPUs of its request: the training pairs x epochs at the encoder's
-    bare-step rate / ``VL_OVERHEAD``, then the evaluation's forward passes at ``EVAL_SPEEDUP`` x that (retrieval: each
-    caption with its negatives and an ITM pair; every test (image, text) pair scored). Each job's batch per update,
-    as its GPUs x micro-batch x accumulated steps, and its optimiser updates are stated."""
-    from absvit.vl.recipe import VLRecipe
-
-    vl, g = inp.p["vl"], inp.gpus("vl")
-    if g == 0:
-        return [math.nan] * len(jobs), "not estimated: no throughput model for CPU V&L jobs (a previous run's gives one)"
-    secs, used = [], {}
-    for job in jobs:
-        task, model = job["task"], vl["encoders"][job["encoder"]]["model"]
-        r = VLRecipe.for_task(task, {**vl.get("recipe", {}), **vl.get(task, {})}, where=f"presets.{inp.preset}.vl.{task}")
-        step, source = inp.rates.step(model, r.img_size)
-        rate = step * g / VL_OVERHEAD
-        sizes = VL_SIZES[task]
-        if task == "vqa":
-            samples, evaluated = sizes["train"] + (sizes["val"] if r.trainval else 0), sizes["val"]
-            train = samples
-        else:
-            samples, evaluated = sizes["train"] + (sizes["val"] if r.trainval else 0), sizes["test_pairs"]
-            train = samples * (r.negatives + 2)
-        updates = r.epochs * (samples // r.batch_size)
-        secs.append(r.epochs * train / rate + evaluated / (EVAL_SPEEDUP * rate))
-        used[f"{task}/{model}"] = (f"{task} {model}: {r.epochs} x {train:,} pairs, batch {r.batch_size} per update "
-                                   f"({g} GPUs x {r.micro_batch(g)} x {r.accum_steps} accumulated), {updates:,} updates, "
-                                   f"{evaluated:,} evaluated [{source}]")
-    return secs, (f"epochs x training pairs / (step img/s x GPUs / {VL_OVERHEAD:g}) + evaluated pairs / "
-                  f"{EVAL_SPEEDUP:g} x that; published sizes; " + "; ".join(used.values()) + f"; {len(jobs)} job(s)")
-
-
-# The rules with a throughput model; any other rule is estimated from a previous run, or not at all.
-MODELS = {"imagenet_c": estimate_shards, "pretrain": estimate_pretrain, "evaluate": estimate_evaluate,
-          "segment": estimate_segment, "vl": estimate_vl}

@@ -7,7 +7,7 @@ import torch
 from absvit.checkpoint import save_checkpoint
 from absvit.data.corruptions import ALEXNET_ERR, CORRUPTIONS, SEVERITIES
 from absvit.data.readers import SUBSET_SUITES, ClassFolder, DatasetError, label_space
-from absvit.evaluate import corruption_errors, evaluate, load_model, suite_transform
+from absvit.evaluate import Normalized, corruption_errors, evaluate, load_model, suite_transform
 
 
 def test_mce_matches_a_hand_computation():
@@ -31,6 +31,7 @@ def trained(pico_run):
 def _top1_image_by_image(checkpoint, suite: str, root) -> float:
     """The suite's top-1 by hand: one image at a time, the argmax over the classes the set holds."""
     model, classes, img_size, _ = load_model(checkpoint)
+    model = Normalized(model)  # the suites' loaders give uint8 images, normalised on the device
     data = ClassFolder(root, classes, suite_transform(suite, img_size, 1.0, "bicubic"), subset=suite in SUBSET_SUITES)
     allowed, hits = torch.tensor(data.class_indices), 0
     with torch.no_grad():

@@ -13,7 +13,7 @@ from torchvision.transforms import functional as TF
 
 from absvit.cli import main
 from absvit.data.corruptions import CORRUPTIONS, SEVERITIES
-from absvit.evaluate import suite_transform
+from absvit.evaluate import Normalized, suite_transform
 from tests.helpers import ROOT, dry_run, job_counts, official_checkpoint, paper_config, workflow_copy
 
 
@@ -56,9 +56,10 @@ def test_imagenet_c_transform_leaves_a_224_image_unchanged():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
     plain = TF.normalize(TF.to_tensor(image), timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD)
-    assert torch.equal(suite_transform("imagenet-c", 224, 0.875, "bicubic")(image), plain)
+    uint8 = suite_transform("imagenet-c", 224, 0.875, "bicubic")(image)  # uint8: normalised on the device
+    assert uint8.dtype == torch.uint8 and torch.equal(Normalized(torch.nn.Identity()).normalize(uint8[None])[0], plain)
     # the other suites resize the short side to 256 and crop: the same image is zoomed in
-    clean = suite_transform("clean", 224, 0.875, "bicubic")(image)
+    clean = Normalized(torch.nn.Identity()).normalize(suite_transform("clean", 224, 0.875, "bicubic")(image)[None])[0]
     assert clean.shape == plain.shape and not torch.allclose(clean, plain, atol=0.1)
 
 

@@ -8,6 +8,7 @@ import torch
 from absvit.checkpoint import read_checkpoint
 from absvit.cli import main
 from absvit.vl.recipe import VLRecipe
+from absvit.vl.embedded import build_text_encoder, generate_vl, vl_corpus
 from absvit.vl.finetune import finetune
 from absvit.vl.table import UNTRAINED_TEXT
 from tests.helpers import VL_RECIPE as RECIPE, dry_run, job_counts, paper_config, workflow_copy
@@ -112,3 +113,27 @@ def test_the_paper_preset_plans_the_stage_on_the_published_layouts(tmp_path, pap
 
     out = dry_run("--config", "preset=paper", cwd=workflow_copy(tmp_path / "missing", missing))
     assert out.returncode != 0 and "presets.paper.vl.text_encoder: /nonexistent/roberta-base/config.json does not exist" in out.stderr
+
+
+def test_vqa_fine_tuning_learns_beyond_the_majority_answer(tmp_path_factory, pico_run):
+    """A few epochs on a fixed small embedded set (64 train scenes, a masked-LM-pretrained text encoder) take VQA
+    clearly above answering every question with the most common training answer. The margin is measured across
+    seeds (this recipe, 6 seeds: 22.1, 28.7, 24.1, 23.5, 26.1, 23.5 against a baseline of 17.1; every seed at least
+    +5.0): each of two seeds must beat the baseline, their mean by 3 points. Fails if training stops learning."""
+    root = tmp_path_factory.mktemp("vl-learns")
+    generate_vl(root / "data", seed=0, size=64, counts={"train": 64, "val": 12, "test": 4})
+    build_text_encoder(root / "text", vl_corpus(root / "data"), hidden=64, layers=2, heads=2,
+                       mlm_texts=vl_corpus(root / "data", splits=("train",)), mlm_steps=200)
+    results = []
+    for seed in (0, 1):
+        recipe = VLRecipe.for_task("vqa", {**RECIPE, "epochs": 3, "batch_size": 16, "hidden": 64, "layers": 2,
+                                           "seed": seed})
+        results.append(finetune("vqa", pico_run / "model.pth", root / "text", root / "data" / "vqa", root / f"s{seed}",
+                                recipe, track=False))
+    baseline = results[0]["majority_baseline"]
+    assert {r["majority_baseline"] for r in results} == {baseline}  # the same data: the same baseline
+    accuracy = [r["vqa_accuracy"] for r in results]
+    assert min(accuracy) > baseline and sum(accuracy) / 2 > baseline + 3, (accuracy, baseline)
+    # the image-blind control is measured beside it (here it scores what the model does: these few steps learn the
+    # questions' answer priors, not the images; Table 4's report says so when it happens)
+    assert all(0 <= r["blind_accuracy"] <= 100 for r in results)

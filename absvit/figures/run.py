@@ -62,7 +62,8 @@ def make_figures(absvit_checkpoint, vit_checkpoint, decoder_path, scenes_path, o
                                                                           else "absvit"])}}
             for row in score_rows(r, absvit_name=a_name, vit_name=v_name, alphas=[*alphas, -prior_scale])]
     figures = draw_figures(r, scenes, names, out_dir, alphas=alphas, prior_scale=prior_scale, show=show, width=width)
-    caption = CAPTION + (f" {label}" + ("" if label.endswith(".") else ".") if label else "")
+    caption = (CAPTION + f" Models: {display_name(a_name)} and its bottom-up baseline {display_name(v_name)}."
+               + (f" {label}" + ("" if label.endswith(".") else ".") if label else ""))
     grid = absvit.patch_embed.grid_size
     chance = pointing_chance([m for ms in r["masks"] for m in ms], grid)
     note = "" if chance is None else (f"Pointing game by chance (a random patch lies mostly inside the prior's object): "

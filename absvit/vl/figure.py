@@ -181,7 +181,8 @@ def make_figure5(absvit_model, vit_model, manifest, out_dir, *, show: int = 4, w
               for kind, high in MAPS.items() for att, (_, vl, _) in kinds.items()]
     figure = draw(rows, maps, size, out_dir, show=show, width=width)
     chance = pointing_chance(masks, maps["class attention"]["vit"][0].shape)
-    caption = CAPTION + (f" {label}" if label else "")
+    caption = (CAPTION + f" Encoders: {display_name(a_vl['encoder_model'])} and {display_name(v_vl['encoder_model'])}."
+               + (f" {label}" if label else ""))
     frame = pd.DataFrame(scores)
     write_text(out_dir / "fig5.csv", frame.round(4).to_csv(index=False))
     result = {"absvit": str(absvit_model), "vit": str(vit_model), "manifest": str(manifest), "rows": scores,

@@ -17,8 +17,10 @@ HEAD = {"vqa_accuracy": "VQA", "i2t_r1": "TR@1", "i2t_r5": "TR@5", "i2t_r10": "T
         "t2i_r5": "IR@5", "t2i_r10": "IR@10"}
 KINDS = ("vit", "absvit")
 # text_pretrained: what the text encoder declares; vqa_train / retrieval_train: the splits each task trained on;
-# majority_baseline / chance_r1: what a model reaches that learns nothing (VQA's most common answer, R@1 by chance)
-BASELINES = {"majority_baseline": "vqa_accuracy", "chance_r1": ("i2t_r1", "t2i_r1")}
+# majority_baseline / chance_r1: what a model reaches that learns nothing (VQA's most common answer, R@1 by chance);
+# blind_accuracy: the same VQA model with every image blanked (what it answers from the question alone)
+BASELINES = {"majority_baseline": "vqa_accuracy", "blind_accuracy": "vqa_accuracy", "chance_r1": ("i2t_r1", "t2i_r1")}
+BASELINE_NAMES = {"majority_baseline": "majority answer", "blind_accuracy": "image-blind", "chance_r1": "chance"}
 COLUMNS = ["encoder", "seed", "model", *HEAD, "text_pretrained", "text_pretraining", "vqa_train", "retrieval_train",
            *BASELINES]
 
@@ -39,10 +41,13 @@ def caption(frame: pd.DataFrame) -> str:
                                f"{frame['majority_baseline'].mean():.1f}")
     if frame["chance_r1"].notna().any():
         learned_nothing.append(f"R@1 by chance is {frame['chance_r1'].mean():.1f}")
+    blind = (f" The same VQA models with every image blanked (the question alone) score "
+             f"{frame['blind_accuracy'].mean():.1f}: what the image adds is the difference."
+             if frame["blind_accuracy"].notna().any() else "")
     return (f"V\\&L fine-tuning with ViT and AbSViT as the visual encoder of METER: VQAv2 accuracy ({scored}) and "
             f"Flickr30k retrieval recall@1/5/10 (Karpathy test split, trained on {splits('retrieval')}; TR: image to "
             "text, IR: text to image)."
-            + (f" A model that learns nothing: {'; '.join(learned_nothing)}." if learned_nothing else "")
+            + (f" A model that learns nothing: {'; '.join(learned_nothing)}." if learned_nothing else "") + blind
             + " The appendix gives no V\\&L numbers.")
 NOTE = "The appendix gives no V&L numbers: the paper column says --."
 UNTRAINED_TEXT = (" The text encoder of these runs is NOT pretrained (a small RoBERTa from random init, made by `absvit "
@@ -107,17 +112,49 @@ def table4(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
     untrained = frame.text_pretrained.map(lambda v: v is False).any()  # None: the folder does not say
     brief = sorted({p for p in frame.text_pretraining if isinstance(p, str)})
     said = UNTRAINED_TEXT if untrained else BRIEF_TEXT.format("; ".join(brief)) if brief else ""
-    return Reported(paper_comparison(spread, labels, {}, HEAD), significance, NOTE + said)
+    shows = learning_words(pd.concat(tests[-len(spread.mean.index):]), [labels[k] for k in spread.mean.index]) \
+        if tests else ""
+    return Reported(paper_comparison(spread, labels, {}, HEAD), significance, NOTE + said + shows)
+
+
+def learning_words(tests: pd.DataFrame, labels: list[str]) -> str:
+    """What ``against_baselines``' tests show, in words, per encoder: whether VQA beats the majority answer and the
+    image-blind control, and whether retrieval beats chance, beyond the seed spread."""
+    def beats(label, baseline, column):
+        row = tests[(tests.pair == f"{label} - {BASELINE_NAMES[baseline]}") & (tests.column == HEAD[column])]
+        if row.empty:
+            return None
+        r = row.iloc[0]
+        return r.verdict == "exceeds the seed spread" and r.difference > 0, f"p = {r.p:.2g}" if r.p == r.p else r.verdict
+
+    said = []
+    for label in labels:
+        parts = []
+        if (majority := beats(label, "majority_baseline", "vqa_accuracy")) is not None:
+            parts.append(f"its VQA accuracy {'exceeds' if majority[0] else 'does not exceed'} the majority answer "
+                         f"beyond the seed spread ({majority[1]})")
+        if (blind := beats(label, "blind_accuracy", "vqa_accuracy")) is not None:
+            parts.append(f"its VQA accuracy {'exceeds' if blind[0] else 'does not exceed'} its image-blind control "
+                         f"({blind[1]})" + ("" if blind[0] else ": it answers from the question, not the image"))
+        recall = [beats(label, "chance_r1", c) for c in ("i2t_r1", "t2i_r1")]
+        if all(r is not None for r in recall):
+            parts.append("its retrieval R@1 " + ("exceeds chance both ways" if all(r[0] for r in recall) else
+                         "exceeds chance in neither direction beyond the seed spread: retrieval learned nothing in this run"
+                         if not any(r[0] for r in recall) else "exceeds chance one way only")
+                         + f" (TR@1 {recall[0][1]}, IR@1 {recall[1][1]})")
+        if parts:
+            said.append(f"{label}: " + "; ".join(parts) + ".")
+    return (" What this run shows: " + " ".join(said)) if said else ""
 
 
 def against_baselines(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     """One encoder's numbers against what learns nothing, over its seeds (Welch): VQA accuracy minus the
-    majority-answer baseline, TR@1 and IR@1 minus chance."""
+    majority-answer baseline and minus its image-blind control, TR@1 and IR@1 minus chance."""
     rows = []
     for baseline, columns in BASELINES.items():
         for column in (columns,) if isinstance(columns, str) else columns:
             if frame[baseline].notna().any() and frame[column].notna().any():
-                rows.append({"pair": f"{label} - {'majority answer' if baseline == 'majority_baseline' else 'chance'}",
+                rows.append({"pair": f"{label} - {BASELINE_NAMES[baseline]}",
                              "column": HEAD[column], **stats.welch(frame[baseline], frame[column])})
     return pd.DataFrame(rows, columns=["pair", "column", "n_a", "n_b", "difference", "t", "p", "verdict"])
 

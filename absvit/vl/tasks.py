@@ -71,6 +71,13 @@ class VQAAnswers:
         return {"vqa_accuracy": 100.0 * sum(scores) / max(len(scores), 1), "questions": len(scores)}
 
 
+def without_images(inputs):
+    """VQA inputs with every image replaced by the normalised mean image (all zeros): what the model answers from
+    the question alone (the image-blind control beside the accuracy)."""
+    images, *texts = inputs
+    return (torch.zeros_like(images), *texts)
+
+
 class VQATask:
     name, prior_kind = "vqa", "mean"
     inputs = ("image", "input_ids", "attention_mask")
@@ -103,7 +110,9 @@ class VQATask:
                             prior_loss=r.prior_loss, prior_weight=r.prior_weight)
 
     def evaluate(self, objective: VQAObjective, device, *, workers: int, every_s: float) -> dict:
-        """The official accuracy on val2014; with ``trainval``, the test-dev predictions (``submission``)."""
+        """The official accuracy on val2014, the majority-answer baseline and the image-blind control (the same model
+        on the same questions with every image blanked: ``blind_accuracy``); with ``trainval``, the test-dev
+        predictions (``submission``)."""
         loader = torch.utils.data.DataLoader(AsPairs(self.eval_set, self.inputs), batch_size=self.recipe.eval_batch_size,
                                              num_workers=workers)
         metric = VQAAnswers(self.eval_records, self.vocab)
@@ -116,7 +125,12 @@ class VQATask:
                                    for i, a in sorted(predicted.items())]}
         answer, baseline = majority_baseline([r.multiple_choice_answer for r in self.train.records],
                                              [r.answers for r in self.eval_records])
-        return {"split": self.eval_split, **metric.compute(), "majority_answer": answer, "majority_baseline": baseline}
+        blind = VQAAnswers(self.eval_records, self.vocab)
+        engine.evaluate(objective, loader, device, blind, forward=lambda m, inputs, _: m.logits(without_images(inputs)),
+                        progress=Progress(f"Test: [vqa {self.eval_split}, image-blind]", len(loader), every_s=every_s,
+                                          device=device))
+        return {"split": self.eval_split, **metric.compute(), "majority_answer": answer, "majority_baseline": baseline,
+                "blind_accuracy": blind.compute()["vqa_accuracy"]}
 
 
 class PairScores:

@@ -166,7 +166,7 @@ def loop_row(name: str, *, data: Path, batch: int, img_size: int, device, args) 
     dist = DistInfo()
     classes = label_space(str(data / "train"))
     train, _ = loaders(data, classes, recipe, dist, device, prefetch=device.type == "cuda")
-    model, optimizer, _, ema, mixup, criterion = build(name, len(classes), recipe, device)
+    model, optimizer, _, ema, mixup, criterion = build(name, len(classes), recipe, device, updates_per_epoch=len(train))
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     objective = TrainingLoss(model, criterion, recipe.var_weight)

@@ -250,6 +250,9 @@ def test_embedded_plan_is_cpu_only_and_uses_a_previous_runs_benchmarks(cfg, embe
     assert p.frame().gpu_hours.iloc[-1] == 0
     assert _stage(p, "imagenet_c").jobs == 75 and _stage(p, "pretrain").jobs == 3 * len(emb["seeds"])
     assert CPU_REF in _stage(p, "pretrain").source
+    # a fresh clone (no previous run) prices every stage, the V&L and figure stages by the measured embedded run
+    assert not [s.stage for s in p.stages if s.job_s != s.job_s], p.to_text()
+    assert {_stage(p, r).job_s for r in ("vl", "vl_figure", "decoder", "figures")} == {24.9, 13.2, 5.1, 11.3}
     assert _stage(p, "imagenet_c").request == "1 node, no GPU, 1 CPU/task, 2 GB, 30 min"  # resources.imagenet_c
 
     bench = tmp_path / "benchmarks"

@@ -150,7 +150,7 @@ def test_planning_refuses_an_out_of_range_pretraining_value(tmp_path):
 
 def test_planning_refuses_an_img_size_off_the_patch_grid(tmp_path):
     _refused_at_planning(tmp_path, lambda c: c["presets"]["embedded"]["recipe"].update(img_size=33),
-                         "config key presets.embedded.recipe.img_size: 33 is not a multiple of absvit_pico_patch8_64's "
+                         "config key presets.embedded.recipe.img_size: 33 is not a multiple of absvit_pico_patch8_64_gap's "
                          "patch size 8")
 
 

@@ -200,7 +200,7 @@ def test_tables_render_with_the_csv_numbers_and_captions_naming_the_preset(finis
     for model in csv.index:  # one seed: every cell is the CSV's mean to one decimal
         assert shown[model] == {c: "--" if pd.isna(v) else f"{v:.1f}" for c, v in csv.loc[model].items()}, model
     if category == "Table 3":
-        assert shown["absvit_pico_patch8_64"]["Clean"] == f"{csv.loc['absvit_pico_patch8_64', 'Clean']:.1f}"
+        assert shown["absvit_pico_patch8_64_gap"]["Clean"] == f"{csv.loc['absvit_pico_patch8_64_gap', 'Clean']:.1f}"
         reader.screenshot(tmp_path / "report-table3.png")
 
     reader.result(label, 1)

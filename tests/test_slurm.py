@@ -64,7 +64,7 @@ def test_slurm_profile_runs_pretrain_evaluate_segment_tables(slurm_cluster, tmp_
         time.sleep(0.5)
     assert len(jobs) == expected, jobs
     table1 = (wd / "results" / "embedded" / "tables" / "table1.tex").read_text()
-    assert re.search(r"^absvit\\_pico\\_patch8\\_64 & \d+\.\d & -- & -- \\\\$", table1, re.M), table1
+    assert re.search(r"^absvit\\_pico\\_patch8\\_64\\_gap & \d+\.\d & -- & -- \\\\$", table1, re.M), table1
     logs = wd / "results" / "embedded" / "logs"
     for log in (logs / "pretrain" / "absvit-s0.log", logs / "pretrain" / "absvit_novar-s0.log",
                 logs / "vl" / "vqa-absvit-s0.log", logs / "vl" / "retrieval-vit-s0.log"):

@@ -120,7 +120,7 @@ def test_a_vl_recipe_error_names_the_config_key_it_was_set_in(tmp_path):
     # an input size the encoders do not take: refused at planning, before Snakemake removes the last run's outputs
     err = _config_error(tmp_path / "c", lambda c: vl(c)["recipe"].update(img_size=56))
     assert re.search(r"config key presets\.embedded\.vl\.recipe\.img_size: 56 does not fit the visual encoder "
-                     r"(abs)?vit_pico_patch8_64 \(presets\.embedded\.vl\.encoders\.(abs)?vit\), which takes 64x64 "
+                     r"(abs)?vit_pico_patch8_64_gap \(presets\.embedded\.vl\.encoders\.(abs)?vit\), which takes 64x64 "
                      r"images; expected 64", err), err
 
 

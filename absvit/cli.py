@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import sys
 from pathlib import Path
@@ -177,12 +176,8 @@ def _tables(args: argparse.Namespace) -> None:
 
 def _released(args: argparse.Namespace) -> None:
     from absvit.arguments import key_values
-    from absvit.errors import UsageError
     from absvit.released import released
 
-    if not args.eval and not args.from_mlflow:
-        raise UsageError("give --eval RUN=EVAL_DIR ... (the `absvit evaluate` results of each released file) or "
-                         "--from-mlflow (read them from the tracking store)")
     evals = {run: Path(folder) for run, folder in key_values(args.eval, "--eval").items()}
     released(evals, args.out_dir, preset=args.preset, label=args.label, tracking_uri=args.tracking_uri,
              track=not args.no_mlflow, from_mlflow=args.from_mlflow)
@@ -382,13 +377,6 @@ def _submit_verb(verbs) -> None:
     p.set_defaults(func=_submit)
 
 
-def _write_peak_memory(path: Path) -> None:
-    """The process's peak CUDA memory (MiB; 0 where it used none) into ``path``."""
-    torch = sys.modules.get("torch")
-    used = torch.cuda.max_memory_allocated() if torch is not None and torch.cuda.is_initialized() else 0
-    path.write_text(f"{used / 2**20:.0f}\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     from absvit import tracking
     from absvit.errors import CheckpointError, DatasetError, DiskFull, JobFailed, TrackingError, UsageError
@@ -396,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tracking.COMMAND = list(sys.argv[1:] if argv is None else argv)
     if os.environ.get("ABSVIT_PEAK_MEMORY_FILE"):  # `make gpu-check`: the job's peak GPU memory, written at exit
-        atexit.register(_write_peak_memory, Path(os.environ["ABSVIT_PEAK_MEMORY_FILE"]))
+        from absvit.runtime import write_peak_memory_at_exit
+
+        write_peak_memory_at_exit(Path(os.environ["ABSVIT_PEAK_MEMORY_FILE"]))
     try:
         return int(args.func(args) or 0)
     except (CheckpointError, DatasetError, DiskFull, JobFailed, TrackingError, UsageError) as e:

@@ -23,17 +23,10 @@ CHUNK = 1 << 20
 TEXT_SUFFIXES = frozenset({".json", ".txt", ".csv", ".yaml", ".yml", ".tsv", ".lst"})  # hashed whole in a tree
 
 
-def _update_with_file(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-
-
 def file_digest(path) -> str:
     """``sha256:<hex>`` of the file's bytes."""
-    h = hashlib.sha256()
-    _update_with_file(h, Path(path))
-    return f"sha256:{h.hexdigest()}"
+    with open(path, "rb") as f:
+        return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
 
 
 def tree_digest(root, *, full: bool = False) -> str:
@@ -49,7 +42,9 @@ def tree_digest(root, *, full: bool = False) -> str:
     for rel, path in sorted(entries):
         h.update(f"{rel}\0{path.stat().st_size}\0".encode())
         if full or path.suffix.lower() in TEXT_SUFFIXES:
-            _update_with_file(h, path)
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
     return f"tree:{h.hexdigest()}"
 
 

@@ -179,8 +179,12 @@ def rows_from_mlflow(uri: str, preset: str) -> tuple[list[dict], str]:
 def released(evals: dict[str, Path] | None, out_dir, *, preset: str, label: str = "", tracking_uri=None,
              track: bool = True, from_mlflow: bool = False):
     """``absvit released``: the table of the released files' numbers (from their eval folders, or ``from_mlflow``)."""
+    from absvit.errors import UsageError
     from absvit.tracking import tracking_uri as store
 
+    if not evals and not from_mlflow:
+        raise UsageError("give --eval RUN=EVAL_DIR ... (the `absvit evaluate` results of each released file) or "
+                         "--from-mlflow (read them from the tracking store)")
     if from_mlflow:
         rows, label = rows_from_mlflow(store(tracking_uri), preset)
     else:

@@ -3,10 +3,12 @@ process otherwise), its device and seeds, bf16 autocast on CUDA, and the DDP / t
 training objective (a module that computes the loss)."""
 from __future__ import annotations
 
+import atexit
 import os
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -71,3 +73,12 @@ def compiled(objective: torch.nn.Module, setting: str, device: torch.device) -> 
     if setting == "on" or (setting == "auto" and device.type == "cuda"):
         return torch.compile(objective)
     return objective
+
+
+def write_peak_memory_at_exit(path: Path) -> None:
+    """At the process's exit, write its peak CUDA memory (MiB; 0 where it used none) into ``path``."""
+    def write() -> None:
+        used = torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else 0
+        path.write_text(f"{used / 2**20:.0f}\n")
+
+    atexit.register(write)

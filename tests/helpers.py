@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -28,6 +29,14 @@ def pretrain_argv(data: Path, out: Path) -> list[str]:
     return ["pretrain", "--model", "absvit_pico_patch8_64", "--data", str(data), "--out", str(out), "--no-mlflow",
             "--log-every", "0.2", "--set", "epochs=3", "batch_size=16", "workers=0", "img_size=64", "crop_pct=1.0",
             "repeated_aug=false"]
+
+
+def load_script(path: Path, name: str):
+    """A script that is not a package module (``benchmarks/*.py``), imported from its file."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_recipe(**overrides):

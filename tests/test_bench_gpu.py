@@ -1,20 +1,15 @@
 """The GPU benchmark (benchmarks/gpu.py): every code path at toy size on CPU, its JSON, and what it says without CUDA."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, load_script
 
 
 @pytest.fixture(scope="module")
 def gpu_bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "gpu.py", "bench_gpu")
 
 
 STEP = {"kind": str, "model": str, "batch": int, "img_size": int, "compiled": bool, "img_s": float,

@@ -152,3 +152,16 @@ def test_evaluate_says_what_a_file_is_when_it_is_not_a_classifier(capsys, tmp_pa
 def test_released_without_its_inputs_is_one_line(capsys, tmp_path):
     err = _error(capsys, ["released", "--out-dir", str(tmp_path), "--no-mlflow"])
     assert "give --eval RUN=EVAL_DIR ... (the `absvit evaluate` results of each released file) or --from-mlflow" in err
+
+
+def test_a_job_under_gpu_check_writes_its_peak_gpu_memory_at_exit(tmp_path):
+    """`make gpu-check` reads each job's peak from ABSVIT_PEAK_MEMORY_FILE: written at exit, failed jobs too (0 MiB here,
+    where no CUDA memory was used)."""
+    import subprocess
+    import sys
+
+    peak = tmp_path / "peak.txt"
+    proc = subprocess.run([sys.executable, "-m", "absvit", "released", "--out-dir", str(tmp_path), "--no-mlflow"],
+                          capture_output=True, text=True, env={**os.environ, "ABSVIT_PEAK_MEMORY_FILE": str(peak)})
+    assert proc.returncode == 2, proc.stderr
+    assert peak.read_text() == "0\n"

@@ -1,20 +1,15 @@
 """`make gpu-check`'s CPU form (benchmarks/gpu_check.py --device cpu): every check runs and passes here, so the script
 is ready for the first GPU; and its table says what failed."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, load_script
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "gpu_check.py", "gpu_check")
 
 
 @pytest.mark.slow

@@ -198,37 +198,29 @@ def test_a_loader_benchmark_json_sets_each_stages_loader_rate(paper_dag, tmp_pat
     assert _stage(p, "vl").bound == "GPU; loader: vqa/absvit, vqa/vit"
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no such file"),
-    ("{not json", "not a JSON file"),
-    ('{"card": "x", "rows": [{"kind": "loop", "model": "absvit_tiny_patch16_224"}]}', r"rows\[0\] \(loop, absvit_tiny_patch16_224\): expected img_s > 0"),
-    ('{"card": "x", "rows": [{"kind": "segment", "model": "m", "batch": 16, "crop": 512, "step_s": 0.3}]}', r"rows\[0\] \(segment, m\)"),
-    ('[1, 2]', "expected an object with `card` and a `rows` list"),
+@pytest.mark.parametrize("flag, content, message", [
+    ("--gpu-bench", None, "no such file"),
+    ("--gpu-bench", "{not json", "not a JSON file"),
+    ("--gpu-bench", '{"card": "x", "rows": [{"kind": "loop", "model": "absvit_tiny_patch16_224"}]}',
+     r"rows\[0\] \(loop, absvit_tiny_patch16_224\): expected img_s > 0"),
+    ("--gpu-bench", '{"card": "x", "rows": [{"kind": "segment", "model": "m", "batch": 16, "crop": 512, "step_s": 0.3}]}',
+     r"rows\[0\] \(segment, m\)"),
+    ("--gpu-bench", '[1, 2]', "expected an object with `card` and a `rows` list"),
+    ("--loader-bench", None, "no such file"),
+    ("--loader-bench", "{not json", "not a JSON file"),
+    ("--loader-bench", '{"machine": "m", "rows": [{"transform": "eval", "img_s_per_core": 0}]}',
+     r"rows\[0\]: expected a `transform` name"),
+    ("--loader-bench", '{"machine": "m"}', "expected an object with `machine` and a `rows` list"),
 ])
-def test_a_missing_or_bad_gpu_benchmark_is_a_usage_error_naming_the_path(paper_dag, tmp_path, content, message, capsys):
-    bench = tmp_path / "gpu.json"
+def test_a_missing_or_bad_benchmark_file_is_a_usage_error_naming_the_path(paper_dag, tmp_path, flag, content, message,
+                                                                          capsys):
+    bench = tmp_path / "bench.json"
     if content is not None:
         bench.write_text(content)
-    with pytest.raises(UsageError, match=f"--gpu-bench {bench}: {message}"):
-        plan.make_plan(CONFIG, "paper", dag=paper_dag, gpu_bench=bench, count_files=False)
-    assert main(["plan", "--config", str(CONFIG), "--preset", "paper", "--gpu-bench", str(bench)]) == 2
-    assert f"absvit plan: error: --gpu-bench {bench}: " in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("content, message", [
-    (None, "no such file"),
-    ("{not json", "not a JSON file"),
-    ('{"machine": "m", "rows": [{"transform": "eval", "img_s_per_core": 0}]}', r"rows\[0\]: expected a `transform` name"),
-    ('{"machine": "m"}', "expected an object with `machine` and a `rows` list"),
-])
-def test_a_missing_or_bad_loader_benchmark_is_a_usage_error_naming_the_path(paper_dag, tmp_path, content, message, capsys):
-    bench = tmp_path / "loader.json"
-    if content is not None:
-        bench.write_text(content)
-    with pytest.raises(UsageError, match=f"--loader-bench {bench}: {message}"):
-        plan.make_plan(CONFIG, "paper", dag=paper_dag, loader_bench=bench, count_files=False)
-    assert main(["plan", "--config", str(CONFIG), "--preset", "paper", "--loader-bench", str(bench)]) == 2
-    assert f"absvit plan: error: --loader-bench {bench}: " in capsys.readouterr().err
+    with pytest.raises(UsageError, match=f"{flag} {bench}: {message}"):
+        plan.make_plan(CONFIG, "paper", dag=paper_dag, count_files=False, **{flag[2:].replace("-", "_"): bench})
+    assert main(["plan", "--config", str(CONFIG), "--preset", "paper", flag, str(bench)]) == 2
+    assert f"absvit plan: error: {flag} {bench}: " in capsys.readouterr().err
 
 
 def test_cli_prints_the_plan_and_writes_json(paper_dag, tmp_path, capsys):

@@ -1,8 +1,10 @@
 """The V&L stage end to end on the embedded data: fine-tuning resumes exactly, Table 4 and Figure 5's scores come from
 the runs' files and again from MLflow alone, and the paper preset plans the stage on data in the published layouts."""
 import json
+import math
 import shutil
 
+import pytest
 import torch
 
 from absvit.checkpoint import read_checkpoint
@@ -47,6 +49,10 @@ def test_table4_and_figure5_from_the_runs_and_from_mlflow_alone(tmp_path, vl_dat
     assert vqa["text_encoder_pretrained"] is False  # what the generated text encoder's absvit.json declares
     retrieval = json.loads(results[2].read_text())
     assert retrieval["images"] == 3 and retrieval["texts"] == 15 and retrieval["i2t_r10"] == 100.0  # 3 images: all found
+    # the last epoch's training loss, beside the loss of scores that ignore the pair (2 negatives: ln 3 + ln 2)
+    last = json.loads((results[2].parent / "metrics.jsonl").read_text().splitlines()[-1])
+    assert retrieval["final_train_loss"] == last["train_loss"] and last["epoch"] == RECIPE["epochs"]
+    assert retrieval["chance_loss"] == pytest.approx(math.log(3) + math.log(2)) and "chance_loss" not in vqa
 
     fig = tmp_path / "figures" / "s0"
     assert main(["vl-figure", "--absvit-model", str(tmp_path / "vl/vqa/absvit/s0/model.pth"), "--vit-model",
@@ -77,7 +83,10 @@ def test_table4_and_figure5_from_the_runs_and_from_mlflow_alone(tmp_path, vl_dat
                  "--out-dir", str(tmp_path / "store"), "--no-mlflow"]) == 0
     for ext in ("tex", "csv", "md"):
         assert (tmp_path / "store" / f"table4.{ext}").read_bytes() == (tmp_path / "files" / f"table4.{ext}").read_bytes()
-    assert UNTRAINED_TEXT in (tmp_path / "store" / "report.md").read_text()
+    stored = (tmp_path / "store" / "report.md").read_text()
+    assert UNTRAINED_TEXT in stored
+    said = [line for line in report.splitlines() if "What this run shows:" in line and "training loss ended at" in line]
+    assert len(said) == 1 and said[0] in stored  # retrieval's losses come back from MLflow alike
 
 
 def test_the_paper_preset_plans_the_stage_on_the_published_layouts(tmp_path, paper_datasets, vl_data):

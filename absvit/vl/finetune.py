@@ -194,6 +194,12 @@ def finetune(task_name: str, encoder_checkpoint, text_encoder, data_root, out_di
                   "prior_loss": recipe.prior_loss,
                   **{f"text_encoder_{k}": v for k, v in declared(text_encoder).items()}}
         if dist.is_main:
+            # the last epoch's training loss (from the log: a job resumed after its last epoch trains no more), and
+            # for retrieval the loss of scores that ignore the pair, which Table 4's words compare it with
+            last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+            result["final_train_loss"] = last["train_loss"]
+            if hasattr(objective, "chance_loss"):
+                result["chance_loss"] = objective.chance_loss
             result.update(task.evaluate(objective, device, workers=recipe.workers, every_s=log_every_s))
             if "submission" in result:
                 write_json(out / "submission.json", result.pop("submission"))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -140,6 +142,12 @@ class RetrievalObjective(nn.Module):
         self.itm_score.requires_grad_(train_itm_head)
         self.negatives, self.itm_weight, self.var_weight = negatives, itm_weight, var_weight
         self.prior_loss, self.prior_weight, self.generator = prior_loss, prior_weight, generator
+
+    @property
+    def chance_loss(self) -> float:
+        """The loss of scores that ignore the pair (every pair scored alike): ln(K + 1) for the rank loss plus
+        ``itm_weight`` x ln 2 for ITM. A training loss that stays here has learned nothing about the pairs."""
+        return math.log(self.negatives + 1) + self.itm_weight * math.log(2)
 
     def score(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The rank score (B,) of each (image, text) pair."""

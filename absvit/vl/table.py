@@ -21,8 +21,12 @@ KINDS = ("vit", "absvit")
 # blind_accuracy: the same VQA model with every image blanked (what it answers from the question alone)
 BASELINES = {"majority_baseline": "vqa_accuracy", "blind_accuracy": "vqa_accuracy", "chance_r1": ("i2t_r1", "t2i_r1")}
 BASELINE_NAMES = {"majority_baseline": "majority answer", "blind_accuracy": "image-blind", "chance_r1": "chance"}
+# retrieval's last-epoch training loss and the loss of scores that ignore the pair (result.json's final_train_loss,
+# chance_loss): whether the fusion left its starting plateau at all
+LOSSES = {"final_train_loss": "retrieval_train_loss", "chance_loss": "retrieval_chance_loss"}
+PLATEAU = 0.01  # a training loss within this share of the chance loss is "at" it
 COLUMNS = ["encoder", "seed", "model", *HEAD, "text_pretrained", "text_pretraining", "vqa_train", "retrieval_train",
-           *BASELINES]
+           *BASELINES, *LOSSES.values()]
 
 
 def caption(frame: pd.DataFrame) -> str:
@@ -76,6 +80,8 @@ def vl_frame(result_files) -> pd.DataFrame:
                                                                         "model": r["encoder"]})
         row.update({k: float(r[k]) for k in (*HEAD, *BASELINES) if k in r}, text_pretrained=r.get("text_encoder_pretrained"),
                    text_pretraining=r.get("text_encoder_pretraining"), **{f"{r['task']}_train": r.get("train_splits")})
+        if r["task"] == "retrieval":
+            row.update({column: float(r[k]) for k, column in LOSSES.items() if k in r})
     return pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS)
 
 
@@ -94,6 +100,8 @@ def vl_from_mlflow(uri: str, preset: str) -> pd.DataFrame | None:
                    text_pretrained={"True": True, "False": False}.get(run.data.params.get("text_encoder_pretrained")),
                    text_pretraining=_param(run, "text_encoder_pretraining"),
                    **{f"{run.data.params['task']}_train": run.data.params.get("train_splits")})
+        if run.data.params["task"] == "retrieval":
+            row.update({column: run.data.metrics[k] for k, column in LOSSES.items() if k in run.data.metrics})
     return pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS)
 
 
@@ -112,14 +120,28 @@ def table4(frame: pd.DataFrame, out_dir, *, label: str | None = None) -> Reporte
     untrained = frame.text_pretrained.map(lambda v: v is False).any()  # None: the folder does not say
     brief = sorted({p for p in frame.text_pretraining if isinstance(p, str)})
     said = UNTRAINED_TEXT if untrained else BRIEF_TEXT.format("; ".join(brief)) if brief else ""
-    shows = learning_words(pd.concat(tests[-len(spread.mean.index):]), [labels[k] for k in spread.mean.index]) \
-        if tests else ""
+    losses = {labels[kind]: (group[LOSSES["final_train_loss"]].mean(), group[LOSSES["chance_loss"]].mean())
+              for kind, group in frame.groupby("encoder")}
+    shows = learning_words(pd.concat(tests[-len(spread.mean.index):]), [labels[k] for k in spread.mean.index],
+                           losses) if tests else ""
     return Reported(paper_comparison(spread, labels, {}, HEAD), significance, NOTE + said + shows)
 
 
-def learning_words(tests: pd.DataFrame, labels: list[str]) -> str:
+def plateau_words(train: float, chance: float) -> str:
+    """Where retrieval's training loss ended (mean over seeds) against the loss of scores that ignore the pair."""
+    if train != train or chance != chance:  # NaN: runs from before the losses were recorded
+        return ""
+    if abs(train - chance) <= PLATEAU * chance:
+        return (f"; its retrieval training loss ended at {train:.3f}, the loss of scores that ignore the pair "
+                f"({chance:.3f} = ln 2 + ln(1 + negatives)): the fusion never left its starting plateau")
+    return (f"; its retrieval training loss ended at {train:.3f}, {'below' if train < chance else 'above'} the loss "
+            f"of scores that ignore the pair ({chance:.3f})")
+
+
+def learning_words(tests: pd.DataFrame, labels: list[str], losses: dict | None = None) -> str:
     """What ``against_baselines``' tests show, in words, per encoder: whether VQA beats the majority answer and the
-    image-blind control, and whether retrieval beats chance, beyond the seed spread."""
+    image-blind control, and whether retrieval beats chance, beyond the seed spread; ``losses``: label -> (retrieval's
+    final training loss, its chance loss), means over seeds."""
     def beats(label, baseline, column):
         row = tests[(tests.pair == f"{label} - {BASELINE_NAMES[baseline]}") & (tests.column == HEAD[column])]
         if row.empty:
@@ -141,7 +163,8 @@ def learning_words(tests: pd.DataFrame, labels: list[str]) -> str:
             parts.append("its retrieval R@1 " + ("exceeds chance both ways" if all(r[0] for r in recall) else
                          "exceeds chance in neither direction beyond the seed spread: retrieval learned nothing in this run"
                          if not any(r[0] for r in recall) else "exceeds chance one way only")
-                         + f" (TR@1 {recall[0][1]}, IR@1 {recall[1][1]})")
+                         + f" (TR@1 {recall[0][1]}, IR@1 {recall[1][1]})"
+                         + plateau_words(*(losses or {}).get(label, (float("nan"),) * 2)))
         if parts:
             said.append(f"{label}: " + "; ".join(parts) + ".")
     return (" What this run shows: " + " ".join(said)) if said else ""

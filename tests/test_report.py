@@ -131,7 +131,22 @@ class Reader:
         return [a.text.strip() for a in self.driver.find_elements(self.by.XPATH, "//nav//li/a") if a.text.strip()]
 
     def click(self, xpath: str):
-        self.wait.until(self.ec.element_to_be_clickable((self.by.XPATH, xpath))).click()
+        """Click the element, retried until the click lands (within the wait's deadline): the sidebar animates its
+        entries (CSS transitions) after each click, and on a busy machine the element can still be moving, so that
+        Chrome refuses the click because another entry is under the point (nothing is clicked then)."""
+        from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
+
+        def clicked(driver) -> bool:
+            element = self.ec.element_to_be_clickable((self.by.XPATH, xpath))(driver)
+            if not element:
+                return False
+            try:
+                element.click()
+            except (ElementClickInterceptedException, StaleElementReferenceException):
+                return False
+            return True
+
+        self.wait.until(clicked)
 
     def open(self, *names: str):
         """From the start, sidebar entries (a category, then a subcategory) by their text."""

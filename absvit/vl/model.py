@@ -14,9 +14,8 @@ the retrieval recipe sets 0) and, with ``prior_loss="clip"`` (the appendix; the 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

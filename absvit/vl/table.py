@@ -133,7 +133,7 @@ def plateau_words(train: float, chance: float) -> str:
         return ""
     if abs(train - chance) <= PLATEAU * chance:
         return (f"; its retrieval training loss ended at {train:.3f}, the loss of scores that ignore the pair "
-                f"({chance:.3f} = ln 2 + ln(1 + negatives)): the fusion never left its starting plateau")
+                f"({chance:.3f}): the fusion never left its starting plateau")
     return (f"; its retrieval training loss ended at {train:.3f}, {'below' if train < chance else 'above'} the loss "
             f"of scores that ignore the pair ({chance:.3f})")
 
